@@ -1,0 +1,3 @@
+from raysegment.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""Training augmentation on preprocessed uint8 batches (NumPy/OpenCV, usable inside Ray Data map_batches).
+
+Geometry (rotation, scale, shift) is applied identically to image and mask; intensity changes
+(brightness, contrast, gamma, noise) to the image only. Small ranges: X-rays are acquired in a standard
+position, so large rotations would teach the model poses it never meets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = True
+    rotation_deg: float = 10.0  # uniform in [-r, r]
+    scale: float = 0.10  # zoom factor uniform in [1 - s, 1 + s]
+    shift: float = 0.06  # translation, fraction of the side, uniform in [-s, s]
+    brightness: float = 0.10  # added, uniform in [-b, b] (image in [0, 1])
+    contrast: float = 0.20  # multiplied around the mean, uniform in [1 - c, 1 + c]
+    gamma: float = 0.25  # exponent exp(uniform(-g, g))
+    noise_std: float = 0.02  # Gaussian noise sigma, uniform in [0, noise_std]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, config: AugmentConfig):
+    """uint8 SxS image + uint8 SxS {0,1} mask -> augmented (same shapes and dtypes)."""
+    if not config.enabled:
+        return image, mask
+    size_h, size_w = image.shape
+    angle = rng.uniform(-config.rotation_deg, config.rotation_deg)
+    zoom = rng.uniform(1 - config.scale, 1 + config.scale)
+    matrix = cv2.getRotationMatrix2D((size_w / 2, size_h / 2), angle, zoom)
+    matrix[:, 2] += rng.uniform(-config.shift, config.shift, size=2) * (size_w, size_h)
+    image = cv2.warpAffine(image, matrix, (size_w, size_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    mask = cv2.warpAffine(mask, matrix, (size_w, size_h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+
+    x = image.astype(np.float32) / 255.0
+    mean = float(x.mean())
+    x = (x - mean) * rng.uniform(1 - config.contrast, 1 + config.contrast) + mean
+    x = x + rng.uniform(-config.brightness, config.brightness)
+    x = np.clip(x, 0.0, 1.0) ** np.exp(rng.uniform(-config.gamma, config.gamma))
+    if config.noise_std > 0:
+        x = x + rng.normal(0.0, rng.uniform(0, config.noise_std), size=x.shape).astype(np.float32)
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8), mask
+
+
+def augment_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, config: AugmentConfig):
+    """uint8 (N, S, S) images and masks -> augmented copies; one random draw per image."""
+    out_images, out_masks = np.empty_like(images), np.empty_like(masks)
+    for i in range(len(images)):
+        out_images[i], out_masks[i] = augment_pair(images[i], masks[i], rng, config)
+    return out_images, out_masks

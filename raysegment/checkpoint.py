@@ -1,0 +1,106 @@
+"""Model checkpoints: a folder with `model.safetensors` (weights) and `config.json` (everything needed to
+use them: architecture, preprocessing, threshold, plus provenance: epoch, metrics, split digest, versions).
+
+`load_model(path_or_uri)` loads one without Ray, from local disk or s3://. Training keeps its optimizer and
+scheduler state beside these two files (`train_state.pt`); inference never reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from raysegment import storage
+from raysegment.model import UNet, UNetConfig
+from raysegment.preprocess import PreprocessConfig
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What travels with the weights so that inference preprocesses exactly as training did."""
+
+    model: UNetConfig = field(default_factory=UNetConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    threshold: float = 0.5  # on the sigmoid probability
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "preprocess": self.preprocess.to_dict(), "threshold": self.threshold}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        return cls(UNetConfig(**d["model"]), PreprocessConfig(**d["preprocess"]), float(d.get("threshold", 0.5)))
+
+
+@dataclass
+class LoadedModel:
+    model: UNet  # in eval mode, on CPU unless a device was asked for
+    spec: ModelSpec
+    model_id: str  # sha256 of model.safetensors (first 16 hex digits): identifies the weights
+    config: dict  # the whole config.json (provenance included)
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import raysegment
+
+    out = {"raysegment": raysegment.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+           "python": platform.python_version()}
+    try:
+        import ray
+
+        out["ray"] = ray.__version__
+    except ImportError:  # inference without Ray installed still works
+        pass
+    return out
+
+
+def clean_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without DDP's 'module.' prefix, on CPU, contiguous (safetensors needs that)."""
+    model = getattr(model, "module", model)
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def weights_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def save_checkpoint(uri: str, model: torch.nn.Module, spec: ModelSpec, extra: dict | None = None) -> str:
+    """Write model.safetensors + config.json under `uri` (folder, local or s3). Returns the model id."""
+    weights = save_safetensors(clean_state_dict(model))
+    model_id = weights_digest(weights)
+    config = {"format_version": FORMAT_VERSION, **spec.to_dict(), "model_id": model_id, "versions": versions()}
+    config.update(extra or {})
+    storage.write_bytes(storage.join(uri, WEIGHTS_FILE), weights)
+    storage.write_text(storage.join(uri, CONFIG_FILE), json.dumps(config, indent=2, default=str))
+    return model_id
+
+
+def read_config(uri: str) -> dict:
+    config_uri = storage.join(uri, CONFIG_FILE)
+    if not storage.exists(config_uri):
+        raise FileNotFoundError(
+            f"no {CONFIG_FILE} in {uri}: a checkpoint is a folder with {WEIGHTS_FILE} and {CONFIG_FILE} "
+            f"(e.g. RUN_DIR/best written by `raysegment train`)"
+        )
+    return json.loads(storage.read_text(config_uri))
+
+
+def load_model(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a checkpoint folder (local path or s3:// URI) into an eval-mode UNet. No Ray needed."""
+    config = read_config(uri)
+    spec = ModelSpec.from_dict(config)
+    weights = storage.read_bytes(storage.join(uri, WEIGHTS_FILE))
+    model = UNet.from_config(spec.model)
+    model.load_state_dict(load_safetensors(weights))
+    model.to(device).eval()
+    return LoadedModel(model, spec, weights_digest(weights), config)

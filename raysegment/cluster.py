@@ -1,0 +1,185 @@
+"""Connecting to Ray and sizing work from what the cluster really has.
+
+Plans are checked BEFORE anything is submitted: Ray would otherwise wait forever for resources that do
+not exist (8 GPU workers on a CPU cluster), or starve Ray Data of CPUs (2 training workers x 1 CPU on a
+2-CPU machine leave nothing for the read tasks, and the job hangs). A plan that cannot run raises
+`PlanError` naming what was asked and what exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+class PlanError(RuntimeError):
+    """The requested resources cannot be scheduled on this cluster."""
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join `address` (or $RAY_ADDRESS) if given, else start a local Ray for this process (idempotent)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Ship our package's env to workers: they need the same S3 endpoint settings as the driver.
+    env = {k: v for k, v in os.environ.items() if k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION",
+                                                         "AWS_DEFAULT_REGION")}
+    runtime_env = {"env_vars": env} if env and address is None else None
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
+                 configure_logging=True, logging_level=logging.WARNING)
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    cpus: float
+    gpus: float
+
+
+@dataclass(frozen=True)
+class ClusterResources:
+    nodes: tuple[NodeResources, ...]
+
+    @property
+    def cpus(self) -> float:
+        return sum(n.cpus for n in self.nodes)
+
+    @property
+    def gpus(self) -> float:
+        return sum(n.gpus for n in self.nodes)
+
+    def describe(self) -> str:
+        return f"{len(self.nodes)} node(s), {self.cpus:g} CPU, {self.gpus:g} GPU in total" + (
+            " (per node: " + ", ".join(f"{n.cpus:g} CPU/{n.gpus:g} GPU" for n in self.nodes) + ")"
+        )
+
+
+def cluster_resources() -> ClusterResources:
+    """Resources of the alive nodes of the connected Ray cluster."""
+    import ray
+
+    nodes = tuple(
+        NodeResources(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+        for n in ray.nodes()
+        if n.get("Alive")
+    )
+    return ClusterResources(nodes)
+
+
+def _pack(demand_cpu: float, demand_gpu: float, count: int, nodes: tuple[NodeResources, ...],
+          reserve_cpu: float) -> int:
+    """How many of `count` bundles (cpu, gpu) fit on the nodes, first-fit, keeping `reserve_cpu` free in total."""
+    free = [[n.cpus, n.gpus] for n in nodes]
+    placed = 0
+    for _ in range(count):
+        for slot in free:
+            if slot[0] + 1e-9 >= demand_cpu and slot[1] + 1e-9 >= demand_gpu:
+                slot[0] -= demand_cpu
+                slot[1] -= demand_gpu
+                placed += 1
+                break
+    left_cpu = sum(s[0] for s in free)
+    if placed == count and left_cpu + 1e-9 < reserve_cpu:
+        return placed - 1  # fits, but starves the data pipeline
+    return placed
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    num_workers: int
+    use_gpu: bool
+    cpus_per_worker: float
+    data_cpus: float  # CPUs left for Ray Data's decode / augmentation tasks
+
+    def describe(self) -> str:
+        device = "1 GPU + " if self.use_gpu else ""
+        return (f"{self.num_workers} worker(s) x ({device}{self.cpus_per_worker:g} CPU), "
+                f"{self.data_cpus:g} CPU left for data loading")
+
+
+def plan_training(
+    resources: ClusterResources,
+    num_workers: int,
+    use_gpu: bool | None = None,
+    cpus_per_worker: float | None = None,
+    data_cpus: float = 1.0,
+) -> TrainPlan:
+    """Size training workers from the cluster. `use_gpu=None` uses GPUs when the cluster has them.
+
+    CPU workers share the CPUs minus `data_cpus` (fractions allowed: a 2-CPU laptop runs 2 workers
+    x 0.5 CPU and keeps 1 CPU for Ray Data). Raises PlanError when the plan cannot be scheduled.
+    """
+    if num_workers < 1:
+        raise PlanError(f"num_workers must be >= 1, got {num_workers}")
+    if use_gpu is None:
+        use_gpu = resources.gpus >= 1
+    data_cpus = min(data_cpus, max(resources.cpus - 0.5 * num_workers, 0.0)) if not use_gpu else data_cpus
+    if cpus_per_worker is None:
+        if use_gpu:
+            cpus_per_worker = 1.0
+        else:
+            cpus_per_worker = max(resources.cpus - data_cpus, 0.0) / num_workers
+            cpus_per_worker = min(cpus_per_worker, max((n.cpus for n in resources.nodes), default=0))
+            # Whole CPUs when there are enough, so torch threads map onto cores.
+            if cpus_per_worker >= 1:
+                cpus_per_worker = float(int(cpus_per_worker))
+    gpu = 1.0 if use_gpu else 0.0
+    if cpus_per_worker <= 0 or _pack(cpus_per_worker, gpu, num_workers, resources.nodes, data_cpus) < num_workers:
+        want = f"{num_workers} worker(s) x ({'1 GPU + ' if use_gpu else ''}{cpus_per_worker:g} CPU)"
+        raise PlanError(
+            f"cannot schedule {want} plus {data_cpus:g} CPU for data loading: the cluster has "
+            f"{resources.describe()}. Use fewer workers (--num-workers), "
+            + ("--no-gpu, " if use_gpu else "")
+            + "or add nodes."
+        )
+    return TrainPlan(num_workers, use_gpu, cpus_per_worker, data_cpus)
+
+
+@dataclass(frozen=True)
+class InferPlan:
+    num_actors: int
+    use_gpu: bool
+    cpus_per_actor: float
+    decode_cpus: float  # CPUs left for decode/preprocess/postprocess tasks
+
+    def describe(self) -> str:
+        device = "1 GPU + " if self.use_gpu else ""
+        return (f"{self.num_actors} inference actor(s) x ({device}{self.cpus_per_actor:g} CPU), "
+                f"{self.decode_cpus:g} CPU for decode and postprocess")
+
+
+def plan_inference(
+    resources: ClusterResources,
+    num_actors: int | None = None,
+    use_gpu: bool | None = None,
+    cpus_per_actor: float | None = None,
+) -> InferPlan:
+    """One actor per GPU when the cluster has GPUs, else CPU actors that leave at least 1 CPU for decoding."""
+    if use_gpu is None:
+        use_gpu = resources.gpus >= 1
+    if use_gpu:
+        num_actors = num_actors or int(resources.gpus)
+        cpus_per_actor = 1.0 if cpus_per_actor is None else cpus_per_actor
+        decode_cpus = resources.cpus - num_actors * cpus_per_actor
+    else:
+        num_actors = num_actors or max(1, int(resources.cpus // 4))
+        if cpus_per_actor is None:
+            cpus_per_actor = max(resources.cpus - 1.0, 0.5) / num_actors
+            if cpus_per_actor >= 1:
+                cpus_per_actor = float(int(cpus_per_actor))
+        decode_cpus = resources.cpus - num_actors * cpus_per_actor
+    gpu = 1.0 if use_gpu else 0.0
+    if decode_cpus < 0.5 or _pack(cpus_per_actor, gpu, num_actors, resources.nodes, 0.5) < num_actors:
+        want = f"{num_actors} actor(s) x ({'1 GPU + ' if use_gpu else ''}{cpus_per_actor:g} CPU)"
+        raise PlanError(
+            f"cannot schedule {want} and keep CPU for decoding: the cluster has {resources.describe()}. "
+            "Use fewer actors (--num-actors) or add nodes."
+        )
+    return InferPlan(num_actors, use_gpu, cpus_per_actor, decode_cpus)

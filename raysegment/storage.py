@@ -1,0 +1,231 @@
+"""One storage layer for every URI the product reads or writes: local paths and s3:// URIs.
+
+Everything goes through pyarrow's filesystems, the same objects Ray Data and Ray Train take, so a
+dataset, a checkpoint and a Parquet output behave the same on local disk, AWS S3, MinIO or Ceph.
+
+S3 configuration (`S3Options`):
+- credentials: the standard AWS chain (env vars, ~/.aws, instance profile) unless `anonymous`;
+- endpoint: `endpoint_url` (flag `--s3-endpoint`) or the `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`
+  environment variables, for S3-compatible stores;
+- retries: pyarrow's own AWS standard retry strategy with `max_attempts` (no home-made loops), and
+  connect/request timeouts so a dead endpoint ends in an error, never a hang.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach S3. Never holds secrets: keys come from the AWS credential chain."""
+
+    endpoint_url: str | None = None  # e.g. "http://127.0.0.1:9000" for MinIO; None = AWS or env
+    region: str | None = None  # None = AWS_REGION / AWS_DEFAULT_REGION / us-east-1
+    anonymous: bool = False  # public buckets
+    max_attempts: int = 5  # per request, AWS standard retry strategy (exponential backoff)
+    connect_timeout_s: float = 5.0
+    request_timeout_s: float = 60.0
+
+    def resolved(self) -> S3Options:
+        """Fill unset fields from the environment (so the options can be shipped to Ray workers)."""
+        endpoint = (
+            self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region is None and endpoint:
+            region = "us-east-1"  # S3-compatible stores ignore it, but the SDK wants one
+        return S3Options(
+            endpoint, region, self.anonymous, self.max_attempts, self.connect_timeout_s, self.request_timeout_s
+        )
+
+
+_default_s3 = S3Options()
+
+
+def set_default_s3_options(options: S3Options) -> None:
+    """Set the process-wide S3 options (the CLI does this from its flags)."""
+    global _default_s3
+    _default_s3 = options
+
+
+def default_s3_options() -> S3Options:
+    return _default_s3.resolved()
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
+    kwargs: dict = dict(
+        region=options.region,
+        anonymous=options.anonymous,
+        connect_timeout=options.connect_timeout_s,
+        request_timeout=options.request_timeout_s,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts),
+    )
+    if options.endpoint_url:
+        parsed = urlparse(options.endpoint_url if "://" in options.endpoint_url else "https://" + options.endpoint_url)
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme
+    return pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def filesystem(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or s3:// URI."""
+    if is_s3(uri):
+        options = (s3 or _default_s3).resolved()
+        return _s3_filesystem(options), uri[len("s3://") :].rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or URI with '/'."""
+    if is_s3(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def parent(uri: str) -> str:
+    if is_s3(uri):
+        return "s3://" + posixpath.dirname(uri[len("s3://") :].rstrip("/"))
+    return os.path.dirname(os.path.abspath(uri))
+
+
+def basename(uri: str) -> str:
+    return posixpath.basename(uri.rstrip("/")) if is_s3(uri) else os.path.basename(uri.rstrip(os.sep))
+
+
+def to_uri(path: str, like: str) -> str:
+    """Turn a path inside the filesystem of `like` back into a URI of the same kind."""
+    return "s3://" + path if is_s3(like) else path
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    uri: str
+    size: int
+    mtime_ns: int | None = None  # None on stores that do not report it
+    etag: str | None = None
+
+
+def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None) -> list[FileEntry]:
+    """Every file under `uri` (a folder or prefix), sorted by URI. A missing folder is an error."""
+    fs, path = filesystem(uri, s3)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no such folder or prefix: {uri}")
+    if info.type == pafs.FileType.File:
+        infos = [info]
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
+    entries = [
+        FileEntry(
+            to_uri(i.path, uri),
+            int(i.size or 0),
+            int(i.mtime_ns) if i.mtime_ns is not None else None,
+        )
+        for i in infos
+        if i.type == pafs.FileType.File
+    ]
+    return sorted(entries, key=lambda e: e.uri)
+
+
+def exists(uri: str, s3: S3Options | None = None) -> bool:
+    fs, path = filesystem(uri, s3)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str, s3: S3Options | None = None) -> bool:
+    fs, path = filesystem(uri, s3)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
+    fs, path = filesystem(uri, s3)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
+    """Write a whole file, creating parent folders. Local writes are atomic (temp file + rename)."""
+    fs, path = filesystem(uri, s3)
+    if is_s3(uri):
+        with fs.open_output_stream(path) as f:  # an S3 object appears only when the upload completes
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def read_text(uri: str, s3: S3Options | None = None) -> str:
+    return read_bytes(uri, s3).decode("utf-8")
+
+
+def write_text(uri: str, text: str, s3: S3Options | None = None) -> None:
+    write_bytes(uri, text.encode("utf-8"), s3)
+
+
+def makedirs(uri: str, s3: S3Options | None = None) -> None:
+    fs, path = filesystem(uri, s3)
+    fs.create_dir(path, recursive=True)
+
+
+def delete_dir(uri: str, s3: S3Options | None = None) -> None:
+    fs, path = filesystem(uri, s3)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def upload_dir(local_dir: str, uri: str, s3: S3Options | None = None) -> None:
+    """Copy a local folder tree to a URI (used for checkpoints and run outputs)."""
+    for root, _, files in os.walk(local_dir):
+        for name in files:
+            src = os.path.join(root, name)
+            rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
+            with open(src, "rb") as f:
+                write_bytes(join(uri, rel), f.read(), s3)
+
+
+def download_dir(uri: str, local_dir: str, s3: S3Options | None = None) -> str:
+    """Copy a folder or prefix to a local folder; returns local_dir."""
+    fs, path = filesystem(uri, s3)
+    for entry in list_files(uri, s3=s3):
+        inner = filesystem(entry.uri, s3)[1]
+        rel = posixpath.relpath(inner, path) if is_s3(uri) else os.path.relpath(inner, path)
+        dest = os.path.join(local_dir, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "wb") as f:
+            f.write(read_bytes(entry.uri, s3))
+    return local_dir
+
+
+# Secrets must never reach logs, errors, saved configs or Parquet metadata.
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)(aws_secret_access_key|aws_session_token|secret_key|session_token|password|token)"
+               r"(\s*[=:]\s*)(['\"]?)[^\s'\",]+"),
+    re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])"),  # AWS secret key shape
+    re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"),  # AWS access key id shape
+]
+
+
+def redact(text: str) -> str:
+    """Remove anything that looks like a credential from a message before it is shown or stored."""
+    text = _SECRET_PATTERNS[0].sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}***", text)
+    for secret in (os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN")):
+        if secret:
+            text = text.replace(secret, "***")
+    text = _SECRET_PATTERNS[1].sub("***", text)
+    return _SECRET_PATTERNS[2].sub("***", text)
