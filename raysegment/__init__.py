@@ -1,8 +1,10 @@
 """raysegment: distributed lung segmentation of chest X-rays on Ray.
 
 Stages: storage -> decode/preprocess -> model -> postprocess -> outputs. See docs/architecture.md.
+Public names are imported lazily so that `raysegment --help` does not pay for importing torch or Ray.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -10,7 +12,18 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+local"
 
-from raysegment.checkpoint import LoadedModel, load_model  # noqa: E402
-from raysegment.model import UNet, UNetConfig  # noqa: E402
+# public name -> module that defines it
+_EXPORTS = {
+    "UNet": "raysegment.model",
+    "UNetConfig": "raysegment.model",
+    "load_model": "raysegment.checkpoint",
+    "LoadedModel": "raysegment.checkpoint",
+}
 
-__all__ = ["UNet", "UNetConfig", "load_model", "LoadedModel", "__version__"]
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'raysegment' has no attribute {name!r}")

@@ -1,0 +1,586 @@
+"""The one decode path for chest X-ray images and masks (training, inference, evaluation).
+
+``decode_image(bytes) -> DecodedImage``: a float32 HxW image in [0, 1] plus ``ImageMeta``.
+Supported: PNG (1-16 bit), JPEG, TIFF (gray/RGB/RGBA, integer or float) and DICOM.
+Anything we cannot decode -- empty, truncated, corrupt, not an image, too many pixels,
+an undecodable DICOM transfer syntax -- raises ``DecodeError`` (a ``ValueError``) with a
+one-line reason; no cv2/PIL/pydicom exception type escapes.
+
+Scaling to [0, 1]:
+  * unsigned integer rasters are divided by their dtype max (uint8 / 255, uint16 / 65535),
+    so a 16-bit PNG that only uses 12 bits comes out dark (max 4095/65535); that is the
+    standard PNG meaning and we do not guess;
+  * float and signed-integer rasters are min-max normalised;
+  * DICOM: modality LUT (rescale slope/intercept), then the VOI LUT or window centre/width,
+    scaled so the VOI output range maps to [0, 1]; without a usable VOI, min-max.
+    MONOCHROME1 is inverted so that high values are always bright.
+Colour is converted to gray (alpha ignored). EXIF orientation is NOT applied: pixels come
+out as stored, which keeps images and their masks aligned.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+DEFAULT_MAX_PIXELS = 100_000_000
+
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # zero-length IEND chunk incl. its CRC
+_JPEG_SOI = b"\xff\xd8\xff"
+_JPEG_EOI = b"\xff\xd9"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+_PNG_COMPRESSION = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; masks compress well anyway
+
+
+class DecodeError(ValueError):
+    """The bytes are not an image we can decode. str(e) is a readable one-line reason."""
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    height: int
+    width: int
+    bit_depth: int  # bits per sample in the file: PNG IHDR depth, DICOM BitsStored, else dtype bits
+    format: str  # "png", "jpeg", "tiff", "dicom"
+    channels: int  # channels in the file before conversion to gray (1, 3, 4)
+    pixel_spacing_mm: tuple[float, float] | None  # (row, col) when known
+    photometric: str | None = None  # DICOM PhotometricInterpretation
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: np.ndarray  # float32 HxW in [0, 1]
+    meta: ImageMeta
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _error(msg: str, name: str = "") -> DecodeError:
+    """DecodeError with the file name in front and everything on one line."""
+    msg = " ".join(msg.split())
+    return DecodeError(f"{name}: {msg}" if name else msg)
+
+
+def _check_pixel_count(height: int, width: int, max_pixels: int, name: str) -> None:
+    """Reject decompression bombs from the header dimensions, before any pixel is decoded."""
+    if height <= 0 or width <= 0:
+        raise _error(f"image header claims an empty image ({width}x{height}); the file is corrupt", name)
+    if height * width > max_pixels:
+        raise _error(
+            f"image is {width}x{height} = {height * width / 1e6:.4g} MP, over the "
+            f"{max_pixels / 1e6:.4g} MP limit (max_pixels); raise it if this is a genuine image",
+            name,
+        )
+
+
+# --------------------------------------------------------------------------- sniffing
+
+
+def _may_be_bare_dicom(name: str) -> bool:
+    """Preamble-less DICOM is only tried for *.dcm / *.dicom, no extension, or a numeric one
+    (DICOM files are often named by UID, e.g. ``1.2.840.113619.2.55.3``)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    ext = base.rsplit(".", 1)[-1].lower() if "." in base else ""
+    return ext in ("", "dcm", "dicom") or ext.isdigit()
+
+
+def _read_bare_dicom_header(data: bytes):
+    """pydicom Dataset (no pixels) for a DICOM without the 128-byte preamble, or None."""
+    if len(data) < 8:
+        return None
+    # Cheap filter before asking pydicom (force=True "reads" almost anything): the first
+    # element of a real dataset is in an even group no later than the image group 0028.
+    group = struct.unpack("<H", data[:2])[0]
+    if group % 2 or group > 0x0028:
+        return None
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+        return ds if "Rows" in ds and "Columns" in ds else None
+    except Exception:  # noqa: BLE001 - garbage makes pydicom raise anything; it just means "not DICOM"
+        return None
+
+
+def sniff_format(data: bytes, name: str = "") -> str | None:
+    """"png" / "jpeg" / "tiff" / "dicom" from the magic bytes (never the extension), else None."""
+    head = data[:8]
+    if head.startswith(_PNG_SIG):
+        return "png"
+    if head.startswith(_JPEG_SOI):
+        return "jpeg"
+    if head[:4] in _TIFF_MAGICS:
+        return "tiff"
+    if data[128:132] == b"DICM":
+        return "dicom"
+    if _may_be_bare_dicom(name) and _read_bare_dicom_header(data) is not None:
+        return "dicom"
+    return None
+
+
+def _sniff_or_raise(data: bytes, name: str) -> str:
+    if len(data) == 0:
+        raise _error("empty file (0 bytes)", name)
+    fmt = sniff_format(data, name)
+    if fmt is None:
+        raise _error(
+            f"not an image: unrecognised header {data[:8]!r} (expected PNG, JPEG, TIFF or DICOM)", name
+        )
+    return fmt
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def _png_header(data: bytes, name: str) -> tuple[int, int, int]:
+    """(height, width, bit_depth) from the IHDR chunk, which must come first."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise _error("truncated or corrupt PNG (no IHDR chunk after the signature)", name)
+    width, height, depth = struct.unpack(">IIB", data[16:25])
+    return height, width, depth
+
+
+def _pil_open(data: bytes, fmt: str, name: str):
+    """PIL image object with only the header parsed (no pixels read).
+
+    The plugin class is used directly instead of ``Image.open`` because ``Image.open`` runs
+    PIL's own decompression-bomb check (warning / error on ``MAX_IMAGE_PIXELS``); our
+    ``max_pixels`` is the one guard, and this avoids mutating PIL's global setting.
+    """
+    from PIL import JpegImagePlugin, TiffImagePlugin
+
+    cls = JpegImagePlugin.JpegImageFile if fmt == "jpeg" else TiffImagePlugin.TiffImageFile
+    try:
+        return cls(io.BytesIO(data))
+    except Exception as e:  # PIL raises SyntaxError/OSError/struct.error/... on bad headers
+        raise _error(f"corrupt {fmt.upper()} header ({e}); the file is damaged or not a {fmt}", name) from e
+
+
+def _read_dicom(data: bytes, name: str, stop_before_pixels: bool):
+    import pydicom
+
+    force = data[128:132] != b"DICM"  # preamble-less files only parse with force=True
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=force, stop_before_pixels=stop_before_pixels)
+    except Exception as e:
+        raise _error(f"corrupt DICOM ({type(e).__name__}: {e})", name) from e
+
+
+def _dicom_size(ds, name: str) -> tuple[int, int]:
+    try:
+        return int(ds.Rows), int(ds.Columns)
+    except Exception as e:
+        raise _error(
+            "DICOM has no readable Rows/Columns: the file is truncated, or not an image (e.g. a structured report)", name
+        ) from e
+
+
+def image_size(data: bytes, name: str = "") -> tuple[int, int]:
+    """(height, width) from the header only, without decoding pixels; DecodeError when unreadable."""
+    data = bytes(data)
+    fmt = _sniff_or_raise(data, name)
+    if fmt == "png":
+        h, w, _ = _png_header(data, name)
+        return h, w
+    if fmt == "dicom":
+        return _dicom_size(_read_dicom(data, name, stop_before_pixels=True), name)
+    w, h = _pil_open(data, fmt, name).size
+    return h, w
+
+
+# --------------------------------------------------------------------------- truncation checks
+
+
+def _check_png_complete(data: bytes, name: str) -> None:
+    # Some cv2/libpng builds decode a truncated PNG partially without complaint.
+    # Trailing junk after IEND is legal-ish and decoders ignore it, hence rfind.
+    if not data.endswith(_PNG_IEND) and data.rfind(b"IEND\xaeB`\x82") < 0:
+        raise _error("truncated PNG (no IEND chunk): the file is incomplete; re-copy it", name)
+
+
+def _check_jpeg_complete(data: bytes, name: str) -> None:
+    # libjpeg pads a truncated scan with gray and only warns; the EOI marker must end the file
+    # (zero padding after it is tolerated, as written by some storage systems).
+    if not data.endswith(_JPEG_EOI) and not data.rstrip(b"\x00").endswith(_JPEG_EOI):
+        raise _error("truncated JPEG (no FFD9 end-of-image marker): the file is incomplete; re-copy it", name)
+
+
+def _check_tiff_complete(pil_image, data: bytes, name: str) -> None:
+    """The first page's strips/tiles must lie inside the data."""
+    tags = pil_image.tag_v2
+    offsets = tags.get(273) or tags.get(324)  # StripOffsets / TileOffsets
+    counts = tags.get(279) or tags.get(325)  # StripByteCounts / TileByteCounts
+    if not offsets or not counts:
+        return  # let the decoder judge
+    end = max(int(o) + int(c) for o, c in zip(offsets, counts))
+    if end > len(data):
+        raise _error(
+            f"truncated TIFF (pixel data ends at byte {end}, file has {len(data)}): "
+            "the file is incomplete; re-copy it",
+            name,
+        )
+
+
+# --------------------------------------------------------------------------- rasters
+
+
+def _to_gray(arr: np.ndarray) -> np.ndarray:
+    """HxW[xC] cv2 array (BGR / BGRA order) -> HxW, same dtype."""
+    if arr.ndim == 2:
+        return arr
+    if arr.shape[2] == 3:
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)
+    if arr.shape[2] == 4:
+        return cv2.cvtColor(arr, cv2.COLOR_BGRA2GRAY)
+    return np.ascontiguousarray(arr[:, :, 0])  # 1 or 2 (gray + alpha) channels
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    """Any numeric HxW -> float32 in [0, 1]; a constant image becomes all zeros."""
+    arr = np.nan_to_num(arr.astype(np.float32, copy=False))
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.float32)
+    return (arr - lo) / np.float32(hi - lo)
+
+
+def _to_unit_float(arr: np.ndarray) -> np.ndarray:
+    """Unsigned integers are divided by the dtype max (exact: 65535 -> 1.0); others min-max."""
+    if arr.dtype.kind == "u":
+        return np.divide(arr, np.float32(np.iinfo(arr.dtype).max), dtype=np.float32)
+    return _minmax(arr)
+
+
+def _decode_raster(data: bytes, fmt: str, name: str, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
+    """PNG/JPEG/TIFF -> (gray HxW array in the file's dtype, meta). Header checks come first."""
+    depth = 0
+    if fmt == "png":
+        h, w, depth = _png_header(data, name)
+        _check_pixel_count(h, w, max_pixels, name)
+        _check_png_complete(data, name)
+    else:
+        pil_image = _pil_open(data, fmt, name)
+        w, h = pil_image.size
+        _check_pixel_count(h, w, max_pixels, name)
+        if fmt == "jpeg":
+            _check_jpeg_complete(data, name)
+        else:
+            _check_tiff_complete(pil_image, data, name)
+    try:
+        # IMREAD_UNCHANGED keeps 16 bit and float; cv2 returns None on failure.
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise _error(f"cannot decode {fmt.upper()}: {e}", name) from e
+    if arr is None or arr.size == 0:
+        raise _error(f"corrupt {fmt.upper()}: the decoder rejected the pixel data; the file is damaged", name)
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    gray = _to_gray(arr)
+    meta = ImageMeta(
+        height=gray.shape[0],
+        width=gray.shape[1],
+        bit_depth=depth or gray.dtype.itemsize * 8,
+        format=fmt,
+        channels=channels,
+        pixel_spacing_mm=None,
+    )
+    return gray, meta
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def _ensure_transfer_syntax(ds) -> None:
+    """Preamble-less files often lack file meta; pydicom needs a Transfer Syntax UID to decode,
+    so take it from the encoding the parser detected."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = ds.original_encoding
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    if implicit:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _dicom_pixel_error(ds, exc: Exception, name: str) -> DecodeError:
+    """Name the transfer syntax, and the missing decoder packages when that is the cause."""
+    from pydicom.pixels import get_decoder
+
+    uid = ds.file_meta.get("TransferSyntaxUID")
+    ts = f"'{uid.name}' ({uid})" if uid else "(unknown)"
+    reason = f"{type(exc).__name__}: {exc}"
+    if uid is not None and not uid.is_transfer_syntax:
+        return _error(f"cannot decode DICOM pixel data: {ts} is not a transfer syntax; the file is corrupt", name)
+    if uid is not None and uid.is_compressed:
+        try:
+            available = get_decoder(uid).is_available
+        except NotImplementedError:  # no decoder class at all for this UID
+            available = False
+        if not available:
+            return _error(
+                f"cannot decode DICOM pixel data: no decoder installed for transfer syntax {ts}; "
+                "install pylibjpeg with its plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg) or python-gdcm",
+                name,
+            )
+        return _error(
+            f"cannot decode DICOM pixel data with transfer syntax {ts} ({reason}); either the data "
+            "is corrupt or the installed decoders cannot handle it: try pylibjpeg "
+            "(pylibjpeg-libjpeg, pylibjpeg-openjpeg) or python-gdcm",
+            name,
+        )
+    return _error(f"cannot decode DICOM pixel data with transfer syntax {ts} ({reason})", name)
+
+
+def _pixel_spacing(ds) -> tuple[float, float] | None:
+    """(row, col) mm from PixelSpacing, else ImagerPixelSpacing (detector plane), else None."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            value = ds.get(keyword)
+            # MultiValue for the normal "row\\col" form, a single DSfloat when malformed
+            values = [] if value is None else [float(v) for v in (value if ds[keyword].VM > 1 else [value])]
+        except (ValueError, TypeError):  # malformed DS strings: spacing unknown, not a decode failure
+            values = []
+        if values and min(values) > 0:
+            return values[0], values[-1]
+    return None
+
+
+def _voi_range(ds) -> tuple[float, float] | None:
+    """Output range (lo, hi) of the VOI transform apply_voi_lut applies, None when there is none.
+
+    Found by pushing the extreme inputs through the same pydicom function, so it matches
+    whatever pydicom does for windowing (LINEAR, LINEAR_EXACT, SIGMOID) and VOI LUTs.
+    """
+    from pydicom.pixels import apply_voi_lut
+
+    if "VOILUTSequence" in ds:
+        descriptor = ds.VOILUTSequence[0].LUTDescriptor
+        first, entries = int(descriptor[1]), int(descriptor[0]) or 2**16
+        out = apply_voi_lut(np.array([first, first + entries - 1], np.int64), ds)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        with np.errstate(over="ignore"):  # SIGMOID of +-1e12 overflows exp(); the limit is fine
+            out = apply_voi_lut(np.array([-1e12, 1e12]), ds)
+    else:
+        return None
+    return float(out.min()), float(out.max())
+
+
+def _dicom_to_unit(arr: np.ndarray, ds) -> np.ndarray:
+    """Monochrome stored values -> float32 [0, 1]: modality LUT, VOI, MONOCHROME1 inversion."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(arr, ds)
+    try:
+        lo_hi = _voi_range(ds)
+        if lo_hi is not None:
+            if "VOILUTSequence" in ds:  # LUT indices must be integers
+                values = np.rint(values).astype(np.int64)
+            values = apply_voi_lut(values, ds)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError):
+        # Malformed VOI (zero width, broken LUT) is common in the wild: ignore it, min-max.
+        lo_hi = None
+    if lo_hi is not None and lo_hi[1] > lo_hi[0]:
+        lo, hi = lo_hi
+        unit = np.clip((values.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    else:
+        unit = _minmax(values)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+        unit = 1.0 - unit  # MONOCHROME1: the minimum value is white
+    return unit
+
+
+def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:
+    ds = _read_dicom(data, name, stop_before_pixels=False)
+    rows, cols = _dicom_size(ds, name)
+    # Pixel data is decoded lazily by ds.pixel_array, so this is still before decoding.
+    _check_pixel_count(rows, cols, max_pixels, name)
+    if "PixelData" not in ds:
+        raise _error("DICOM has no PixelData element: not an image", name)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper() or None
+    _ensure_transfer_syntax(ds)
+    try:
+        ds.pixel_array_options(index=0)  # decode the first frame only
+        arr = ds.pixel_array
+    except Exception as e:
+        raise _dicom_pixel_error(ds, e, name) from e
+    try:
+        if arr.ndim == 3:  # colour (pydicom converts YBR to RGB): no modality/VOI for colour
+            image = _to_unit_float(cv2.cvtColor(np.ascontiguousarray(arr[:, :, :3]), cv2.COLOR_RGB2GRAY))
+        else:
+            image = _dicom_to_unit(arr, ds)
+    except Exception as e:
+        raise _error(f"cannot convert DICOM pixels ({type(e).__name__}: {e})", name) from e
+    meta = ImageMeta(
+        height=int(image.shape[0]),
+        width=int(image.shape[1]),
+        bit_depth=int(ds.get("BitsStored") or ds.get("BitsAllocated") or arr.dtype.itemsize * 8),
+        format="dicom",
+        channels=int(ds.get("SamplesPerPixel") or 1),
+        pixel_spacing_mm=_pixel_spacing(ds),
+        photometric=photometric,
+    )
+    return DecodedImage(image=image, meta=meta)
+
+
+# --------------------------------------------------------------------------- public decode
+
+
+def decode_image(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Encoded bytes -> float32 HxW image in [0, 1] + meta. Raises DecodeError only.
+
+    ``max_pixels`` is checked against the header before decoding. cv2 has its own limit
+    (env OPENCV_IO_MAX_IMAGE_PIXELS, default 2**30) for rasters above that.
+    """
+    data = bytes(data)  # accepts bytearray / memoryview; no copy for bytes
+    fmt = _sniff_or_raise(data, name)
+    if fmt == "dicom":
+        return _decode_dicom(data, name, max_pixels)
+    gray, meta = _decode_raster(data, fmt, name, max_pixels)
+    return DecodedImage(image=_to_unit_float(gray), meta=meta)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def binarize(mask: np.ndarray) -> np.ndarray:
+    """bool array, same shape: integers are scaled by their dtype max, then > 0.5; floats > 0.5."""
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        return mask
+    if mask.dtype.kind in "ui":
+        # x / max > 0.5  <=>  x > max / 2 (max is odd, so no ties), without a float copy
+        return mask > np.iinfo(mask.dtype).max / 2
+    return mask > 0.5
+
+
+def decode_mask(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded mask -> bool HxW: same decode path as decode_image, then binarize.
+
+    One exception to the >0.5 rule: an integer mask whose only values are 0 and 1 (a common
+    "label" encoding) would binarize to all False, so there 1 is taken as foreground.
+    """
+    data = bytes(data)
+    fmt = _sniff_or_raise(data, name)
+    if fmt == "dicom":
+        return binarize(_decode_dicom(data, name, max_pixels).image)
+    gray, _ = _decode_raster(data, fmt, name, max_pixels)
+    if gray.dtype.kind in "ui" and gray.max() == 1:
+        return gray > 0
+    return binarize(gray)
+
+
+def _mask_to_bool(mask: np.ndarray) -> np.ndarray:
+    """bool / 0-1 / 0-255 HxW -> bool HxW (0-1 data thresholded at 0.5, 0-255 at 127.5)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be HxW, got shape {mask.shape}")
+    if mask.dtype == bool:
+        return mask
+    if mask.size == 0:
+        return mask.astype(bool)
+    lo, hi = float(mask.min()), float(mask.max())
+    if lo < 0 or hi > 255 or np.isnan(lo) or np.isnan(hi):
+        raise ValueError(f"mask values must be bool, 0-1 or 0-255, got range [{lo}, {hi}]")
+    return mask > (0.5 if hi <= 1 else 127.5)
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """bool / 0-1 / 0-255 HxW mask -> 8-bit gray PNG bytes holding 0/255."""
+    pixels = _mask_to_bool(mask).astype(np.uint8) * np.uint8(255)
+    ok, buf = cv2.imencode(".png", pixels, _PNG_COMPRESSION)
+    if not ok:
+        raise ValueError(f"cv2 could not encode a mask of shape {pixels.shape} as PNG")
+    return buf.tobytes()
+
+
+def decode_mask_png(data: bytes) -> np.ndarray:
+    """PNG bytes from encode_mask_png -> the same bool HxW mask."""
+    return decode_mask(data)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8/uint16 HxW (gray), HxWx3 (RGB) or HxWx4 (RGBA) -> PNG bytes (8 or 16 bit)."""
+    image = np.asarray(image)
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"encode_png needs uint8 or uint16, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # cv2 writes BGR order
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
+    elif image.ndim != 2:
+        raise ValueError(f"encode_png needs HxW, HxWx3 or HxWx4, got shape {image.shape}")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image), _PNG_COMPRESSION)
+    if not ok:
+        raise ValueError(f"cv2 could not encode an image of shape {image.shape} as PNG")
+    return buf.tobytes()
+
+
+# --------------------------------------------------------------------------- test fixtures
+
+
+def make_dicom_bytes(
+    array: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    window: tuple[float, float] | None = None,
+    pixel_spacing: tuple[float, float] | None = None,
+    imager_pixel_spacing: tuple[float, float] | None = None,
+    bits_stored: int = 16,
+) -> bytes:
+    """A minimal valid DICOM file (Explicit VR Little Endian, 16-bit unsigned, one frame).
+
+    array: uint16 HxW stored values; window: (centre, width) in modality (rescaled) units;
+    spacings: (row, col) mm. For tests and fixtures; lives here so Ray workers can import it.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    array = np.asarray(array)
+    if array.ndim != 2 or array.dtype.kind not in "ui" or array.min() < 0 or array.max() > 65535:
+        raise ValueError("make_dicom_bytes needs an HxW integer array with values in 0..65535")
+    array = np.ascontiguousarray(array, dtype="<u2")
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = array.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    if slope != 1.0 or intercept != 0.0:
+        ds.RescaleSlope = f"{slope:g}"
+        ds.RescaleIntercept = f"{intercept:g}"
+    if window is not None:
+        ds.WindowCenter = f"{window[0]:g}"
+        ds.WindowWidth = f"{window[1]:g}"
+    if pixel_spacing is not None:
+        ds.PixelSpacing = [f"{v:g}" for v in pixel_spacing]
+    if imager_pixel_spacing is not None:
+        ds.ImagerPixelSpacing = [f"{v:g}" for v in imager_pixel_spacing]
+    ds.PixelData = array.tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
