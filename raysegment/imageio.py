@@ -109,7 +109,7 @@ def _read_bare_dicom_header(data: bytes):
 
 
 def sniff_format(data: bytes, name: str = "") -> str | None:
-    """"png" / "jpeg" / "tiff" / "dicom" from the magic bytes (never the extension), else None."""
+    """Format from the magic bytes (never the extension): "png", "jpeg", "tiff", "dicom" or None."""
     head = data[:8]
     if head.startswith(_PNG_SIG):
         return "png"
@@ -177,7 +177,8 @@ def _dicom_size(ds, name: str) -> tuple[int, int]:
         return int(ds.Rows), int(ds.Columns)
     except Exception as e:
         raise _error(
-            "DICOM has no readable Rows/Columns: the file is truncated, or not an image (e.g. a structured report)", name
+            "DICOM has no readable Rows/Columns: the file is truncated, or not an image (e.g. a structured report)",
+            name,
         ) from e
 
 
@@ -216,9 +217,10 @@ def _check_tiff_complete(pil_image, data: bytes, name: str) -> None:
     tags = pil_image.tag_v2
     offsets = tags.get(273) or tags.get(324)  # StripOffsets / TileOffsets
     counts = tags.get(279) or tags.get(325)  # StripByteCounts / TileByteCounts
-    if not offsets or not counts:
-        return  # let the decoder judge
-    end = max(int(o) + int(c) for o, c in zip(offsets, counts))
+    try:
+        end = max(int(o) + int(c) for o, c in zip(offsets, counts))
+    except (TypeError, ValueError):  # missing or mistyped tags: let the decoder judge
+        return
     if end > len(data):
         raise _error(
             f"truncated TIFF (pixel data ends at byte {end}, file has {len(data)}): "
@@ -321,7 +323,9 @@ def _dicom_pixel_error(ds, exc: Exception, name: str) -> DecodeError:
     ts = f"'{uid.name}' ({uid})" if uid else "(unknown)"
     reason = f"{type(exc).__name__}: {exc}"
     if uid is not None and not uid.is_transfer_syntax:
-        return _error(f"cannot decode DICOM pixel data: {ts} is not a transfer syntax; the file is corrupt", name)
+        return _error(
+            f"cannot decode DICOM pixel data: {ts} is not a transfer syntax; the file is corrupt", name
+        )
     if uid is not None and uid.is_compressed:
         try:
             available = get_decoder(uid).is_available
@@ -376,24 +380,57 @@ def _voi_range(ds) -> tuple[float, float] | None:
     return float(out.min()), float(out.max())
 
 
+def _linear_window(ds) -> tuple[float, float] | None:
+    """(centre, width) of the first window when the VOI is a plain LINEAR window, else None."""
+    if "VOILUTSequence" in ds or "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    if str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() != "LINEAR":
+        return None
+    c, w = ds["WindowCenter"], ds["WindowWidth"]
+    center = float(c.value[0] if c.VM > 1 else c.value)
+    width = float(w.value[0] if w.VM > 1 else w.value)
+    return (center, width) if width > 1 else None
+
+
+def _apply_linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """LINEAR window (PS3.3 C.11.2.1.2.1) straight to float32 [0, 1].
+
+    Equals pydicom's apply_voi_lut scaled by its output range (a test checks this), but works
+    in place in float32 instead of float64 masks: ~10x faster, and this is the common case.
+    """
+    unit = values.astype(np.float32)
+    unit -= np.float32(center - 0.5)
+    unit *= np.float32(1.0 / (width - 1))
+    unit += np.float32(0.5)
+    return np.clip(unit, 0.0, 1.0, out=unit)
+
+
+def _pydicom_voi(values: np.ndarray, ds) -> np.ndarray | None:
+    """VOI LUT / non-LINEAR window via pydicom's apply_voi_lut, scaled to float32 [0, 1]; None
+    when the dataset has no VOI."""
+    from pydicom.pixels import apply_voi_lut
+
+    lo_hi = _voi_range(ds)
+    if lo_hi is None or lo_hi[1] <= lo_hi[0]:
+        return None
+    if "VOILUTSequence" in ds:  # LUT indices must be integers
+        values = np.rint(values).astype(np.int64)
+    voi = apply_voi_lut(values, ds)
+    return np.clip((voi - lo_hi[0]) / (lo_hi[1] - lo_hi[0]), 0.0, 1.0).astype(np.float32)
+
+
 def _dicom_to_unit(arr: np.ndarray, ds) -> np.ndarray:
     """Monochrome stored values -> float32 [0, 1]: modality LUT, VOI, MONOCHROME1 inversion."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut
 
     values = apply_modality_lut(arr, ds)
     try:
-        lo_hi = _voi_range(ds)
-        if lo_hi is not None:
-            if "VOILUTSequence" in ds:  # LUT indices must be integers
-                values = np.rint(values).astype(np.int64)
-            values = apply_voi_lut(values, ds)
+        window = _linear_window(ds)
+        unit = _apply_linear_window(values, *window) if window else _pydicom_voi(values, ds)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError):
         # Malformed VOI (zero width, broken LUT) is common in the wild: ignore it, min-max.
-        lo_hi = None
-    if lo_hi is not None and lo_hi[1] > lo_hi[0]:
-        lo, hi = lo_hi
-        unit = np.clip((values.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    else:
+        unit = None
+    if unit is None:
         unit = _minmax(values)
     if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
         unit = 1.0 - unit  # MONOCHROME1: the minimum value is white
@@ -402,6 +439,16 @@ def _dicom_to_unit(arr: np.ndarray, ds) -> np.ndarray:
 
 def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:
     ds = _read_dicom(data, name, stop_before_pixels=False)
+    try:
+        return _dicom_image(ds, name, max_pixels)
+    except DecodeError:
+        raise
+    except Exception as e:  # pydicom parses elements lazily: a damaged one fails on first access
+        raise _error(f"corrupt DICOM ({type(e).__name__}: {e})", name) from e
+
+
+def _dicom_image(ds, name: str, max_pixels: int) -> DecodedImage:
+    """Parsed dataset -> DecodedImage (first frame only)."""
     rows, cols = _dicom_size(ds, name)
     # Pixel data is decoded lazily by ds.pixel_array, so this is still before decoding.
     _check_pixel_count(rows, cols, max_pixels, name)
@@ -414,13 +461,10 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:
         arr = ds.pixel_array
     except Exception as e:
         raise _dicom_pixel_error(ds, e, name) from e
-    try:
-        if arr.ndim == 3:  # colour (pydicom converts YBR to RGB): no modality/VOI for colour
-            image = _to_unit_float(cv2.cvtColor(np.ascontiguousarray(arr[:, :, :3]), cv2.COLOR_RGB2GRAY))
-        else:
-            image = _dicom_to_unit(arr, ds)
-    except Exception as e:
-        raise _error(f"cannot convert DICOM pixels ({type(e).__name__}: {e})", name) from e
+    if arr.ndim == 3:  # colour (pydicom converts YBR to RGB): no modality/VOI for colour
+        image = _to_unit_float(cv2.cvtColor(np.ascontiguousarray(arr[:, :, :3]), cv2.COLOR_RGB2GRAY))
+    else:
+        image = _dicom_to_unit(arr, ds)
     meta = ImageMeta(
         height=int(image.shape[0]),
         width=int(image.shape[1]),
@@ -583,4 +627,3 @@ def make_dicom_bytes(
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
-

@@ -18,11 +18,15 @@ import argparse
 import os
 import time
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import cv2
 import numpy as np
 
 _SHIFT = 4  # fixed-point bits for cv2 drawing: sub-pixel accurate outlines at any size
+# Standard normal quantiles of 256 equal-probability bins: cv2.LUT of random bytes through this
+# table gives Gaussian noise at a fraction of the cost of rng.standard_normal.
+_GAUSS = np.array([NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)], np.float32)
 
 
 @dataclass(frozen=True)
@@ -49,11 +53,15 @@ def _px(pts: np.ndarray, res: int) -> np.ndarray:
     return np.round((np.asarray(pts) * res - 0.5) * (1 << _SHIFT)).astype(np.int32)
 
 
-def _fill(polys, res: int, dtype=np.uint8, value=1) -> np.ndarray:
-    """Rasterize closed polygons [(N, 2), ...] into a new (res, res) image."""
-    out = np.zeros((res, res), dtype)
+def _fill(polys, res: int, dtype=np.uint8, value=1.0, out=None) -> np.ndarray:
+    """Rasterize closed polygons [(N, 2), ...] with value into out, or a new (res, res) image.
+
+    Float images get anti-aliased edges; uint8 ones (masks) get crisp 0/value pixels.
+    """
+    out = np.zeros((res, res), dtype) if out is None else out
+    aa = cv2.LINE_8 if out.dtype == np.uint8 else cv2.LINE_AA
     for p in polys:  # one call each: a single fillPoly call XORs where polygons overlap
-        cv2.fillPoly(out, [_px(p, res)], value, cv2.LINE_AA if dtype != np.uint8 else cv2.LINE_8, _SHIFT)
+        cv2.fillPoly(out, [_px(p, res)], value, aa, _SHIFT)
     return out
 
 
@@ -108,25 +116,27 @@ def _lungs(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def _ribs(rng: np.random.Generator, res: int) -> np.ndarray:
-    """Ribs and clavicles, float32 (res, res) attenuation."""
+def _ribs(rng: np.random.Generator, res: int, width: float) -> np.ndarray:
+    """Ribs and clavicles of a chest width (relative to the average), float32 (res, res) attenuation."""
     bones = np.zeros((res, res), np.float32)
     thick = max(1, round(0.022 * res))
-    y0, gap = rng.uniform(0.12, 0.15), rng.uniform(0.048, 0.056)
-    t = np.linspace(0, 1, 16)[:, None]
+    t = np.linspace(0, 1, 16)  # position along a rib, medial to lateral
+    k = np.arange(10)[:, None]
     for s in (-1, 1):  # -1: image left
-        post, ant = [], []
-        for k in range(10):
-            y = y0 + k * gap * (1 + 0.03 * k) + rng.normal(0, 0.004)  # ribs spread out lower down
-            # Posterior rib: slopes down and out from the spine, arcing down along the chest wall.
-            slope, drop = rng.uniform(0.05, 0.1), rng.uniform(0.08, 0.14)
-            post.append(np.hstack([0.5 + s * (0.03 + 0.41 * np.sin(t * np.pi / 2)), y + slope * t + drop * t**2]))
-            if k < 7:  # anterior rib: fainter, from the chest wall down toward the sternum
-                ant.append(np.hstack([0.5 + s * (0.43 - 0.28 * t), y + 0.04 + 0.13 * t**0.7]))
-        cv2.polylines(bones, list(_px(post, res)), False, 0.2, thick, cv2.LINE_AA, _SHIFT)
-        cv2.polylines(bones, list(_px(ant, res)), False, 0.1, max(1, thick - 1), cv2.LINE_AA, _SHIFT)
+        # Ten ribs a side, spreading out lower down. Posterior ribs slope down and out from the
+        # spine and arc down along the chest wall; anterior ribs (fainter, the upper seven) run
+        # from the chest wall down toward the sternum.
+        y = rng.uniform(0.12, 0.15) + k * rng.uniform(0.048, 0.056) * (1 + 0.03 * k)
+        y = y + rng.normal(0, 0.004, k.shape)  # (10, 1) height of each rib at the spine
+        slope, drop = rng.uniform(0.05, 0.1, k.shape), rng.uniform(0.08, 0.14, k.shape)
+        post_x = 0.5 + s * (0.03 + 0.41 * width * np.sin(t * np.pi / 2))
+        post = np.stack(np.broadcast_arrays(post_x, y + slope * t + drop * t**2), -1)  # (10, 16, 2)
+        ant_x = 0.5 + s * (0.43 * width - 0.28 * t)
+        ant = np.stack(np.broadcast_arrays(ant_x, y[:7] + 0.04 + 0.13 * t**0.7), -1)  # (7, 16, 2)
         clav = np.array([(0.5 + s * 0.06, 0.17), (0.5 + s * 0.2, 0.12), (0.5 + s * 0.34, 0.11)])
         clav += rng.normal(0, 0.01, clav.shape)
+        cv2.polylines(bones, list(_px(post, res)), False, 0.2, thick, cv2.LINE_AA, _SHIFT)
+        cv2.polylines(bones, list(_px(ant, res)), False, 0.1, max(1, thick - 1), cv2.LINE_AA, _SHIFT)
         cv2.polylines(bones, [_px(clav, res)], False, 0.25, round(1.4 * thick), cv2.LINE_AA, _SHIFT)
     return bones
 
@@ -139,7 +149,8 @@ def _vessels(rng: np.random.Generator, res: int) -> np.ndarray:
         a = toward + rng.uniform(-0.6, 0.6, (n, 1)) * np.pi + np.cumsum(rng.normal(0, 0.3, (n, 4)), 1)
         step = rng.uniform(0.03, 0.07, (n, 4))
         start = np.stack([np.full(n, hx), 0.45 + rng.uniform(-0.05, 0.05, n)], 1)[:, None]
-        paths = np.concatenate([start, start + np.cumsum(step[..., None] * np.stack([np.cos(a), np.sin(a)], -1), 1)], 1)
+        direction = np.stack([np.cos(a), np.sin(a)], -1)  # (n, 4, 2)
+        paths = np.concatenate([start, start + np.cumsum(step[..., None] * direction, 1)], 1)  # (n, 5, 2)
         # Thick near the hilum, thin at the periphery.
         cv2.polylines(out, list(_px(paths, res)), False, 0.1, max(1, res // 256), cv2.LINE_AA, _SHIFT)
         cv2.polylines(out, list(_px(paths[:, :3], res)), False, 0.1, max(2, res // 100), cv2.LINE_AA, _SHIFT)
@@ -161,26 +172,31 @@ def _render(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, n
 
     # --- geometry
     right, left = _lungs(rng)
-    hc = (0.53 + rng.uniform(-0.02, 0.03), 0.61 + rng.uniform(-0.03, 0.04))
+    # Heart: on the left dome, two thirds of it left of the midline (image right), its apex pointing
+    # down and out, so it cuts the lower medial corner (cardiophrenic angle) off the left lung.
+    cardiophrenic_y = left[left[:, 0] < left[:, 0].min() + 0.1, 1].max()
+    hc = (0.56 + rng.uniform(-0.02, 0.03), cardiophrenic_y - rng.uniform(0.03, 0.07))
     heart = [
-        _ellipse(hc, (0.15 * rng.uniform(0.85, 1.2), 0.11 * rng.uniform(0.85, 1.15)), rng.uniform(-28, -8)),
-        _ellipse((0.45 + rng.uniform(-0.02, 0.01), hc[1] + 0.02), (0.05, 0.08)),  # right atrium
+        _ellipse(hc, (0.16 * rng.uniform(0.85, 1.15), 0.11 * rng.uniform(0.85, 1.15)), rng.uniform(8, 28)),
+        _ellipse((0.45 + rng.uniform(-0.02, 0.01), hc[1]), (0.05, 0.08)),  # right atrium
         _ellipse((0.555 + rng.uniform(-0.01, 0.02), 0.28 + rng.uniform(-0.02, 0.02)), (0.04, 0.035)),  # aorta
     ]
     bw = rng.uniform(0.9, 1.05)  # body width
     sh = rng.uniform(0.2, 0.26)  # shoulder height
-    body = [_ellipse((0.5, 0.64), (0.47 * bw, 0.62)), np.array([(0.39, -0.1), (0.61, -0.1), (0.63, 0.2), (0.37, 0.2)])]
+    neck = np.array([(0.39, -0.1), (0.61, -0.1), (0.63, 0.2), (0.37, 0.2)])
+    body = [_ellipse((0.5, 0.64), (0.47 * bw, 0.62)), neck]
     body += [_ellipse((0.5 - s * 0.3 * bw, sh), (0.22 * bw, 0.1), -12 * s) for s in (1, -1)]
     arms = [_ellipse((0.5 - s * 0.57 * bw, 0.55), (0.07, 0.5)) for s in (1, -1)]
     # Patient tilt and position: u -> A (u - c) + c + shift, c the image centre.
-    a, scale = np.deg2rad(rng.uniform(-5, 5)), rng.uniform(0.92, 1.08)
+    a, scale = np.deg2rad(rng.uniform(-5, 5)), rng.uniform(0.9, 1.1)
     A = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     b = 0.5 - A @ (0.5, 0.5) + rng.uniform(-0.03, 0.03, 2)
 
     # --- attenuation at half resolution, drawn upright (soft tissue ~1, air-filled lung ~0.3 .. 0.5)
-    body_map = blur(_fill(body, h, np.float32), 0.01)
-    thickness = 0.55 + 0.45 * np.sqrt(np.clip(1 - ((u - 0.5) / 0.5) ** 2, 0, 1))  # (h,) rounder in the middle
-    att = body_map * thickness[None, :] + f32(rng.uniform(0.5, 0.9)) * blur(_fill(arms, h, np.float32), 0.01)
+    tissue = _fill(arms, h, np.float32, rng.uniform(0.5, 0.9))
+    tissue = blur(_fill(body, h, out=tissue), 0.01)  # the torso drawn over any overlap with the arms
+    thickness = 0.55 + 0.45 * np.sqrt(np.clip(1 - ((u - 0.5) / 0.5) ** 2, 0, 1))  # (h,) the chest is thicker mid-line
+    att = tissue * thickness[None, :]
 
     # Air thickness grows from zero at the lung edge inward, so the edges are soft; behind the
     # heart there is little lung left, so the heart shows as a bright silhouette.
@@ -188,9 +204,10 @@ def _render(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, n
     heart_map = blur(_fill(heart, h, np.float32), 0.012)
     dist = cv2.distanceTransform(lung_poly, cv2.DIST_L2, 3) * f32(1 / h)
     air = 1 - np.exp(dist * f32(-1 / rng.uniform(0.015, 0.04)))
-    texture = cv2.resize(rng.standard_normal((24, 24)).astype(np.float32), (h, h), interpolation=cv2.INTER_CUBIC)
-    lung_map = blur(lung_poly.astype(np.float32), 0.02)
-    att -= blur(air, 0.004) * (1 + 0.12 * texture) * (1 - 0.85 * heart_map) * f32(rng.uniform(0.5, 0.75))
+    air = blur(air, 0.004)
+    texture = rng.standard_normal((24, 24)).astype(np.float32)  # lung parenchyma, low frequency
+    texture = cv2.resize(texture, (h, h), interpolation=cv2.INTER_CUBIC)
+    att -= air * (1 + 0.12 * texture) * (1 - 0.85 * heart_map) * f32(rng.uniform(0.5, 0.75))
     att += heart_map * f32(rng.uniform(0.15, 0.3))
 
     # Spine and mediastinum: separable profiles, outer products of (h,) vectors.
@@ -202,15 +219,15 @@ def _render(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, n
     extra = np.zeros((h, h), np.float32)
     if rng.random() < 0.6:  # gastric air bubble under the left dome: dark, but not lung
         bubble = _ellipse((0.66, left[:, 1].max() + 0.05), (0.05, 0.03))
-        cv2.fillPoly(extra, [_px(bubble, h)], -rng.uniform(0.15, 0.3), cv2.LINE_AA, _SHIFT)
+        _fill([bubble], h, value=-rng.uniform(0.15, 0.3), out=extra)
     if rng.random() < 0.5:  # breast shadows over the lung bases
         amp = rng.uniform(0.08, 0.2)
-        for s in (1, -1):
-            cv2.fillPoly(extra, [_px(_ellipse((0.5 - s * 0.24, 0.8), (0.2, 0.15)), h)], amp, cv2.LINE_AA, _SHIFT)
+        _fill([_ellipse((0.5 - s * 0.24, 0.8), (0.2, 0.15)) for s in (1, -1)], h, value=amp, out=extra)
     att += blur(extra, 0.012)
-    # Ribs stand out against air far more than against the abdomen or the mediastinum.
-    att += blur(_ribs(rng, h), 0.003) * (body_map > 0.5) * (0.3 + 0.7 * lung_map) * f32(rng.uniform(0.7, 1.3))
-    att += blur(_vessels(rng, h), 0.002) * lung_map
+    # Ribs stand out against air far more than against the abdomen or the mediastinum (and
+    # clavicles must not poke out of low shoulders); vessels show only in the lungs.
+    ribs = _ribs(rng, h, bw) * (tissue > 0.5) * (0.3 + 0.7 * air) * f32(rng.uniform(0.7, 1.3))
+    att += blur(ribs + _vessels(rng, h) * air, 0.0025)
     if rng.random() < 0.7:  # side marker, as on most films
         mark = np.zeros((h, h), np.uint8)  # cv2 draws text on 8-bit images only
         cv2.putText(mark, "R" if rng.random() < 0.7 else "L", (int(0.05 * h), int(0.1 * h)),
@@ -229,19 +246,18 @@ def _render(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, n
     m = np.hstack([A, (A @ (0.5, 0.5) + b * h - 0.5)[:, None]])
     img = cv2.warpAffine(img, m, (h, h), flags=cv2.INTER_LINEAR, borderValue=lo)
     img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-    # Triangular noise (difference of two uniforms, std 1/sqrt(6)): near-Gaussian, 3x cheaper to draw.
     sigma = rng.uniform(0.01, 0.035)
-    img += (rng.random((size, size), np.float32) - rng.random((size, size), np.float32)) * f32(sigma * 6**0.5)
+    img += cv2.LUT(rng.integers(0, 256, (size, size), np.uint8), _GAUSS * f32(sigma))
     np.clip(img, 0, 1, out=img)
 
     # --- masks at full resolution: the tilted outlines minus what the heart and aorta cover
     def tilt(p):
         return p @ A.T + b
 
-    covered = _fill([tilt(p) for p in heart], size).astype(bool)
-    right_m = _fill([tilt(right)], size).astype(bool) & ~covered
-    left_m = _fill([tilt(left)], size).astype(bool) & ~covered & ~right_m  # disjoint whatever the jitter did
-    return img, left_m, right_m
+    labels = _fill([tilt(right)], size, value=1)
+    _fill([tilt(left)], size, value=2, out=labels)  # disjoint whatever the jitter did
+    _fill([tilt(p) for p in heart], size, value=0, out=labels)
+    return img, labels == 2, labels == 1
 
 
 def make_phantom(seed: int, index: int, size: int = 512) -> Phantom:
@@ -304,5 +320,6 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     ids = write_dataset(args.out, args.n, args.size, args.seed, args.layout)
     dt = time.perf_counter() - t0
-    print(f"wrote {len(ids)} phantoms ({args.layout}) to {args.out} in {dt:.1f}s ({len(ids) / max(dt, 1e-9):.0f} img/s)")
+    rate = len(ids) / max(dt, 1e-9)
+    print(f"wrote {len(ids)} phantoms ({args.layout}) to {args.out} in {dt:.1f}s ({rate:.0f} img/s)")
     return 0

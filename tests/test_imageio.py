@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import JPEG2000Lossless
 
 from raysegment import imageio
@@ -41,6 +42,12 @@ def _cv2_bytes(ext: str, arr: np.ndarray, *params: int) -> bytes:
 def _pil_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
     out = io.BytesIO()
     img.save(out, fmt)
+    return out.getvalue()
+
+
+def _dicom_save(ds: pydicom.Dataset) -> bytes:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
 
 
@@ -104,7 +111,9 @@ def test_rgb_and_rgba_to_gray(alpha: bool) -> None:
     assert out.meta.channels == (4 if alpha else 3)
     assert out.image[:, :5] == pytest.approx(0.299, abs=2 / 255)
     assert out.image[:, 5:] == pytest.approx(200 / 255, abs=1e-6)
-    jpg = decode_image(_cv2_bytes(".jpg", np.ascontiguousarray(rgb[..., 2::-1]), cv2.IMWRITE_JPEG_QUALITY, 98))
+    jpg = decode_image(
+        _cv2_bytes(".jpg", np.ascontiguousarray(rgb[..., 2::-1]), cv2.IMWRITE_JPEG_QUALITY, 98)
+    )
     assert jpg.meta.channels == 3 and jpg.image[:, 6:] == pytest.approx(200 / 255, abs=0.03)
 
 
@@ -163,6 +172,20 @@ def test_dicom_rescale_and_window() -> None:
     assert out.meta == imageio.ImageMeta(2, 2, 12, "dicom", 1, None, "MONOCHROME2")
 
 
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+def test_dicom_window_matches_pydicom(function: str) -> None:
+    """LINEAR has a fast float32 path; it and the pydicom path equal apply_voi_lut rescaled."""
+    arr = np.random.default_rng(3).integers(0, 4096, (32, 32)).astype(np.uint16)
+    ds = pydicom.dcmread(io.BytesIO(make_dicom_bytes(arr, slope=1.5, intercept=-1024, bits_stored=12)))
+    ds.WindowCenter, ds.WindowWidth = ["1500", "300"], ["2000", "100"]  # the first window is used
+    ds.VOILUTFunction = function
+    data = _dicom_save(ds)
+    ref = pydicom.dcmread(io.BytesIO(data))
+    voi = apply_voi_lut(apply_modality_lut(arr, ref), ref)
+    y_min, y_max = -1024, 4095 * 1.5 - 1024  # pydicom's VOI output range: 12-bit stored, rescaled
+    np.testing.assert_allclose(decode_image(data).image, (voi - y_min) / (y_max - y_min), atol=1e-5)
+
+
 def test_dicom_window_range_is_the_window() -> None:
     """All pixels inside the window: no stretch to the image's own min/max."""
     arr = np.array([[900, 1000, 1100]], np.uint16)
@@ -177,7 +200,7 @@ def test_dicom_without_window_is_min_max() -> None:
 
 @pytest.mark.parametrize("window", [None, (1000, 500)])
 def test_dicom_monochrome1_inverted(window: tuple[float, float] | None) -> None:
-    kw = dict(slope=2.0, intercept=-100.0, window=window)
+    kw = {"slope": 2.0, "intercept": -100.0, "window": window}
     mono2 = decode_image(make_dicom_bytes(_STORED, photometric="MONOCHROME2", **kw)).image
     mono1 = decode_image(make_dicom_bytes(_STORED, photometric="MONOCHROME1", **kw))
     np.testing.assert_allclose(mono1.image, 1.0 - mono2, atol=1e-6)
@@ -196,10 +219,16 @@ def test_dicom_voi_lut_sequence() -> None:
     item.LUTDescriptor = [4096, 0, 16]
     item.add_new(0x00283006, "US", [v * 16 for v in range(4096)])  # LUTData: linear, 0..65520
     ds.VOILUTSequence = [item]
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    img = decode_image(out.getvalue()).image
+    img = decode_image(_dicom_save(ds)).image
     np.testing.assert_allclose(img, [[0.0, 2048 / 4095, 1.0, 1.0]], atol=1e-6)
+
+
+def test_dicom_multiframe_uses_first_frame() -> None:
+    frames = np.arange(24, dtype=np.uint16).reshape(2, 3, 4)
+    ds = pydicom.dcmread(io.BytesIO(make_dicom_bytes(frames[0])))
+    ds.NumberOfFrames = 2
+    ds.PixelData = frames.tobytes()
+    np.testing.assert_allclose(decode_image(_dicom_save(ds)).image, frames[0] / 11, atol=1e-6)
 
 
 def test_dicom_pixel_spacing() -> None:
@@ -234,10 +263,8 @@ def test_dicom_compressed_transfer_syntax_is_named() -> None:
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     ds.PixelData = encapsulate([b"\x00" * 64])  # bogus codestream
     ds["PixelData"].VR = "OB"
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
     with pytest.raises(DecodeError) as err:
-        decode_image(out.getvalue(), "ct.dcm")
+        decode_image(_dicom_save(ds), "ct.dcm")
     msg = str(err.value)
     assert "1.2.840.10008.1.2.4.90" in msg and "JPEG 2000" in msg
     assert "pylibjpeg" in msg and "gdcm" in msg and "\n" not in msg
@@ -256,19 +283,21 @@ def _valid_samples() -> dict[str, bytes]:
     }
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom / PIL complain about the damage
 @pytest.mark.parametrize(
     ("name", "data", "match"),
     [
         ("x.png", b"", "empty file"),
         ("x.png", b"hello world, I am a text file\n", "not an image"),
         ("x", b"hello world, I am a text file\n", "not an image"),
-        ("x.dcm", b"\x00" * 128 + b"DICM" + b"\xff" * 50, ""),
+        ("x.dcm", b"\x00" * 128 + b"DICM" + b"\xff" * 50, "DICOM"),
         ("x.png", b"\x89PNG\r\n\x1a\n", "IHDR"),
-        ("x.jpg", b"\xff\xd8\xff", ""),
-        ("x.tif", b"II*\x00", ""),
+        ("x.jpg", b"\xff\xd8\xff", "JPEG"),
+        ("x.tif", b"II*\x00", "TIFF"),
     ],
 )
 def test_bad_bytes_raise_decode_error(name: str, data: bytes, match: str) -> None:
+    """Each of these must raise DecodeError (pytest.raises lets any other type through as an error)."""
     with pytest.raises(DecodeError, match=match):
         decode_image(data, name)
 
@@ -282,6 +311,7 @@ def test_message_names_file_and_is_readable() -> None:
     assert isinstance(err.value, ValueError)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("fmt", ["x.png", "x.jpg", "x.tif", "x.dcm"])
 def test_truncated_files(fmt: str) -> None:
     data = _valid_samples()[fmt]
@@ -297,17 +327,24 @@ def test_truncated_files(fmt: str) -> None:
         assert decode_image(data + b"\x00" * 100, fmt).image.shape == (64, 64)  # padding is fine
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_random_and_mutated_bytes_only_raise_decode_error() -> None:
     """Fuzz: random bytes and damaged real files either decode or raise DecodeError."""
+    rng = np.random.default_rng(7)
     samples = _valid_samples()
-    cases = [(n, RNG.integers(0, 256, int(s), dtype=np.uint8).tobytes()) for n in ("x.png", "x", "x.dcm")
-             for s in RNG.integers(1, 3000, 10)]
+    cases = [
+        (n, rng.integers(0, 256, int(s), dtype=np.uint8).tobytes())
+        for n in ("x.png", "x", "x.dcm")
+        for s in rng.integers(1, 3000, 10)
+    ]
     for name, data in samples.items():
-        for _ in range(60):
+        for i in range(80):
             buf = bytearray(data)
-            for pos in RNG.integers(0, len(buf), int(RNG.integers(1, 8))):
-                buf[pos] = int(RNG.integers(0, 256))
-            cases.append((name, bytes(buf[: int(RNG.integers(len(buf) // 2, len(buf) + 1))])))
+            span = 400 if i % 2 else len(buf)  # half the damage lands in the header
+            for pos in rng.integers(0, min(span, len(buf)), int(rng.integers(1, 8))):
+                buf[pos] = int(rng.integers(0, 256))
+            cut = len(buf) if i % 3 else int(rng.integers(len(buf) // 2, len(buf)))
+            cases.append((name, bytes(buf[:cut])))
     for name, data in cases:
         try:
             out = decode_image(data, name)
@@ -343,8 +380,11 @@ def test_pixel_guard_jpeg_tiff_dicom_and_configurable() -> None:
         warnings.simplefilter("error")  # PIL's own bomb warning must not fire
         with pytest.raises(DecodeError, match="900 MP, over the 100 MP limit"):
             decode_image(bytes(jpg))
-    small = {"png": encode_png(arr), "tif": _cv2_bytes(".tiff", arr),
-             "dcm": make_dicom_bytes(arr.astype(np.uint16))}
+    small = {
+        "png": encode_png(arr),
+        "tif": _cv2_bytes(".tiff", arr),
+        "dcm": make_dicom_bytes(arr.astype(np.uint16)),
+    }
     for data in small.values():
         with pytest.raises(DecodeError, match="max_pixels"):
             decode_image(data, max_pixels=255)
