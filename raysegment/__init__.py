@@ -18,6 +18,7 @@ _EXPORTS = {
     "UNetConfig": "raysegment.model",
     "load_model": "raysegment.checkpoint",
     "LoadedModel": "raysegment.checkpoint",
+    "read_results": "raysegment.results",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -14,15 +14,15 @@ import raysegment
 
 # name -> module that implements it (module.add_parser registers the subcommand).
 COMMANDS = {
+    "infer": "raysegment.infer_cli",
     "synth": "raysegment.synth",
+    "train": "raysegment.train_cli",
+    "export": "raysegment.export",
+    "evaluate": "raysegment.evaluate",
+    "show": "raysegment.show",
 }
 # Subcommands that are planned but not built yet: they say so and exit non-zero.
 PENDING = {
-    "train": "train a UNet on Ray Train",
-    "infer": "bulk inference over an X-ray archive on Ray Data",
-    "evaluate": "evaluate a checkpoint on a labelled split",
-    "export": "export a checkpoint to ONNX or TorchScript",
-    "show": "draw overlays and contact sheets from inference results",
     "demo": "the end-to-end demo",
 }
 

@@ -26,15 +26,35 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    # Ship our package's env to workers: they need the same S3 endpoint settings as the driver.
-    env = {k: v for k, v in os.environ.items() if k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION",
-                                                         "AWS_DEFAULT_REGION")}
-    runtime_env = {"env_vars": env} if env and address is None else None
+    runtime_env = _worker_runtime_env()
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
                  configure_logging=True, logging_level=logging.WARNING)
+
+
+def _worker_runtime_env() -> dict | None:
+    """runtime_env giving every worker of this job the driver's S3 endpoint/region settings.
+
+    Needed when starting Ray AND when joining a cluster: workers on other nodes do not inherit the
+    driver's environment. Only non-secret variables (storage.WORKER_ENV_VARS) are shipped, never
+    credentials (a runtime_env is visible in the dashboard). Inside a `ray job submit` job, variables the
+    job's own runtime_env already sets are left out: ray.init refuses a second value for the same key.
+    """
+    import json
+
+    from raysegment import storage
+
+    env = storage.worker_env()
+    injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job supervisor for the driver
+    if injected:
+        try:
+            job_env = (json.loads(injected).get("runtime_env") or {}).get("env_vars") or {}
+        except (ValueError, AttributeError):
+            job_env = {}
+        env = {k: v for k, v in env.items() if k not in job_env}
+    return {"env_vars": env} if env else None
 
 
 @dataclass(frozen=True)

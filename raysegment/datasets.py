@@ -276,13 +276,18 @@ def load_pair(pair: Pair, max_pixels: int | None = None) -> tuple[np.ndarray, np
     """Decode one pair: (float32 HxW image in [0, 1], bool HxW mask = union of its mask files)."""
     kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
     image = decode_image(storage.read_bytes(pair.image_uri), pair.image_uri, **kwargs).image
-    mask = np.zeros(image.shape, dtype=bool)
-    for uri in pair.mask_uris:
+    return image, load_mask(pair.mask_uris, image.shape, pair.image_uri)
+
+
+def load_mask(mask_uris: tuple[str, ...], shape: tuple[int, int], image_uri: str = "") -> np.ndarray:
+    """bool HxW union of the mask files; DecodeError when one is unreadable or not `shape` (H, W)."""
+    mask = np.zeros(shape, dtype=bool)
+    for uri in mask_uris:
         part = decode_mask(storage.read_bytes(uri), uri)
-        if part.shape != image.shape:
+        if part.shape != tuple(shape):
             raise DecodeError(
                 f"mask {storage.basename(uri)} is {part.shape[1]}x{part.shape[0]} but image "
-                f"{storage.basename(pair.image_uri)} is {image.shape[1]}x{image.shape[0]}"
+                f"{storage.basename(image_uri)} is {shape[1]}x{shape[0]}"
             )
         mask |= part
-    return image, mask
+    return mask

@@ -7,8 +7,16 @@ S3 configuration (`S3Options`):
 - credentials: the standard AWS chain (env vars, ~/.aws, instance profile) unless `anonymous`;
 - endpoint: `endpoint_url` (flag `--s3-endpoint`) or the `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`
   environment variables, for S3-compatible stores;
+- anonymous (unsigned) requests for public buckets: `anonymous` (flag `--s3-anonymous`) or
+  `RAYSEGMENT_S3_ANONYMOUS=1`;
 - retries: pyarrow's own AWS standard retry strategy with `max_attempts` (no home-made loops), and
   connect/request timeouts so a dead endpoint ends in an error, never a hang.
+
+Ray workers are separate processes (often on other machines): they build their own filesystems from
+their environment. `WORKER_ENV_VARS` are the variables the driver ships to them (cluster.connect puts
+them in the job's runtime_env); credentials are deliberately NOT among them, because a runtime_env is
+stored in the GCS and shown by the dashboard and `ray job` commands. Workers get credentials the way the
+driver does: the AWS chain on their own node (instance profile, ~/.aws, or env inherited from `ray start`).
 """
 
 from __future__ import annotations
@@ -21,6 +29,15 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+
+ANONYMOUS_ENV = "RAYSEGMENT_S3_ANONYMOUS"
+# Non-secret S3 settings every Ray worker must share with the driver.
+WORKER_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", ANONYMOUS_ENV)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -42,8 +59,9 @@ class S3Options:
         region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region is None and endpoint:
             region = "us-east-1"  # S3-compatible stores ignore it, but the SDK wants one
+        anonymous = self.anonymous or _env_flag(ANONYMOUS_ENV)
         return S3Options(
-            endpoint, region, self.anonymous, self.max_attempts, self.connect_timeout_s, self.request_timeout_s
+            endpoint, region, anonymous, self.max_attempts, self.connect_timeout_s, self.request_timeout_s
         )
 
 
@@ -58,6 +76,11 @@ def set_default_s3_options(options: S3Options) -> None:
 
 def default_s3_options() -> S3Options:
     return _default_s3.resolved()
+
+
+def worker_env() -> dict[str, str]:
+    """The non-secret S3 settings of this process, for Ray workers' runtime_env (never credentials)."""
+    return {k: os.environ[k] for k in WORKER_ENV_VARS if os.environ.get(k)}
 
 
 def is_s3(uri: str) -> bool:
@@ -224,8 +247,9 @@ _SECRET_PATTERNS = [
 def redact(text: str) -> str:
     """Remove anything that looks like a credential from a message before it is shown or stored."""
     text = _SECRET_PATTERNS[0].sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}***", text)
-    for secret in (os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN")):
-        if secret:
+    for secret in (os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN"),
+                   os.environ.get("AWS_ACCESS_KEY_ID")):
+        if secret and len(secret) >= 8:  # a toy value like "x" would shred the message
             text = text.replace(secret, "***")
     text = _SECRET_PATTERNS[1].sub("***", text)
     return _SECRET_PATTERNS[2].sub("***", text)

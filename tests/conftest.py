@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import pytest
 
@@ -10,11 +11,16 @@ SHARED_MONTGOMERY = os.path.join(os.path.dirname(__file__), "..", "..", "shared"
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(request):
     """A local 2-CPU Ray for the whole session (CI has 2 cores; plans must fit in them)."""
     import ray
 
     from raysegment.cluster import connect
+
+    # Ray's workers take the environment Ray starts with. When this session also runs S3 tests, start
+    # the test S3 endpoint (and set its AWS_* env) first, so every worker talks to it too.
+    if any("s3_endpoint" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("s3_endpoint")
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     connect(num_cpus=2)
@@ -49,3 +55,57 @@ def montgomery_512() -> str:
     if not os.path.isdir(path):
         pytest.skip(f"real Montgomery data not present at {path}")
     return path
+
+
+# Distinctive fake credentials for the test S3 endpoint: tests grep every output for them to prove that
+# credentials never reach logs, errors, saved configs or Parquet metadata.
+S3_ACCESS_KEY_ID = "AKIARSTESTQ7Z2X9W4KD"
+S3_SECRET_ACCESS_KEY = "rs-test-SECRET-8f3c1d77e0b94a52-never-log-me"
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    url: str  # http://127.0.0.1:PORT
+    port: int
+    access_key_id: str
+    secret_access_key: str
+    log_path: str  # moto's own log
+
+    def client(self):
+        """A boto3 S3 client for this endpoint (for test setup and checks)."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key)
+
+    def create_bucket(self, name: str) -> str:
+        """Create (if needed) and return `s3://name`."""
+        client = self.client()
+        if name not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+            client.create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A real HTTP S3 endpoint (moto_server on 127.0.0.1, free port) for the session.
+
+    Sets AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL_S3 / AWS_REGION for the session (and
+    undoes them at the end), so the product reaches it through the standard AWS chain, as in production.
+    """
+    from raysegment.testing.s3server import start_moto
+
+    server = start_moto(str(tmp_path_factory.mktemp("moto") / "moto.log"))
+    env = pytest.MonkeyPatch()
+    try:
+        env.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY_ID)
+        env.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_ACCESS_KEY)
+        env.setenv("AWS_ENDPOINT_URL_S3", server.url)
+        env.setenv("AWS_REGION", "us-east-1")
+        env.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata probes (slow offline)
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "RAYSEGMENT_S3_ANONYMOUS"):
+            env.delenv(name, raising=False)
+        yield S3Endpoint(server.url, server.port, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, server.log_path)
+    finally:
+        env.undo()
+        server.stop()

@@ -1,0 +1,12 @@
+"""Bulk inference as a Ray job; the same flags as `raysegment infer`:
+
+    ray job submit --working-dir . -- python jobs/infer.py --input s3://bucket/cxr/ \
+        --checkpoint s3://bucket/runs/r1/best --output s3://bucket/masks/r1
+"""
+
+import sys
+
+from raysegment.infer_cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

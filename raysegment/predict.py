@@ -1,0 +1,122 @@
+"""Single-image prediction: decode -> preprocess -> forward -> postprocess.
+
+This is the reference the bulk pipeline (raysegment.infer) must match pixel for pixel, and the function
+evaluate/show use for one image. Both run the SAME code for every step: imageio.decode_image,
+preprocess.preprocess_image, `forward_probabilities` below, postprocess.postprocess.
+
+Why the forward has a fixed shape and a fixed thread count: CPU convolution kernels pick their blocking
+and reduction order from the batch size and the number of threads, so the same image gives logits that
+differ in the last bit between batch 1 and batch 16, or 1 thread and 2 (measured: ~3e-8). Such a
+difference can flip a uint8 probability level or a pixel at the threshold. So the forward always runs
+fixed-size micro-batches (1 image on CPU; on GPU the actor batch size, zero-padded) with a fixed number
+of intra-op threads (1 on CPU: CPU inference scales by running one single-threaded actor per core).
+Same shape + same threads + same kernels = the same bits, by construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raysegment.checkpoint import LoadedModel
+from raysegment.imageio import ImageMeta, decode_image
+from raysegment.postprocess import PostprocessConfig, Segmentation, postprocess
+from raysegment.preprocess import Geometry, preprocess_image, to_tensor
+
+CPU_THREADS = 1  # intra-op threads of a CPU forward (see the module docstring)
+GPU_MICRO_BATCH = 32  # images per GPU forward; the pipeline's default GPU batch size
+
+
+def default_micro_batch(device: torch.device | str) -> int:
+    """Images per forward: 1 on CPU (no padding waste, no gain from batching), GPU_MICRO_BATCH on GPU."""
+    return GPU_MICRO_BATCH if torch.device(device).type == "cuda" else 1
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with `threads` intra-op threads (None: leave torch's setting), then restore it."""
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def forward_probabilities(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    micro_batch: int | None = None,
+    threads: int | None = CPU_THREADS,
+) -> np.ndarray:
+    """uint8 (N, S, S) model inputs -> uint8 (N, S, S) lung probability x 255 (round half to even).
+
+    Runs on the model's device in chunks of exactly `micro_batch` images (the last one zero-padded, which
+    does not change the other images' results: eval-mode layers never mix images). On GPU: bf16 autocast
+    and channels_last (the model should already be channels_last; see InferActor). The probability leaves
+    as uint8: 4x smaller than float32 between Ray stages, and 1/255 is far below any decision we make.
+    """
+    device = model_device(model)
+    micro_batch = micro_batch or default_micro_batch(device)
+    on_gpu = device.type == "cuda"
+    out = np.empty(images.shape, dtype=np.uint8)
+    with torch_threads(None if on_gpu else threads), torch.inference_mode():
+        for start in range(0, len(images), micro_batch):
+            chunk = images[start : start + micro_batch]
+            n = len(chunk)
+            if n < micro_batch:
+                chunk = np.concatenate([chunk, np.zeros((micro_batch - n, *chunk.shape[1:]), np.uint8)])
+            x = to_tensor(chunk).to(device, non_blocking=True)
+            if on_gpu:
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = model(x)
+            else:
+                logits = model(x)
+            prob = torch.sigmoid(logits[:n, 0].float())
+            out[start : start + n] = (prob * 255.0).round_().to(torch.uint8).cpu().numpy()
+    return out
+
+
+@dataclass
+class Prediction:
+    segmentation: Segmentation  # mask at the original resolution + measurements
+    probability: np.ndarray  # uint8 SxS, model resolution, probability x 255
+    geometry: Geometry  # how the original image maps into the model input
+    meta: ImageMeta | None  # from the decoder; None when an array was given
+
+
+def predict(
+    loaded: LoadedModel,
+    image: bytes | np.ndarray,
+    name: str = "",
+    config: PostprocessConfig | None = None,
+    threshold: float | None = None,
+    micro_batch: int | None = None,
+    threads: int | None = CPU_THREADS,
+) -> Prediction:
+    """Segment one X-ray: encoded bytes (any format imageio reads) or a float32 HxW array in [0, 1].
+
+    `config` defaults to PostprocessConfig(); `threshold` to the checkpoint's. `micro_batch` and `threads` must be what the pipeline used
+    for pixel-identical results (the defaults are the pipeline's defaults). Raises imageio.DecodeError
+    on undecodable bytes.
+    """
+    meta = None
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        decoded = decode_image(bytes(image), name)
+        image, meta = decoded.image, decoded.meta
+    model_input, geo = preprocess_image(image, loaded.spec.preprocess)
+    prob = forward_probabilities(loaded.model, model_input[None], micro_batch, threads)[0]
+    threshold = loaded.spec.threshold if threshold is None else threshold
+    return Prediction(postprocess(prob, geo, threshold, config or PostprocessConfig()), prob, geo, meta)

@@ -1,0 +1,229 @@
+"""`raysegment show`: pictures of bulk inference results, for the images worth a look.
+
+    raysegment show RESULTS [--worst N | --qc-flagged | --uri URI ...] [--ground-truth DATA] --out DIR
+
+Rows are picked from results.read_results: the N lowest dice (needs the dice column, written when
+`raysegment infer` ran with --ground-truth), the QC-flagged ones, or the given image URIs; with no
+choice, the --limit lowest dice when there are dice, else the QC-flagged. For each, the input is decoded
+again (storage + imageio.decode_image), the mask comes from the row's mask_png, and the true mask, when
+there is one, from --ground-truth (matched by image id = file stem) or else the row's own truth_uri.
+DIR (local or s3://) gets one side-by-side PNG per image (viz.side_by_side), contact_sheet.png (their
+overlays in a grid) and index.csv; error rows are listed with their reason, not drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+
+from raysegment.s3_args import add_s3_arguments, apply_s3_arguments
+
+# Measurements read to choose and caption rows (mask_png is read only for the chosen ones).
+LIGHT_COLUMNS = ["image_uri", "image_id", "run_id", "status", "error_stage", "error", "dice", "iou", "hd95",
+                 "qc_flag", "qc_reasons", "truth_uri", "lung_fraction", "mean_confidence"]
+SHEET_TILE_HEIGHT = 256
+
+
+@dataclass
+class ShowResult:
+    pictures: list[str] = field(default_factory=list)  # one side-by-side PNG per drawn image
+    contact_sheet: str | None = None
+    index: str | None = None  # index.csv: what was drawn (or why not)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (image_uri, reason), not drawn
+    tiles: int = 0  # tiles in the contact sheet
+
+
+def safe_name(image_id: str) -> str:
+    """A file-name-safe version of an image id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).strip("._") or "image"
+
+
+def _value(row: dict, name: str):
+    v = row.get(name)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def select_rows(table, worst: int | None = None, qc_flagged: bool = False, uris: list[str] | None = None,
+                limit: int = 24) -> tuple[list[dict], list[dict]]:
+    """(rows to draw, error rows to list) from a light results table (LIGHT_COLUMNS).
+
+    worst: the N ok rows with the lowest dice; qc_flagged: ok rows with qc_flag (at most `limit`, lowest
+    confidence first); uris: those rows, in the given order; none of them: the `limit` lowest dice when
+    the results have dice, else the QC-flagged. Error rows: the chosen ones for `uris`, else every error
+    row of the table (they are worse than any drawn one).
+    """
+    rows = table.to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    if worst is None and not qc_flagged and not uris:
+        has_dice = any(_value(r, "dice") is not None for r in ok)
+        worst, qc_flagged = (limit, False) if has_dice else (None, True)
+    if uris:
+        by_uri = {r["image_uri"]: r for r in rows}
+        missing = [u for u in uris if u not in by_uri]
+        if missing:
+            raise ValueError(f"not in the results: {', '.join(missing[:5])}"
+                             + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        chosen = [by_uri[u] for u in dict.fromkeys(uris)]
+        return [r for r in chosen if r["status"] == "ok"], [r for r in chosen if r["status"] != "ok"]
+    errors = [r for r in rows if r["status"] != "ok"]
+    if worst is not None:
+        scored = [r for r in ok if _value(r, "dice") is not None]
+        if not scored:
+            raise ValueError("the results have no dice values: run `raysegment infer --ground-truth DATA` to "
+                             "score them, or pick images with --qc-flagged or --uri")
+        return sorted(scored, key=lambda r: (r["dice"], r["image_uri"]))[:worst], errors
+    if qc_flagged:
+        flagged = [r for r in ok if r.get("qc_flag")]
+        # Least confident first: the likeliest to be real failures.
+        flagged.sort(key=lambda r: (_value(r, "mean_confidence") or 0.0, r["image_uri"]))
+        return flagged[:limit], errors
+    raise AssertionError("unreachable")
+
+
+def read_masks(results: str, rows: list[dict]) -> dict[str, bytes]:
+    """image_uri -> mask_png of the given rows, reading only those rows' masks from the Parquet files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysegment import storage
+    from raysegment.results import result_files
+
+    wanted = {(r["image_uri"], r["run_id"]) for r in rows}
+    uris = sorted({u for u, _ in wanted})
+    found: dict[str, bytes] = {}
+    for uri in result_files(results):
+        fs, path = storage.filesystem(uri)
+        try:
+            part = pq.read_table(path, filesystem=fs, columns=["image_uri", "run_id", "mask_png"],
+                                 filters=[("image_uri", "in", uris)])
+        except (OSError, pa.ArrowException):  # a partial file of a killed run; read_results skipped it too
+            continue
+        for r in part.to_pylist():
+            if (r["image_uri"], r["run_id"]) in wanted and r["mask_png"] is not None:
+                found.setdefault(r["image_uri"], r["mask_png"])
+    return found
+
+
+def caption(row: dict) -> str:
+    """One line about a row: id, dice / iou / hd95 when scored, QC reasons."""
+    parts = [row.get("image_id") or row["image_uri"]]
+    if _value(row, "dice") is not None:
+        parts.append(f"dice {row['dice']:.3f}")
+        if _value(row, "iou") is not None:
+            parts.append(f"iou {row['iou']:.3f}")
+        if _value(row, "hd95") is not None:
+            parts.append(f"hd95 {row['hd95']:.1f}px")
+    if row.get("qc_reasons"):
+        parts.append("QC: " + ", ".join(row["qc_reasons"]))
+    return "  ".join(parts)
+
+
+def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = False,
+         uris: list[str] | None = None, ground_truth: str | None = None, cols: int = 4, limit: int = 24,
+         tile_height: int = 384) -> ShowResult:
+    """Draw the chosen rows of `results` into `out` (see the module docstring). Returns what was written."""
+    from raysegment import storage, viz
+    from raysegment.datasets import discover, load_mask
+    from raysegment.imageio import decode_image, decode_mask_png, encode_png
+    from raysegment.results import read_results
+
+    table = read_results(results, columns=LIGHT_COLUMNS)
+    if table.num_rows == 0:
+        raise ValueError(f"no inference results under {results}")
+    rows, error_rows = select_rows(table, worst, qc_flagged, uris, limit)
+    truth_index = {p.image_id: p.mask_uris for p in discover(ground_truth).pairs} if ground_truth else {}
+    masks = read_masks(results, rows)
+
+    result = ShowResult(errors=[(r["image_uri"], f"{r.get('error_stage')}: {r.get('error')}")
+                                for r in error_rows])
+    index = ["rank,image_id,dice,qc_reasons,picture,image_uri,note"]
+    tiles, labels = [], []
+    for rank, row in enumerate(rows, 1):
+        image_uri, image_id = row["image_uri"], row.get("image_id") or storage.basename(row["image_uri"])
+        note, picture = "", ""
+        try:
+            image = decode_image(storage.read_bytes(image_uri), image_uri).image
+            if image_uri not in masks:
+                raise ValueError("the row has no mask_png")
+            pred = decode_mask_png(masks[image_uri])
+            truth_uris = truth_index.get(image_id)
+            if truth_uris is None and row.get("truth_uri") and not ground_truth:
+                truth_uris = tuple(row["truth_uri"].split("|"))
+            truth = load_mask(truth_uris, image.shape, image_uri) if truth_uris else None
+        except Exception as e:  # noqa: BLE001 - e.g. the input moved since inference: say so, draw the others
+            note = f"not drawn: {type(e).__name__}: {storage.redact(str(e))}"
+            result.errors.append((image_uri, note))
+        else:
+            if truth is None and (ground_truth or row.get("truth_uri")):
+                note = "no ground truth for this image"
+            picture = storage.join(out, f"{rank:03d}_{safe_name(image_id)}.png")
+            drawing = viz.side_by_side(image, truth, pred, f"#{rank}  {caption(row)}", tile_height)
+            storage.write_bytes(picture, encode_png(drawing))
+            result.pictures.append(picture)
+            tiles.append(viz.overlay(image, truth, pred, min(tile_height, SHEET_TILE_HEIGHT)))
+            labels.append(f"#{rank} " + caption(row).split("  QC:")[0])
+        dice = "" if _value(row, "dice") is None else f"{row['dice']:.6f}"
+        index.append(",".join(_csv(v) for v in (rank, image_id, dice, "|".join(row.get("qc_reasons") or []),
+                                                   picture, image_uri, note)))
+    for row in error_rows:
+        reason = f"error row: {row.get('error_stage')}: {row.get('error')}"
+        cells = ("", row.get("image_id") or "", "", "", "", row["image_uri"], reason)
+        index.append(",".join(_csv(v) for v in cells))
+    if tiles:
+        result.contact_sheet = storage.join(out, "contact_sheet.png")
+        storage.write_bytes(result.contact_sheet, encode_png(viz.contact_sheet(tiles, labels, cols)))
+        result.tiles = len(tiles)
+    result.index = storage.join(out, "index.csv")
+    storage.write_text(result.index, "\n".join(index) + "\n")
+    return result
+
+
+def _csv(value) -> str:
+    text = str(value)
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+def add_parser(subparsers) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "show", help="draw overlays and contact sheets from inference results")
+    p.add_argument("results", metavar="RESULTS", help="output folder of `raysegment infer` (local or s3://)")
+    pick = p.add_mutually_exclusive_group()  # none: --worst LIMIT with ground truth, else --qc-flagged
+    pick.add_argument("--worst", type=int, metavar="N",
+                      help="the N images with the lowest dice (needs ground truth)")
+    pick.add_argument("--qc-flagged", action="store_true",
+                      help="the QC-flagged images (least confident first)")
+    pick.add_argument("--uri", nargs="+", metavar="URI", help="these images (their image_uri in the results)")
+    p.add_argument("--ground-truth", default=None, metavar="DATA",
+                   help="labelled dataset to draw the true masks from (default: the rows' truth_uri, if any)")
+    p.add_argument("--out", required=True, help="folder for the PNGs (local or s3://)")
+    p.add_argument("--limit", type=int, default=24,
+                   help="at most this many images with --qc-flagged, or when no choice is given")
+    p.add_argument("--cols", type=int, default=4, help="tiles per row of contact_sheet.png")
+    p.add_argument("--tile-height", type=int, default=384, help="height of each panel, pixels")
+    add_s3_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    apply_s3_arguments(args)
+    try:
+        result = show(args.results, args.out, args.worst, args.qc_flagged, args.uri, args.ground_truth,
+                      args.cols, args.limit, args.tile_height)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"raysegment show: {e}", file=sys.stderr)
+        return 1
+    for path in result.pictures:
+        print(path)
+    if result.contact_sheet:
+        print(f"{result.contact_sheet} ({result.tiles} tiles)")
+    if result.errors:
+        print(f"{len(result.errors)} not drawn:")
+        for uri, reason in result.errors:
+            print(f"  {uri}: {reason}")
+    if not result.pictures:
+        print("nothing to draw" + (" (no QC-flagged images)" if args.qc_flagged else ""))
+    print(f"index: {result.index}")
+    return 0

@@ -1,0 +1,244 @@
+"""A real multi-node Ray cluster on 127.0.0.1, started and driven with the `ray` CLI, token auth ON.
+
+Two `ray start` nodes (a head and a worker) on this machine, each its own raylet, object store and
+dashboard agent, joined through the head's GCS exactly as on separate machines; jobs go through the
+Ray Jobs API (`ray job submit`) of the head's dashboard. Used by tests/test_cluster_jobs.py.
+
+Things this harness has to get right (each learnt from Ray 2.60's source, see docs/operations.md):
+
+- Token authentication. `ray start --head` turns token auth on when RAY_AUTH_MODE=token (or, with the
+  mode unset, when a token file already exists); the token comes from RAY_AUTH_TOKEN, else the file at
+  RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token. Every process that talks to the cluster (the worker
+  node's `ray start`, `ray job submit`, the job's driver) needs RAY_AUTH_MODE=token AND the token: a CLI
+  with the mode unset sends no token and gets "401 Unauthorized: Missing authentication token". We use
+  a fresh token file per cluster (RAY_AUTH_TOKEN_PATH) so ~/.ray/auth_token is never touched.
+- Loopback only. `ray start --node-ip-address=127.0.0.1` silently replaces 127.0.0.1 by the machine's
+  outward IP; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 on the head keeps it on 127.0.0.1. The worker node
+  (where that variable would refuse to start) gets 127.0.0.1 by asking "my IP as seen from the head",
+  i.e. by NOT passing --node-ip-address.
+- Stopping. `ray stop` kills every Ray process on the machine by name (other users' clusters, other
+  test sessions); `stop()` kills only the processes whose command line names this cluster's own temp
+  dir, plus their descendants (workers, job drivers), by PID.
+- Ports. Every port is chosen free, so the cluster does not collide with a local `ray.init()` or
+  another cluster (two nodes on one IP would otherwise both want the default dashboard-agent port).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from raysegment.testing.s3server import free_port
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def _psutil():
+    """psutil: Ray vendors it (ray/thirdparty_files, put on sys.path by `import ray`)."""
+    try:
+        import psutil
+    except ImportError:
+        import ray  # noqa: F401
+
+        import psutil
+    return psutil
+
+
+@dataclass
+class JobResult:
+    submission_id: str
+    status: str  # SUCCEEDED | FAILED | STOPPED | TIMEOUT
+    output: str  # what `ray job submit --wait` printed (the job's logs included)
+    seconds: float
+
+
+@dataclass
+class LocalCluster:
+    """Head + `worker_nodes` worker nodes on 127.0.0.1. Use as a context manager (stops in a finally)."""
+
+    head_cpus: int = 2
+    worker_cpus: int = 2
+    worker_nodes: int = 1
+    object_store_mb: int = 256  # per node; small, the machine is shared
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. AWS credentials, as a node's own env
+    unset_env: tuple[str, ...] = ()  # variables of this process the cluster must NOT inherit
+    root: str = ""  # temp dir; short, because Ray's unix socket paths must stay < 108 bytes
+    gcs_port: int = 0
+    dashboard_port: int = 0
+    token_path: str = ""
+
+    node_ip: str = "127.0.0.2"  # loopback; see "Loopback only" in the module doc
+
+    @property
+    def address(self) -> str:
+        return f"{self.node_ip}:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def ray_bin(self) -> str:
+        """The `ray` CLI next to this interpreter: jobs then run with this same Python env."""
+        return os.path.join(os.path.dirname(sys.executable), "ray")
+
+    def env(self) -> dict[str, str]:
+        """Environment for every `ray` CLI call against this cluster (and inherited by its processes)."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_", "RAY_JOB_CONFIG")) and k not in self.unset_env}
+        env.update(self.extra_env)
+        env.update(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN_PATH=self.token_path,
+            RAY_USAGE_STATS_ENABLED="0",
+            # `python` in a job's entrypoint is this interpreter (offline: no pip installs on the cluster).
+            PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+        )
+        return env
+
+    def _run(self, args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+        return subprocess.run([self.ray_bin, *args], env=self.env(), capture_output=True, text=True,
+                              timeout=timeout_s, stdin=subprocess.DEVNULL)
+
+    def _agent_ports(self) -> list[str]:
+        return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+                "--min-worker-port=0", "--max-worker-port=0",  # 0: OS-assigned, never colliding
+                f"--object-store-memory={self.object_store_mb * 1024 * 1024}", "--disable-usage-stats"]
+
+    def start(self, timeout_s: float = 120.0) -> LocalCluster:
+        self.root = self.root or tempfile.mkdtemp(prefix="rsc-", dir="/tmp")
+        self.token_path = os.path.join(self.root, "auth_token")
+        with open(os.open(self.token_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        temp_dir = f"--temp-dir={os.path.join(self.root, 'ray')}"
+        head = self._run(
+            ["start", "--head", f"--node-ip-address={self.node_ip}", f"--port={self.gcs_port}",
+             f"--num-cpus={self.head_cpus}", "--num-gpus=0", "--include-dashboard=true",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+             f"--ray-client-server-port={free_port()}", temp_dir, *self._agent_ports()],
+            timeout_s)
+        if head.returncode != 0:
+            raise RuntimeError(f"ray start --head failed ({head.returncode}):\n{head.stdout}\n{head.stderr}")
+        for _ in range(self.worker_nodes):
+            worker = self._run(
+                ["start", f"--address={self.address}", f"--node-ip-address={self.node_ip}",
+                 f"--num-cpus={self.worker_cpus}", "--num-gpus=0",
+                 temp_dir, *self._agent_ports()], timeout_s)
+            if worker.returncode != 0:
+                raise RuntimeError(f"ray start (worker) failed ({worker.returncode}):\n{worker.stdout}\n"
+                                   f"{worker.stderr}")
+        self.wait_for_nodes(1 + self.worker_nodes, timeout_s)
+        return self
+
+    def status(self, timeout_s: float = 60.0) -> str:
+        """`ray status` (needs the token like every other client)."""
+        out = self._run(["status", f"--address={self.address}"], timeout_s)
+        return out.stdout + out.stderr
+
+    def wait_for_nodes(self, n: int, timeout_s: float) -> None:
+        deadline, text = time.monotonic() + timeout_s, ""
+        while time.monotonic() < deadline:
+            text = self.status()
+            active = text.split("Active:", 1)[-1].split("Pending:", 1)[0] if "Active:" in text else ""
+            if active.count("node_") >= n:
+                return
+            time.sleep(1)
+        raise TimeoutError(f"{n} nodes not up within {timeout_s:g} s; last `ray status`:\n{text}")
+
+    def submit(self, entrypoint: list[str], working_dir: str, runtime_env: dict | None = None,
+               timeout_s: float = 300.0) -> JobResult:
+        """`ray job submit --wait` and its final status. On timeout the job is stopped (never a hang)."""
+        sid = f"rs-{uuid.uuid4().hex[:10]}"
+        args = ["job", "submit", f"--address={self.dashboard_url}", f"--submission-id={sid}",
+                f"--working-dir={working_dir}"]
+        if runtime_env:
+            args.append(f"--runtime-env-json={json.dumps(runtime_env)}")
+        start = time.monotonic()
+        try:
+            out = self._run([*args, "--", *entrypoint], timeout_s)
+            output = out.stdout + out.stderr
+        except subprocess.TimeoutExpired as e:
+            self._run(["job", "stop", f"--address={self.dashboard_url}", sid], 60)
+            output = f"{e.stdout or ''}{e.stderr or ''}"
+            return JobResult(sid, "TIMEOUT", output, time.monotonic() - start)
+        state = str(self.job_info(sid).get("status", "UNKNOWN"))
+        return JobResult(sid, state, output, time.monotonic() - start)
+
+    def job_info(self, submission_id: str) -> dict:
+        """GET /api/jobs/<id> of the Jobs REST API, authenticated with the cluster token as a bearer token
+        (what the CLI and JobSubmissionClient send when RAY_AUTH_MODE=token)."""
+        import urllib.request
+
+        with open(self.token_path) as f:
+            token = f.read().strip()
+        request = urllib.request.Request(f"{self.dashboard_url}/api/jobs/{submission_id}",
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def _processes(self) -> list:
+        """This cluster's processes: those naming our temp dir, and all their descendants."""
+        psutil = _psutil()
+
+        found: dict[int, psutil.Process] = {}
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if any(self.root in part for part in (proc.info["cmdline"] or [])):
+                    found[proc.pid] = proc
+                    for child in proc.children(recursive=True):
+                        found[child.pid] = child
+            except psutil.Error:
+                continue
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def stop(self) -> int:
+        """Kill this cluster's processes by PID (never `ray stop`, which kills every Ray on the machine).
+
+        Returns how many processes were signalled.
+        """
+        psutil = _psutil()
+
+        if not self.root:
+            return 0
+        procs = self._processes()
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+        return len(procs)
+
+    def cleanup(self) -> None:
+        """Stop, then remove the temp dir (logs included)."""
+        self.stop()
+        if self.root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

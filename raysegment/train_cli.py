@@ -1,0 +1,99 @@
+"""`raysegment train`: train a UNet on Ray Train (also `python jobs/train.py`, for `ray job submit`).
+
+    raysegment train --config configs/train-small.yaml --data DATA_DIR --epochs 3
+    raysegment train --config configs/train-small.yaml --data DATA_DIR --set model.base_channels=16
+    raysegment train --config FILE --name my-run            # again with the same name: resumes my-run
+
+Settings come from the dataclass defaults, then --config FILE (YAML), then --set KEY=VALUE, then the
+explicit flags below; the effective config is printed with --print-config and saved as RUN_DIR/config.yaml.
+The schema is in raysegment/train_config.py. Ray and torch are imported only when training runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from raysegment.s3_args import add_s3_arguments, apply_s3_arguments
+
+# flag dest -> config key
+FLAG_KEYS = {
+    "data": "data.path",
+    "epochs": "optim.epochs",
+    "batch_size": "optim.batch_size",
+    "lr": "optim.lr",
+    "loss": "optim.loss",
+    "size": "preprocess.size",
+    "num_workers": "scaling.num_workers",
+    "use_gpu": "scaling.use_gpu",
+    "name": "run.name",
+    "storage": "run.storage_path",
+    "max_failures": "run.max_failures",
+    "seed": "run.seed",
+}
+
+
+def add_parser(subparsers) -> None:
+    """Register the `train` subcommand."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "train", help="train a UNet on Ray Train", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="YAML config (local or s3://), e.g. configs/train-small.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set model.base_channels=8 (repeatable)")
+    p.add_argument("--data", metavar="URI", help="dataset folder, s3:// prefix or manifest (data.path)")
+    p.add_argument("--epochs", type=int, help="optim.epochs")
+    p.add_argument("--batch-size", type=int, help="optim.batch_size, per worker")
+    p.add_argument("--lr", type=float, help="optim.lr")
+    p.add_argument("--loss", choices=["dice", "bce", "bce_dice"], help="optim.loss")
+    p.add_argument("--size", type=int, help="preprocess.size: model input side in pixels")
+    p.add_argument("--num-workers", type=int, help="scaling.num_workers")
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="require GPUs")
+    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False, help="train on CPUs")
+    p.add_argument("--name", help="run.name (the same name resumes that run)")
+    p.add_argument("--storage", metavar="URI", help="run.storage_path: local folder or s3:// prefix")
+    p.add_argument("--max-failures", type=int, help="run.max_failures: worker deaths to recover from")
+    p.add_argument("--seed", type=int, help="run.seed")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+    add_s3_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    apply_s3_arguments(args)  # before Ray starts: workers inherit the endpoint through the environment
+    from raysegment.train_config import ConfigError, TrainConfig, load_config, parse_override
+
+    try:
+        overrides = dict(parse_override(text) for text in args.overrides)
+        overrides.update({key: getattr(args, dest) for dest, key in FLAG_KEYS.items()
+                          if getattr(args, dest) is not None})
+        config: TrainConfig = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"raysegment train: config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+
+    from raysegment.cluster import PlanError
+    from raysegment.storage import redact
+    from raysegment.train import train
+
+    try:
+        result = train(config, address=args.address)
+    except ConfigError as e:
+        print(f"raysegment train: config error: {e}", file=sys.stderr)
+        return 2
+    except PlanError as e:
+        print(f"raysegment train: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - Ray's TrainingFailedError etc.: one readable line, no secrets
+        print(f"raysegment train: failed: {redact(str(e))}", file=sys.stderr)
+        return 1
+    print(f"done: {len(result.history)} epoch(s) in this run's history, best epoch {result.best_epoch}; "
+          f"model at {result.best_dir}")
+    return 0

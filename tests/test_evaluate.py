@@ -1,0 +1,101 @@
+"""`raysegment evaluate`: per-image metrics at original resolution equal predict + image_metrics by hand."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from raysegment import storage
+from raysegment.checkpoint import ModelSpec, load_model, save_checkpoint
+from raysegment.cli import main
+from raysegment.datasets import load_pair, load_split_dataset, write_manifest
+from raysegment.evaluate import evaluate
+from raysegment.metrics import image_metrics
+from raysegment.model import UNet, UNetConfig
+from raysegment.predict import predict
+from raysegment.preprocess import PreprocessConfig
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, synth_generic) -> str:
+    """A run folder as training leaves it: best/ (untrained small UNet) + split_manifest.csv."""
+    run = str(tmp_path_factory.mktemp("eval_run"))
+    torch.manual_seed(1)
+    digest = write_manifest(load_split_dataset(synth_generic), os.path.join(run, "split_manifest.csv"))
+    spec = ModelSpec(UNetConfig(base_channels=4, depth=2), PreprocessConfig(size=64), threshold=0.5)
+    save_checkpoint(os.path.join(run, "best"), UNet(base_channels=4, depth=2), spec, {"split_digest": digest})
+    return run
+
+
+def test_evaluate_matches_predict_and_metrics(run_dir, synth_generic, tmp_path, capsys):
+    checkpoint, out = os.path.join(run_dir, "best"), str(tmp_path / "eval")
+    assert main(["evaluate", "--checkpoint", checkpoint, "--data", synth_generic, "--split", "test",
+                 "--out", out, "--batch-size", "3"]) == 0
+    printed = capsys.readouterr()
+    assert "median" in printed.out and "worst" in printed.out
+    assert "differs" not in printed.err  # same data, default split: the checkpoint's digest matches
+
+    frame = pd.read_parquet(os.path.join(out, "per_image.parquet"))
+    csv = pd.read_csv(os.path.join(out, "per_image.csv"))
+    summary = json.loads(Path(out, "summary.json").read_text())
+    test_pairs = load_split_dataset(synth_generic).pairs("test")
+    assert sorted(frame["image_id"]) == sorted(p.image_id for p in test_pairs) == sorted(csv["image_id"])
+    assert (frame["status"] == "ok").all() and (frame["height"] == 128).all()
+
+    # Recompute each image with the single-image reference path at the original resolution.
+    loaded = load_model(checkpoint)
+    for pair in test_pairs:
+        mask = predict(loaded, storage.read_bytes(pair.image_uri), pair.image_uri).segmentation.mask
+        expected = image_metrics(mask, load_pair(pair)[1])
+        row = frame.set_index("image_id").loc[pair.image_id]
+        for name in ("dice", "iou", "precision", "recall", "tp", "fp", "fn"):
+            assert row[name] == expected[name], name
+        assert row["hd95"] == pytest.approx(expected["hd95"], nan_ok=True)
+
+    dice = frame["dice"].to_numpy()
+    s = summary["metrics"]["dice"]
+    assert s["n"] == len(dice) and s["mean"] == pytest.approx(dice.mean())
+    assert s["median"] == pytest.approx(np.median(dice)) and s["sd"] == pytest.approx(dice.std(ddof=1))
+    assert s["min"] == pytest.approx(dice.min()) and s["max"] == pytest.approx(dice.max())
+    tp, fp, fn = frame["tp"].sum(), frame["fp"].sum(), frame["fn"].sum()
+    assert summary["micro_dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    worst = [w["image_id"] for w in summary["worst"]]
+    assert worst == list(frame.sort_values("dice", kind="stable")["image_id"][: len(worst)])
+    assert summary["metrics"]["hd95_mm"]["n"] == 0  # PNGs have no pixel spacing
+
+
+def test_default_data_is_the_runs_manifest_and_errors_are_rows(run_dir, synth_generic, tmp_path, capsys):
+    checkpoint = os.path.join(run_dir, "best")
+    val_ids = {p.image_id for p in load_split_dataset(synth_generic).pairs("val")}
+    result = evaluate(checkpoint, split="val")  # no data: RUN_DIR/split_manifest.csv
+    assert result.summary["data"].endswith("split_manifest.csv") and result.summary["split_warning"] is None
+    assert {r["image_id"] for r in result.rows} == val_ids
+    assert {r["image_id"] for r in evaluate(checkpoint, run_dir, split="val").rows} == val_ids  # a run folder
+
+    # A manifest with a corrupt image: one error row with its reason, the others scored. Its split is not
+    # the checkpoint's: a warning.
+    pairs = load_split_dataset(synth_generic).discovery.pairs[:3]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    manifest = tmp_path / "manifest.csv"
+    lines = ["image_id,split,image,mask"]
+    lines += [f"{p.image_id},test,{p.image_uri},{p.mask_uris[0]}" for p in pairs]
+    lines.append(f"broken,test,{bad},{pairs[0].mask_uris[0]}")
+    manifest.write_text("\n".join(lines) + "\n")
+    result = evaluate(checkpoint, str(manifest), split="test", out=str(tmp_path / "out"))
+    assert "may contain training images" in capsys.readouterr().err
+    errors = [r for r in result.rows if r["status"] == "error"]
+    assert [r["image_id"] for r in errors] == ["broken"] and "DecodeError" in errors[0]["error"]
+    assert result.summary["scored"] == 3 and result.summary["metrics"]["dice"]["n"] == 3
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["errors"][0]["image_id"] == "broken"
+
+
+def test_evaluate_without_data_or_manifest_says_what_to_pass(tmp_path, capsys):
+    save_checkpoint(str(tmp_path / "ckpt"), UNet(base_channels=4, depth=2),
+                    ModelSpec(UNetConfig(base_channels=4, depth=2), PreprocessConfig(size=32)))
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt")]) == 1
+    assert "--data" in capsys.readouterr().err
