@@ -9,6 +9,10 @@ On N synthetic SIZExSIZE PNG X-rays (made once, cached under --data), in one run
   (c) forward   the model alone on pre-decoded uint8 inputs (upper bound), all torch threads, batched.
 Prints a table and writes JSON (default bench/results/infer_throughput.json). Without --checkpoint the
 model is an untrained UNet(base_channels=16, depth=4) at 256x256 (speed does not depend on the weights).
+
+Besides wall-clock images/s, each variant reports the CPU seconds its processes used (the driver and, for
+(b), every Ray process it started: the process tree, sampled from /proc) and images per CPU-second. On a machine
+shared with other work, wall-clock figures mostly measure the neighbours; CPU time is far less affected.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -32,6 +37,55 @@ from raysegment.model import UNet, UNetConfig, count_parameters
 from raysegment.postprocess import PostprocessConfig, postprocess, qc_reasons
 from raysegment.predict import forward_probabilities
 from raysegment.preprocess import PreprocessConfig, preprocess_image
+
+
+def tree_cpu_seconds() -> dict[int, float]:
+    """pid -> user+system CPU seconds of this process and all its descendants (Ray's raylet and workers),
+    from /proc (Linux); empty elsewhere."""
+    stats = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)"
+            except OSError:  # exited meanwhile
+                continue
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    tree, frontier = {}, [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        if pid in stats and pid not in tree:
+            tree[pid] = stats[pid][1]
+            frontier += [child for child, (ppid, _) in stats.items() if ppid == pid]
+    return tree
+
+
+def timed(fn, *args) -> dict:
+    """Run fn(*args) -> dict; add wall seconds and CPU seconds of the process tree (see module docstring).
+
+    The tree is sampled every 0.5 s while fn runs: Ray stops its actors at the end of a dataset and their
+    CPU time would otherwise vanish with them (it is not accounted to the raylet).
+    """
+    before, seen = tree_cpu_seconds(), {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while True:
+            for pid, cpu in tree_cpu_seconds().items():
+                seen[pid] = max(seen.get(pid, 0.0), cpu)
+            if done.wait(0.5):
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    t0 = time.perf_counter()
+    sampler.start()
+    out = fn(*args)
+    wall = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    out.setdefault("seconds", wall)
+    out["cpu_seconds"] = sum(cpu - before.get(pid, 0.0) for pid, cpu in seen.items())
+    return out
 
 
 def make_data(root: str, n: int, size: int) -> str:
@@ -66,11 +120,11 @@ def bench_forward(checkpoint: str, uris: list[str], batch: int, device: str) -> 
     forward_probabilities(loaded.model, images[:batch], batch, threads=None)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     forward_probabilities(loaded.model, images, batch, threads=None)
     if device == "cuda":
         torch.cuda.synchronize()
-    return {"images": len(images), "seconds": time.perf_counter() - t0}
+    return {"images": len(images), "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}
 
 
 def bench_loop(checkpoint: str, uris: list[str], batch: int, device: str, out_dir: str) -> dict:
@@ -105,12 +159,12 @@ def bench_pipeline(checkpoint: str, cxr: str, n: int, batch: int | None, out_dir
 
     connect()
     shutil.rmtree(out_dir, ignore_errors=True)
-    t0 = time.perf_counter()
-    summary = run_inference(InferConfig(input=cxr, checkpoint=checkpoint, output=out_dir, limit=n, batch_size=batch,
-                                        num_actors=num_actors, use_gpu=device == "cuda", resume=False))
-    seconds = time.perf_counter() - t0
+    config = InferConfig(input=cxr, checkpoint=checkpoint, output=out_dir, limit=n, batch_size=batch,
+                         num_actors=num_actors, use_gpu=device == "cuda", resume=False)
+    result = timed(lambda: {"summary": run_inference(config)})
+    summary = result.pop("summary")
     assert summary["ok"] == n and summary["missing"] == 0, summary
-    return {"images": n, "seconds": seconds, "execution_seconds": summary["wall_s"], "plan": summary["plan"],
+    return {**result, "images": n, "execution_seconds": summary["wall_s"], "plan": summary["plan"],
             "batch_size": summary["batch_size"]}
 
 
@@ -124,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--model-size", type=int, default=256, help="model input side")
-    p.add_argument("--batch-size", type=int, help="(a)/(c) batch; (b) actor batch (default: the pipeline's)")
+    p.add_argument("--batch-size", type=int, help="(b) images per actor call (default: the pipeline's)")
+    p.add_argument("--loop-batch", type=int, help="(a)/(c) images per forward (default 16 CPU, 32 GPU)")
     p.add_argument("--num-actors", type=int)
     p.add_argument("--only", default="loop,pipeline,forward", help="comma-separated subset to run")
     p.add_argument("--data", default="/tmp/raysegment-bench", help="cache for data and outputs")
@@ -135,14 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint or make_checkpoint(args.data, args.base_channels, args.depth, args.model_size)
     uris = sorted(os.path.join(cxr, f) for f in os.listdir(cxr))[: args.n]
     loaded = load_model(checkpoint)
-    batch = args.batch_size or (32 if args.device == "cuda" else 16)
+    batch = args.loop_batch or (32 if args.device == "cuda" else 16)
     only = set(args.only.split(","))
     results: dict[str, dict] = {}
     load_before = os.getloadavg()  # other work on the machine skews every figure: record it
     if "forward" in only:
         results["forward"] = bench_forward(checkpoint, uris[: args.forward_n], batch, args.device)
     if "loop" in only:
-        results["loop"] = bench_loop(checkpoint, uris, batch, args.device, os.path.join(args.data, "out_loop"))
+        results["loop"] = timed(bench_loop, checkpoint, uris, batch, args.device, os.path.join(args.data, "out_loop"))
     if "pipeline" in only:
         results["pipeline"] = bench_pipeline(checkpoint, cxr, len(uris), args.batch_size,
                                              os.path.join(args.data, "out_pipeline"), args.device, args.num_actors)
@@ -150,21 +205,27 @@ def main(argv: list[str] | None = None) -> int:
     labels = {"loop": "(a) sequential loop", "pipeline": "(b) Ray Data pipeline",
               "forward": "(c) forward only (upper bound)"}
     loop_rate = results["loop"]["images"] / results["loop"]["seconds"] if "loop" in results else None
-    print(f"\n{'variant':34s} {'images':>7s} {'seconds':>9s} {'images/s':>9s} {'vs (a)':>7s}")
+    loop_cpu_rate = results["loop"]["images"] / results["loop"]["cpu_seconds"] if "loop" in results else None
+    print(f"\n{'variant':32s} {'images':>6s} {'wall s':>7s} {'images/s':>8s} {'vs (a)':>6s} {'CPU s':>7s} "
+          f"{'img/CPU-s':>9s} {'vs (a)':>6s}")
     for key in ("loop", "pipeline", "forward"):
         if key in results:
             r = results[key]
             r["images_per_s"] = r["images"] / r["seconds"]
             r["vs_loop"] = r["images_per_s"] / loop_rate if loop_rate else None
+            r["images_per_cpu_s"] = r["images"] / r["cpu_seconds"]
+            r["cpu_vs_loop"] = r["images_per_cpu_s"] / loop_cpu_rate if loop_cpu_rate else None
             ratio = f"{r['vs_loop']:.2f}x" if loop_rate else "-"
-            print(f"{labels[key]:34s} {r['images']:7d} {r['seconds']:9.1f} {r['images_per_s']:9.2f} {ratio:>7s}")
+            cpu_ratio = f"{r['cpu_vs_loop']:.2f}x" if loop_cpu_rate else "-"
+            print(f"{labels[key]:32s} {r['images']:6d} {r['seconds']:7.1f} {r['images_per_s']:8.2f} {ratio:>6s} "
+                  f"{r['cpu_seconds']:7.1f} {r['images_per_cpu_s']:9.3f} {cpu_ratio:>6s}")
     if "pipeline" in results:
         r = results["pipeline"]
         print(f"(b) plan: {r['plan']}, batch {r['batch_size']}; Ray Data execution alone "
               f"{r['execution_seconds']:.1f}s = {r['images'] / r['execution_seconds']:.2f} images/s")
 
     report = {
-        "n": len(uris), "image_size": args.size, "device": args.device, "batch_size": batch,
+        "n": len(uris), "image_size": args.size, "device": args.device, "loop_batch": batch,
         "model": {"checkpoint": checkpoint, **loaded.spec.to_dict(), "parameters": count_parameters(loaded.model)},
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],

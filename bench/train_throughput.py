@@ -1,19 +1,31 @@
 """Training throughput: Ray Train (1 and 2 workers) against a plain single-process PyTorch loop.
 
-    python bench/train_throughput.py [--n 96] [--size 128] [--epochs 4] [--batch-size 8] [--device cpu|cuda]
+    python bench/train_throughput.py [--n 80] [--size 96] [--epochs 4] [--batch-size 8] [--device cpu|cuda]
                                      [--out bench/results/train_throughput.json]
 
 Same model (UNet base_channels=16, depth=4 by default), same data (N synthetic phantoms preprocessed to
-SIZExSIZE), same global batch (a worker gets batch/num_workers), same augmentation, same loss and optimizer,
-measured in one run:
-  plain      one process, no Ray, torch threads = all cores given (--cpus), data preprocessed in memory;
-  ray-1x1    raysegment.train.train, 1 worker, the default plan (1 CPU; the other kept for Ray Data);
-  ray-1xall  1 worker holding all --cpus CPUs (equal cores with `plain`);
-  ray-2      2 workers, the default plan (2 x 0.5 CPU, 1 torch thread each: equal cores with `plain`).
+SIZExSIZE), same global batch (a worker gets batch/num_workers), same augmentation, loss and optimizer,
+measured in one run, in this order:
+  plain      one process, no Ray running, data in memory, torch threads = all --cpus;
+  plain-1t   the same with 1 torch thread;
+  ray-1x1    raysegment.train.train, 1 worker, the default plan (1 CPU, 1 thread; 1 CPU kept for Ray Data);
+  ray-1xall  1 worker holding all --cpus CPUs and threads;
+  ray-2      2 workers, the default plan (2 x 0.5 CPU, 1 torch thread each);
+  plain-again  `plain` once more, after Ray has stopped: the two plain runs show how much the load drifted.
+Each Ray run is compared with the plain loop using the same total number of torch threads (ray-1x1 with
+plain-1t; ray-1xall and ray-2 with the better of plain and plain-again, the conservative choice).
 Throughput = training images per second of an epoch's training phase (validation excluded); "steady" is
-the median over epochs 2..E (epoch 1 pays warm-up). Start-up = Ray init + decode/materialize + fit start
-to first optimizer step. With --device cuda, `plain` runs on the GPU (bf16 autocast, channels_last) and
-the Ray runs use 1 worker per GPU (configurations needing more GPUs than exist are reported as skipped).
+the median over epochs 2..E (epoch 1 pays warm-up). CPU cost = process CPU milliseconds per training
+image, all workers summed. Start-up = Ray init + decode/materialize + fit start to the first step.
+With --device cuda, the plain loop runs on the GPU (bf16 autocast, channels_last) and the Ray runs use
+1 worker per GPU (configurations needing more GPUs than exist are reported as skipped).
+
+On a machine shared with other work, one process with 2 intra-op threads can slow down ten-fold: an
+OpenMP thread spin-waits for its sibling while that one is descheduled (measured on the 2-core CI box
+under load: 0.45 s per step with 1 thread, 4.3 s with 2). Hence --omp-wait-policy PASSIVE by default
+(waiting threads sleep instead of spinning), set before torch loads and inherited by Ray's workers, so
+both sides get the same treatment; `--omp-wait-policy default` measures the library default. The load
+averages at start and end are saved in the JSON.
 """
 
 from __future__ import annotations
@@ -23,8 +35,20 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
+
+
+def _omp_policy_from_argv() -> None:
+    # OpenMP reads OMP_WAIT_POLICY when the library loads: set it before torch is imported.
+    argv = sys.argv[1:]
+    policy = argv[argv.index("--omp-wait-policy") + 1] if "--omp-wait-policy" in argv[:-1] else "PASSIVE"
+    if policy.upper() != "DEFAULT":
+        os.environ["OMP_WAIT_POLICY"] = policy.upper()
+
+
+_omp_policy_from_argv()
 
 import numpy as np
 import torch
@@ -43,7 +67,7 @@ def make_data(root: str, n: int, size: int) -> str:
     return root
 
 
-def bench_plain(data: str, args, device: str) -> dict:
+def bench_plain(data: str, args, device: str, name: str, threads: int) -> dict:
     """The reference: a single-process loop over the same preprocessed data, batches and augmentation."""
     from raysegment.datasets import load_split_dataset
     from raysegment.train_data import TrainCollate, image_key, prepare_pair
@@ -53,9 +77,9 @@ def bench_plain(data: str, args, device: str) -> dict:
     prepared = [prepare_pair(p, preprocess) for p in pairs]
     images, masks = np.stack([i for i, _ in prepared]), np.stack([m for _, m in prepared])
     keys = np.array([image_key(p.image_id) for p in pairs], dtype=np.int64)
-    threads = torch.get_num_threads()
+    threads_before = torch.get_num_threads()
     if device == "cpu":
-        torch.set_num_threads(args.cpus)
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = UNet.from_config(UNetConfig(base_channels=args.base_channels, depth=args.depth)).to(device)
     on_gpu = device == "cuda"
@@ -63,12 +87,12 @@ def bench_plain(data: str, args, device: str) -> dict:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = loss_function("dice")
-    epochs = []
+    epochs, cpu_ms = [], []
     for epoch in range(1, args.epochs + 1):
         collate = TrainCollate(AugmentConfig(), 0, epoch)
         order = np.random.default_rng(epoch).permutation(len(images))
         model.train()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for s in range(0, len(order), args.batch_size):
             idx = order[s : s + args.batch_size]
             x, y = collate({"image": images[idx], "mask": masks[idx], "key": keys[idx]})
@@ -85,14 +109,15 @@ def bench_plain(data: str, args, device: str) -> dict:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         epochs.append(len(images) / seconds)
-        print(f"  plain epoch {epoch}: {epochs[-1]:.1f} images/s", flush=True)
-    torch.set_num_threads(threads)
-    return {"name": "plain", "workers": 0, "threads": args.cpus if device == "cpu" else None,
-            "images_per_s": epochs, "startup_s": None}
+        cpu_ms.append(1000 * (time.process_time() - cpu_start) / len(images))
+        print(f"  {name} epoch {epoch}: {epochs[-1]:.1f} images/s, {cpu_ms[-1]:.0f} CPU ms/image", flush=True)
+    torch.set_num_threads(threads_before)
+    return {"name": name, "workers": 0, "threads": threads, "images_per_s": epochs, "cpu_ms_per_image": cpu_ms,
+            "startup_s": None}
 
 
 def bench_ray(data: str, args, device: str, name: str, workers: int, cpus_per_worker: float | None,
-              data_cpus: float) -> dict:
+              data_cpus: float, threads: int) -> dict:
     from raysegment.cluster import PlanError
     from raysegment.train import train
     from raysegment.train_config import load_config
@@ -111,9 +136,10 @@ def bench_ray(data: str, args, device: str, name: str, workers: int, cpus_per_wo
         print(f"  {name}: skipped: {e}", flush=True)
         return {"name": name, "workers": workers, "skipped": str(e)}
     t = result.timings
-    startup = t["ray_init_s"] + t["ingest_s"] + t.get("fit_to_first_step_s", float("nan"))
-    return {"name": name, "workers": workers, "cpus_per_worker": cpus_per_worker,
-            "images_per_s": [row["images_per_s"] for row in result.history], "startup_s": startup,
+    startup = t["ingest_s"] + t.get("fit_to_first_step_s", float("nan"))  # + Ray init, added by main()
+    return {"name": name, "workers": workers, "threads": threads, "cpus_per_worker": cpus_per_worker,
+            "images_per_s": [row["images_per_s"] for row in result.history],
+            "cpu_ms_per_image": [row["cpu_ms_per_image"] for row in result.history], "startup_s": startup,
             "timings": t}
 
 
@@ -123,8 +149,8 @@ def steady(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=96, help="phantoms (80%% train)")
-    parser.add_argument("--size", type=int, default=128, help="model input side")
+    parser.add_argument("--n", type=int, default=80, help="phantoms (80%% train)")
+    parser.add_argument("--size", type=int, default=96, help="model input side")
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8, help="global batch (split over Ray workers)")
@@ -134,39 +160,67 @@ def main() -> None:
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "raysegment_bench_train"))
     parser.add_argument("--runs", default=os.path.join(tempfile.gettempdir(), "raysegment_bench_train_runs"))
     parser.add_argument("--out", default="bench/results/train_throughput.json")
+    parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
+                        help="OMP_WAIT_POLICY for the plain loop and Ray's workers (see above)")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()  # a shared machine's other work shows here
+
+    import ray
 
     from raysegment.cluster import connect
 
     data = make_data(args.data, args.n, args.size)
+    print(f"model {count_parameters(UNet(1, 1, args.base_channels, args.depth)):,} parameters; "
+          f"{args.size}x{args.size}, global batch {args.batch_size}, {args.epochs} epochs", flush=True)
+    # The plain loops run while no Ray is up (Ray's own processes would compete with them for the cores).
+    results = [bench_plain(data, args, args.device, "plain", args.cpus)]
+    if args.device == "cpu":
+        results.append(bench_plain(data, args, args.device, "plain-1t", 1))
+        runs = [("ray-1x1", 1, None, 1.0, 1), ("ray-1xall", 1, float(args.cpus), 0.0, args.cpus),
+                ("ray-2", 2, None, 1.0, 2)]
+    else:
+        runs = [("ray-1gpu", 1, None, 1.0, 1), ("ray-2gpu", 2, None, 1.0, 1)]
     t0 = time.perf_counter()
     connect(num_cpus=args.cpus)
     ray_init_s = time.perf_counter() - t0
-    print(f"ray init {ray_init_s:.1f} s; model {count_parameters(UNet(1, 1, args.base_channels, args.depth)):,} "
-          f"parameters; {args.size}x{args.size}, global batch {args.batch_size}, {args.epochs} epochs", flush=True)
+    for name, workers, cpus, data_cpus, threads in runs:
+        results.append(bench_ray(data, args, args.device, name, workers, cpus, data_cpus, threads))
+        if results[-1].get("startup_s") is not None:
+            results[-1]["startup_s"] += ray_init_s  # what `raysegment train` pays from a cold start
+    ray.shutdown()
+    results.append(bench_plain(data, args, args.device, "plain-again", args.cpus))
 
-    results = [bench_plain(data, args, args.device)]
-    if args.device == "cuda":
-        runs = [("ray-1gpu", 1, None, 1.0), ("ray-2gpu", 2, None, 1.0)]
-    else:
-        runs = [("ray-1x1", 1, None, 1.0), ("ray-1xall", 1, float(args.cpus), 0.0), ("ray-2", 2, None, 1.0)]
-    for name, workers, cpus, data_cpus in runs:
-        results.append(bench_ray(data, args, args.device, name, workers, cpus, data_cpus))
-
-    plain = steady(results[0]["images_per_s"])
-    print(f"\n{'setup':<12} {'workers':>7} {'steady img/s':>13} {'vs plain':>9} {'start-up s':>11}  per-epoch img/s")
+    for r in results:
+        if "skipped" not in r:
+            r["steady_images_per_s"] = steady(r["images_per_s"])
+            r["steady_cpu_ms_per_image"] = steady(r["cpu_ms_per_image"])
+    # Reference per total thread count: the best plain measurement with as many threads (conservative).
+    plains = [r for r in results if r["workers"] == 0]
     for r in results:
         if "skipped" in r:
-            print(f"{r['name']:<12} {r['workers']:>7}  skipped (plan does not fit)")
             continue
-        r["steady_images_per_s"] = steady(r["images_per_s"])
-        r["vs_plain"] = r["steady_images_per_s"] / plain
+        same = [p for p in plains if p["threads"] == r["threads"]] or plains
+        ref = max(same, key=lambda p: p["steady_images_per_s"])
+        r["reference"] = ref["name"]
+        r["vs_plain"] = r["steady_images_per_s"] / ref["steady_images_per_s"]
+        r["cpu_efficiency_vs_plain"] = ref["steady_cpu_ms_per_image"] / r["steady_cpu_ms_per_image"]
+
+    print(f"\n{'setup':<12} {'threads':>7} {'steady img/s':>13} {'vs plain':>9} {'CPU ms/img':>11} "
+          f"{'vs plain':>9} {'start-up s':>11}  reference    per-epoch img/s")
+    for r in results:
+        if "skipped" in r:
+            print(f"{r['name']:<12} {r['threads']:>7}  skipped (plan does not fit)")
+            continue
         startup = "-" if r["startup_s"] is None else f"{r['startup_s']:.1f}"
-        print(f"{r['name']:<12} {r['workers']:>7} {r['steady_images_per_s']:>13.1f} {r['vs_plain']:>8.2f}x "
-              f"{startup:>11}  " + " ".join(f"{v:.1f}" for v in r["images_per_s"]))
+        print(f"{r['name']:<12} {r['threads']:>7} {r['steady_images_per_s']:>13.1f} {r['vs_plain']:>8.2f}x "
+              f"{r['steady_cpu_ms_per_image']:>11.0f} {r['cpu_efficiency_vs_plain']:>8.2f}x {startup:>11}  "
+              f"{r['reference']:<12} " + " ".join(f"{v:.1f}" for v in r["images_per_s"]))
+    print("vs plain: throughput / the reference's; CPU vs plain: the reference's CPU ms per image / this one's "
+          "(above 1 = cheaper). threads = torch threads in total.")
     report = {"args": vars(args), "device": args.device, "machine": platform.platform(),
-              "cpu_count": os.cpu_count(), "torch": torch.__version__, "ray_init_s": ray_init_s,
-              "results": results}
+              "cpu_count": os.cpu_count(), "torch": torch.__version__,
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "ray_init_s": ray_init_s,
+              "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(), "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)

@@ -20,11 +20,10 @@ COMMANDS = {
     "export": "raysegment.export",
     "evaluate": "raysegment.evaluate",
     "show": "raysegment.show",
+    "demo": "raysegment.demo",
 }
 # Subcommands that are planned but not built yet: they say so and exit non-zero.
-PENDING = {
-    "demo": "the end-to-end demo",
-}
+PENDING: dict[str, str] = {}
 
 
 def _pending(name: str):

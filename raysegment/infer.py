@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 # torch is imported lazily (actor, driver): the CPU stage tasks never need it, and importing it costs each
 # new worker process seconds and hundreds of MB.
-CPU_BATCH = 16  # images per actor call on CPU: amortizes Ray overhead (~1-2 s of work per call)
+CPU_BATCH = 8  # images per actor call on CPU: ~1 s of work, amortizes Ray overhead, short tail at the end
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--manifest-column", metavar="NAME", help="manifest column with the image URIs "
                    "(default: image_uri, image, uri or path)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N inputs (for a trial)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="images per actor call (default 16 CPU / 32 GPU)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per actor call (default 8 CPU / 32 GPU)")
     p.add_argument("--num-actors", type=int, metavar="N",
                    help="inference actors (default: one per GPU, or one per CPU minus a decode share)")
     p.add_argument("--no-gpu", action="store_true", help="run on CPU even when the cluster has GPUs")

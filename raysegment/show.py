@@ -34,6 +34,7 @@ class ShowResult:
     index: str | None = None  # index.csv: what was drawn (or why not)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (image_uri, reason), not drawn
     tiles: int = 0  # tiles in the contact sheet
+    notes: dict[str, str] = field(default_factory=dict)  # picture -> e.g. why its truth is missing
 
 
 def safe_name(image_id: str) -> str:
@@ -149,22 +150,30 @@ def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = Fa
             if image_uri not in masks:
                 raise ValueError("the row has no mask_png")
             pred = decode_mask_png(masks[image_uri])
-            truth_uris = truth_index.get(image_id)
-            if truth_uris is None and row.get("truth_uri") and not ground_truth:
-                truth_uris = tuple(row["truth_uri"].split("|"))
-            truth = load_mask(truth_uris, image.shape, image_uri) if truth_uris else None
         except Exception as e:  # noqa: BLE001 - e.g. the input moved since inference: say so, draw the others
             note = f"not drawn: {type(e).__name__}: {storage.redact(str(e))}"
             result.errors.append((image_uri, note))
         else:
-            if truth is None and (ground_truth or row.get("truth_uri")):
+            truth_uris = truth_index.get(image_id)
+            if truth_uris is None and row.get("truth_uri") and not ground_truth:
+                truth_uris = tuple(row["truth_uri"].split("|"))
+            truth = None
+            if truth_uris:
+                try:
+                    truth = load_mask(truth_uris, image.shape, image_uri)
+                except Exception as e:  # noqa: BLE001 - a bad truth file: draw the prediction alone
+                    note = f"ground truth not drawn: {type(e).__name__}: {storage.redact(str(e))}"
+            elif ground_truth or row.get("truth_uri"):
                 note = "no ground truth for this image"
             picture = storage.join(out, f"{rank:03d}_{safe_name(image_id)}.png")
             drawing = viz.side_by_side(image, truth, pred, f"#{rank}  {caption(row)}", tile_height)
             storage.write_bytes(picture, encode_png(drawing))
             result.pictures.append(picture)
+            if note:
+                result.notes[picture] = note
             tiles.append(viz.overlay(image, truth, pred, min(tile_height, SHEET_TILE_HEIGHT)))
-            labels.append(f"#{rank} " + caption(row).split("  QC:")[0])
+            score = _value(row, "dice")  # short labels: the sheet's tiles are narrow
+            labels.append(f"#{rank} {image_id}" + ("" if score is None else f"  dice {score:.3f}"))
         dice = "" if _value(row, "dice") is None else f"{row['dice']:.6f}"
         index.append(",".join(_csv(v) for v in (rank, image_id, dice, "|".join(row.get("qc_reasons") or []),
                                                    picture, image_uri, note)))
@@ -216,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"raysegment show: {e}", file=sys.stderr)
         return 1
     for path in result.pictures:
-        print(path)
+        print(path + (f"  ({result.notes[path]})" if path in result.notes else ""))
     if result.contact_sheet:
         print(f"{result.contact_sheet} ({result.tiles} tiles)")
     if result.errors:

@@ -30,7 +30,6 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-
 ANONYMOUS_ENV = "RAYSEGMENT_S3_ANONYMOUS"
 # Non-secret S3 settings every Ray worker must share with the driver.
 WORKER_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", ANONYMOUS_ENV)
@@ -89,13 +88,14 @@ def is_s3(uri: str) -> bool:
 
 @functools.lru_cache(maxsize=16)
 def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
-    kwargs: dict = dict(
-        region=options.region,
-        anonymous=options.anonymous,
-        connect_timeout=options.connect_timeout_s,
-        request_timeout=options.request_timeout_s,
-        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts),
-    )
+    kwargs: dict = {
+        "region": options.region,
+        "anonymous": options.anonymous,
+        "connect_timeout": options.connect_timeout_s,  # seconds
+        "request_timeout": options.request_timeout_s,  # seconds
+        # AWS SDK standard retries: exponential backoff with jitter on 5xx, throttling and network errors.
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts),
+    }
     if options.endpoint_url:
         parsed = urlparse(options.endpoint_url if "://" in options.endpoint_url else "https://" + options.endpoint_url)
         kwargs["endpoint_override"] = parsed.netloc
@@ -224,7 +224,7 @@ def upload_dir(local_dir: str, uri: str, s3: S3Options | None = None) -> None:
 
 def download_dir(uri: str, local_dir: str, s3: S3Options | None = None) -> str:
     """Copy a folder or prefix to a local folder; returns local_dir."""
-    fs, path = filesystem(uri, s3)
+    _, path = filesystem(uri, s3)
     for entry in list_files(uri, s3=s3):
         inner = filesystem(entry.uri, s3)[1]
         rel = posixpath.relpath(inner, path) if is_s3(uri) else os.path.relpath(inner, path)

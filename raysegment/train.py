@@ -25,7 +25,7 @@ import numpy as np
 
 from raysegment import storage
 from raysegment.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from raysegment.train_config import ConfigError, TrainConfig, save_config
+from raysegment.train_config import ConfigError, TrainConfig, load_config, save_config
 
 
 @dataclass
@@ -46,6 +46,17 @@ def copy_checkpoint(src_uri: str, dest_uri: str) -> None:
     """Copy the inference part of a checkpoint (weights + config.json) between folders/URIs."""
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         storage.write_bytes(storage.join(dest_uri, name), storage.read_bytes(storage.join(src_uri, name)))
+
+
+def _json_safe(value):
+    """NaN/inf (e.g. hd95 of an empty prediction) -> None: strict JSON readers reject NaN."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def evaluate_checkpoint(checkpoint_uri: str, pairs, batch_size: int = 8) -> dict:
@@ -75,6 +86,19 @@ def evaluate_checkpoint(checkpoint_uri: str, pairs, batch_size: int = 8) -> dict
             per_image.append({"image_id": pair.image_id, **m})
     return {"checkpoint": checkpoint_uri, "model_id": loaded.model_id, "n": len(per_image),
             "means": sums.means(), "images": per_image}
+
+
+def _check_resumable(config: TrainConfig, previous_uri: str) -> None:
+    """A rerun with an existing run.name resumes it: its checkpoints must fit this model and input."""
+    if not storage.exists(previous_uri):
+        return
+    previous = load_config(previous_uri)
+    for section in ("model", "preprocess"):
+        if getattr(previous, section) != getattr(config, section):
+            raise ConfigError(
+                f"run.name: run {config.run.name!r} already exists with a different {section} section "
+                f"({getattr(previous, section)} there); a rerun resumes it, so {section} must match. "
+                f"Use a new run.name for a new model.")
 
 
 def train(config: TrainConfig, address: str | None = None) -> TrainResult:
@@ -109,6 +133,7 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
     if counts["train"] < plan.num_workers or counts["val"] < 1:
         raise ConfigError(f"data.path: {counts} images per split; need >= {plan.num_workers} train "
                           f"(one per worker) and >= 1 val")
+    _check_resumable(config, storage.join(run_dir, "config.yaml"))
     digest = write_manifest(split, storage.join(run_dir, "split_manifest.csv"))
     save_config(config, storage.join(run_dir, "config.yaml"))
 
@@ -159,7 +184,8 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
     if config.run.evaluate_test and split.pairs("test"):
         test_metrics = evaluate_checkpoint(best_dir, split.pairs("test"))
         test_metrics["epoch"] = best_info["epoch"]
-        storage.write_text(storage.join(run_dir, "test_metrics.json"), json.dumps(test_metrics, indent=2))
+        storage.write_text(storage.join(run_dir, "test_metrics.json"),
+                           json.dumps(_json_safe(test_metrics), indent=2, allow_nan=False))
         means = test_metrics["means"]
         print(f"test ({test_metrics['n']} images): dice {means['dice']:.4f}  iou {means['iou']:.4f}  "
               f"hd95 {means.get('hd95', float('nan')):.2f} px -> {storage.join(run_dir, 'test_metrics.json')}",

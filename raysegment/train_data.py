@@ -83,6 +83,7 @@ def build_dataset(pairs: list[Pair], preprocess: PreprocessConfig, rows_per_bloc
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     # The dataset owns a copy of the DataContext: these settings stay with it, not with the process.
     ds.context.execution_options.preserve_order = True  # rows in pair order: val batches are reproducible
+    ds.context.print_on_execution_start = False  # no plan banner per execution (one per epoch in training)
     ds = ds.map_batches(_decode_batch, fn_kwargs={"preprocess": preprocess}, batch_size=rows_per_block,
                         batch_format="numpy")
     ds = ds.materialize()

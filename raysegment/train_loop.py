@@ -37,7 +37,7 @@ from raysegment.train_data import EvalCollate, TrainCollate
 STATE_FILE = "train_state.pt"
 KILL_MARKER = "debug_worker_killed"  # in the run dir: the injected fault happens once
 COLUMNS = ("epoch", "train_loss", "train_dice", "val_loss", "val_dice", "val_iou", "val_precision",
-           "val_recall", "lr", "images_per_s", "epoch_time_s")
+           "val_recall", "lr", "images_per_s", "epoch_time_s", "cpu_ms_per_image")
 
 
 @dataclass
@@ -89,13 +89,15 @@ def _autocast(device: torch.device):
 def train_epoch(model, shard, optimizer, loss_fn, config: TrainConfig, epoch: int, device: torch.device):
     """One pass over this worker's shard.
 
-    Returns global (mean loss, mean dice, images) and this worker's (seconds, wall time of its first step).
+    Returns global (mean loss, mean dice, images, process CPU seconds summed over workers) and this
+    worker's (seconds, wall time of its first step). CPU time, unlike wall time, does not depend on what
+    else runs on the machine: it measures the cost of an image.
     """
     model.train()
     collate = TrainCollate(config.augment, config.run.seed, epoch)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     counts = []
-    start, first_step_at = time.perf_counter(), None
+    start, cpu_start, first_step_at = time.perf_counter(), time.process_time(), None
     batches = shard.iter_torch_batches(
         batch_size=config.optim.batch_size, collate_fn=collate, prefetch_batches=config.run.prefetch_batches,
         local_shuffle_buffer_size=max(64, 8 * config.optim.batch_size),
@@ -113,11 +115,12 @@ def train_epoch(model, shard, optimizer, loss_fn, config: TrainConfig, epoch: in
         first_step_at = first_step_at or time.time()
         loss_sum += loss.detach().double() * len(x)
         counts.append(confusion_counts(predict_masks(logits.detach(), config.threshold), y))
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     local = torch.cat(counts) if counts else torch.zeros((0, 3), dtype=torch.int64)
     dice_sum = _score_sums(local)[METRICS.index("dice")]
-    n, loss_total, dice_total = _all_reduce_sum([len(local), loss_sum.item(), dice_sum], device)
-    return loss_total / max(n, 1), dice_total / max(n, 1), int(n), seconds, first_step_at
+    n, loss_total, dice_total, cpu_total = _all_reduce_sum([len(local), loss_sum.item(), dice_sum, cpu_seconds],
+                                                           device)
+    return loss_total / max(n, 1), dice_total / max(n, 1), int(n), cpu_total, seconds, first_step_at
 
 
 @torch.no_grad()
@@ -270,14 +273,14 @@ def train_loop_per_worker(params: dict) -> dict:
             break
         _maybe_kill(config, run_dir, epoch, rank, world)
         start = time.perf_counter()
-        train_loss, train_dice, images, train_s, first_step_at = train_epoch(
+        train_loss, train_dice, images, cpu_s, train_s, first_step_at = train_epoch(
             model, train_shard, optimizer, loss_fn, config, epoch, device)
         first_step_time = first_step_time or first_step_at
         val = validate(model, val_shard, loss_fn, config, device, rank, world)
         scheduler.step(val["val_loss"])
         row = {"epoch": epoch, "train_loss": train_loss, "train_dice": train_dice, **val,
                "lr": optimizer.param_groups[0]["lr"], "images_per_s": images / max(train_s, 1e-9),
-               "epoch_time_s": time.perf_counter() - start}
+               "epoch_time_s": time.perf_counter() - start, "cpu_ms_per_image": 1000 * cpu_s / max(images, 1)}
         state.epoch = epoch
         state.history.append(row)
         if val["val_dice"] > state.best_dice:  # the seed's save_best_only on val dice

@@ -52,7 +52,8 @@ def test_config_passes_ray_validation(name):
     for cmd in config["head_start_ray_commands"][1:] + config["worker_start_ray_commands"][1:]:
         assert "RAY_AUTH_MODE=token" in cmd and "ray start" in cmd
     assert "~/.ray/auth_token" in config["file_mounts"].values()
-    text = open(os.path.join(ROOT, name)).read().lower()
+    with open(os.path.join(ROOT, name)) as f:
+        text = f.read().lower()
     for secret_word in ("aws_secret_access_key", "aws_access_key_id", "ray_auth_token="):
         assert secret_word not in text
 

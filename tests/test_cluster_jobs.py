@@ -5,8 +5,8 @@
    requests without the token (401) or with a wrong one;
 2. jobs/train.py and jobs/infer.py against the test S3 endpoint, the way a real cluster works: data, run
    dir, checkpoints and results in s3:// (nodes share no disk), credentials in the nodes' own environment
-   (as an instance profile would provide), the endpoint via the job's runtime_env (train) or via
-   --s3-endpoint (infer). The checkpoint must load and the Parquet output must have one row per image.
+   (as an instance profile would provide), the endpoint via --s3-endpoint (train: cluster.connect must
+   ship it to the workers of both nodes) or via the job's runtime_env (infer). The checkpoint must load and the Parquet output must have one row per image.
 The cluster is stopped in a finally by PID (see raysegment/testing/local_cluster.py: never `ray stop`).
 """
 
@@ -29,7 +29,7 @@ EXCLUDES = [".git", ".venv", "runs", "demo_out", "**/__pycache__", ".pytest_cach
 TRIVIAL_JOB = '''
 import os, time, ray
 ray.init()
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
 def where():
     time.sleep(0.5)
     return ray.get_runtime_context().get_node_id()
@@ -92,25 +92,34 @@ def test_train_and_infer_jobs_over_s3(cluster, s3_endpoint, tmp_path):
 
     started = time.monotonic()
     # scaling.cpus_per_worker=1.5: no node has room for two such workers, so training spans both nodes.
+    # The endpoint comes by flag: the nodes do not have it, so the data-loading tasks and training workers
+    # on both nodes can only reach S3 if cluster.connect ships it to them (runtime_env of the driver).
     train = cluster.submit(
         ["python", "jobs/train.py", "--config", "configs/train-small.yaml", "--data", f"{bucket}/data",
-         "--storage", f"{bucket}/runs", "--name", "mn", "--epochs", "1", "--set", "scaling.cpus_per_worker=1.5"],
-        ROOT, {"env_vars": {"AWS_ENDPOINT_URL_S3": s3_endpoint.url}, "excludes": EXCLUDES}, timeout_s=300)
+         "--storage", f"{bucket}/runs", "--name", "mn", "--epochs", "1", "--set", "scaling.cpus_per_worker=1.5",
+         "--s3-endpoint", s3_endpoint.url],
+        ROOT, {"excludes": EXCLUDES}, timeout_s=300)
     assert train.status == "SUCCEEDED", train.output[-5000:]
     assert "2 worker(s) x (1.5 CPU)" in train.output
     loaded = raysegment.load_model(f"{bucket}/runs/mn/best")  # the checkpoint exists and loads
     assert loaded.config["epoch"] == 1 and loaded.spec.preprocess.size == 64
 
+    # The endpoint comes with the job's runtime_env (as for a MinIO deployment): the driver must not add
+    # the same variable again (ray.init refuses to merge a key twice).
     infer = cluster.submit(
         ["python", "jobs/infer.py", "--input", f"{bucket}/data/cxr", "--checkpoint", f"{bucket}/runs/mn/best",
-         "--output", f"{bucket}/out", "--masks-out", f"{bucket}/masks", "--s3-endpoint", s3_endpoint.url],
-        ROOT, {"excludes": EXCLUDES}, timeout_s=300)
+         "--output", f"{bucket}/out", "--masks-out", f"{bucket}/masks",
+         "--num-actors", "2"],  # fewer torch imports on the 2-core CI box; Ray Data spreads them
+        ROOT, {"env_vars": {"AWS_ENDPOINT_URL_S3": s3_endpoint.url}, "excludes": EXCLUDES}, timeout_s=300)
     assert infer.status == "SUCCEEDED", infer.output[-5000:]
     results = raysegment.read_results(f"{bucket}/out", columns=["image_uri", "status", "mask_uri"])
     assert results.num_rows == 20 and set(results.column("status").to_pylist()) == {"ok"}
     assert all(u.startswith(f"{bucket}/masks/") for u in results.column("mask_uri").to_pylist())
     print(f"train job {train.seconds:.0f} s, infer job {infer.seconds:.0f} s, "
           f"both {time.monotonic() - started:.0f} s")
+    for line in (train.output + infer.output).splitlines():
+        if line.startswith(("run mn", "data:", "best:", "raysegment infer")) or "epoch   1/1" in line:
+            print(line)
     # Credentials live in the nodes' environment only: never in what the jobs printed.
     for job in (train, infer):
         assert s3_endpoint.secret_access_key not in job.output and s3_endpoint.access_key_id not in job.output

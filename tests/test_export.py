@@ -61,9 +61,11 @@ def test_onnx_export_matches_pytorch(small_checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_torchscript_export_matches_pytorch(small_checkpoint):
+def test_torchscript_export_matches_pytorch(small_checkpoint, tmp_path):
     result = export_model(small_checkpoint, "torchscript")  # default: inside the checkpoint folder
-    assert result.path.endswith("model.torchscript.pt") and result.max_abs_diff < 1e-4
+    assert result.path == str(Path(small_checkpoint, "model.torchscript.pt")) and result.max_abs_diff < 1e-4
+    in_folder = export_model(small_checkpoint, "torchscript", out=str(tmp_path) + "/")
+    assert in_folder.path == str(tmp_path / "model.torchscript.pt") and Path(in_folder.sidecar).exists()
 
     extra = {"config.json": ""}
     loaded = torch.jit.load(result.path, _extra_files=extra)

@@ -167,6 +167,14 @@ def test_unschedulable_plan_fails_fast(ray_local, phantoms, tmp_path):
     assert "8 worker(s) x (1 GPU" in message and "0 GPU" in message and "2 CPU" in message
 
 
+def test_resuming_with_another_model_is_refused(ray_local, phantoms, tmp_path):
+    from raysegment.train import train
+
+    save_config(tiny_config(phantoms, str(tmp_path), "r"), str(tmp_path / "r" / "config.yaml"))
+    with pytest.raises(ConfigError, match="already exists with a different model section"):
+        train(tiny_config(phantoms, str(tmp_path), "r", **{"model.base_channels": 16}))
+
+
 def test_jobs_train_help():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "train.py"), "--help"],
                          check=False, capture_output=True, text=True, timeout=60)

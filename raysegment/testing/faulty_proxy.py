@@ -91,7 +91,7 @@ class FaultyProxy:
         for sock in sockets:
             _close(sock)
 
-    def __enter__(self) -> FaultyProxy:
+    def __enter__(self):  # -> FaultyProxy
         return self.start() if self._server is None else self
 
     def __exit__(self, *exc) -> None:
@@ -114,7 +114,7 @@ class FaultyProxy:
         while not self._stop.is_set():
             try:
                 client, _ = self._server.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return  # closed by stop()

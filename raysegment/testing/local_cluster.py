@@ -1,4 +1,4 @@
-"""A real multi-node Ray cluster on 127.0.0.1, started and driven with the `ray` CLI, token auth ON.
+"""A real multi-node Ray cluster on loopback, started and driven with the `ray` CLI, token auth ON.
 
 Two `ray start` nodes (a head and a worker) on this machine, each its own raylet, object store and
 dashboard agent, joined through the head's GCS exactly as on separate machines; jobs go through the
@@ -12,13 +12,18 @@ Things this harness has to get right (each learnt from Ray 2.60's source, see do
   node's `ray start`, `ray job submit`, the job's driver) needs RAY_AUTH_MODE=token AND the token: a CLI
   with the mode unset sends no token and gets "401 Unauthorized: Missing authentication token". We use
   a fresh token file per cluster (RAY_AUTH_TOKEN_PATH) so ~/.ray/auth_token is never touched.
-- Loopback only. `ray start --node-ip-address=127.0.0.1` silently replaces 127.0.0.1 by the machine's
-  outward IP; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 on the head keeps it on 127.0.0.1. The worker node
-  (where that variable would refuse to start) gets 127.0.0.1 by asking "my IP as seen from the head",
-  i.e. by NOT passing --node-ip-address.
+- Loopback only. The `ray` CLI treats "127.0.0.1"/"localhost" as "this machine" and replaces it by the
+  machine's outward IP (services.resolve_ip_for_localhost), in `ray start --node-ip-address`,
+  `--address` and `ray status --address` alike. (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 would keep
+  127.0.0.1 but makes `ray start --address` refuse to add a worker node.) So the nodes use 127.0.0.2,
+  another address of the loopback interface that Ray does not rewrite; the dashboard / Jobs API listens
+  on 127.0.0.1. Every address a client uses is loopback. (Some Ray processes still bind their gRPC
+  ports on all interfaces whatever the node IP; token auth guards them.)
 - Stopping. `ray stop` kills every Ray process on the machine by name (other users' clusters, other
   test sessions); `stop()` kills only the processes whose command line names this cluster's own temp
   dir, plus their descendants (workers, job drivers), by PID.
+- One temp dir per node, as on separate machines: nodes sharing one also share their runtime_env
+  folders, and one node's cleanup deleted the working_dir another node's job driver was running in.
 - Ports. Every port is chosen free, so the cluster does not collide with a local `ray.init()` or
   another cluster (two nodes on one IP would otherwise both want the default dashboard-agent port).
 """
@@ -44,13 +49,13 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 def _psutil():
     """psutil: Ray vendors it (ray/thirdparty_files, put on sys.path by `import ray`)."""
-    try:
-        import psutil
-    except ImportError:
-        import ray  # noqa: F401
+    import importlib
 
-        import psutil
-    return psutil
+    try:
+        return importlib.import_module("psutil")
+    except ImportError:
+        importlib.import_module("ray")  # must come first: it adds the vendored copy to sys.path
+        return importlib.import_module("psutil")
 
 
 @dataclass
@@ -106,7 +111,7 @@ class LocalCluster:
         return env
 
     def _run(self, args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
-        return subprocess.run([self.ray_bin, *args], env=self.env(), capture_output=True, text=True,
+        return subprocess.run([self.ray_bin, *args], check=False, env=self.env(), capture_output=True, text=True,
                               timeout=timeout_s, stdin=subprocess.DEVNULL)
 
     def _agent_ports(self) -> list[str]:
@@ -121,20 +126,22 @@ class LocalCluster:
         with open(os.open(self.token_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             f.write(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
         self.gcs_port, self.dashboard_port = free_port(), free_port()
-        temp_dir = f"--temp-dir={os.path.join(self.root, 'ray')}"
         head = self._run(
             ["start", "--head", f"--node-ip-address={self.node_ip}", f"--port={self.gcs_port}",
              f"--num-cpus={self.head_cpus}", "--num-gpus=0", "--include-dashboard=true",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-             f"--ray-client-server-port={free_port()}", temp_dir, *self._agent_ports()],
+             f"--ray-client-server-port={free_port()}", f"--temp-dir={os.path.join(self.root, 'head')}",
+             *self._agent_ports()],
             timeout_s)
         if head.returncode != 0:
             raise RuntimeError(f"ray start --head failed ({head.returncode}):\n{head.stdout}\n{head.stderr}")
-        for _ in range(self.worker_nodes):
+        for i in range(self.worker_nodes):
+            # Its own temp dir, as on a separate machine: nodes sharing one would share (and garbage-collect)
+            # each other's runtime_env folders, e.g. delete the working_dir a job's driver runs in.
             worker = self._run(
                 ["start", f"--address={self.address}", f"--node-ip-address={self.node_ip}",
                  f"--num-cpus={self.worker_cpus}", "--num-gpus=0",
-                 temp_dir, *self._agent_ports()], timeout_s)
+                 f"--temp-dir={os.path.join(self.root, f'w{i}')}", *self._agent_ports()], timeout_s)
             if worker.returncode != 0:
                 raise RuntimeError(f"ray start (worker) failed ({worker.returncode}):\n{worker.stdout}\n"
                                    f"{worker.stderr}")
@@ -212,20 +219,25 @@ class LocalCluster:
 
         if not self.root:
             return 0
-        procs = self._processes()
-        for proc in procs:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=10)
-        return len(procs)
+        signalled: set[int] = set()
+        for _ in range(3):  # again, for anything a dying process spawned meanwhile
+            procs = self._processes()
+            if not procs:
+                break
+            signalled.update(p.pid for p in procs)
+            for proc in procs:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except psutil.Error:
+                    pass
+            _, alive = psutil.wait_procs(procs, timeout=5)
+            for proc in alive:  # e.g. gcs_server can ignore SIGTERM
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(alive, timeout=10)
+        return len(signalled)
 
     def cleanup(self) -> None:
         """Stop, then remove the temp dir (logs included)."""
@@ -233,7 +245,7 @@ class LocalCluster:
         if self.root:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> LocalCluster:
+    def __enter__(self):  # -> LocalCluster
         try:
             return self.start()
         except BaseException:

@@ -72,9 +72,8 @@ def start_moto(log_path: str, port: int | None = None, timeout_s: float = 60.0) 
     exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
     cmd = [exe, "-H", "127.0.0.1", "-p", str(port)] if exe else [
         sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    log = open(log_path, "ab")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    log.close()
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = MotoServer(port, process, log_path)
     try:
         wait_http(server.url, timeout_s)

@@ -1,0 +1,240 @@
+"""`raysegment demo`: the whole product end to end, on a laptop, in a few minutes.
+
+    data (synthetic phantoms, or --data DIR) -> local Ray (or $RAY_ADDRESS) -> 2-worker training on Ray
+    Train -> bulk inference over the held-out test split on Ray Data, with ground truth -> pictures
+
+Everything lands under --out (default `demo_out/`):
+    data/                      the synthetic X-rays (when no --data)
+    runs/<run>/                training run: metrics.csv, training_curves.png, best/, test_metrics.json
+    results/                   inference Parquet (raysegment.read_results) + summary.json
+    masks/                     predicted masks as PNG, mirroring the input names
+    pictures/                  worst cases side by side (input | truth | prediction | overlay),
+                               contact_sheet.png (lowest dice and QC-flagged), training_curves.png
+
+`--s3` runs the same flow through a local S3 endpoint (moto on 127.0.0.1, from the dev extra) to show the
+object-storage path without a cloud account: data, run storage, checkpoints, results and masks live in
+s3://raysegment-demo/; pictures stay local so you can open them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+DEMO_BUCKET = "raysegment-demo"
+
+
+@dataclass
+class DemoSettings:
+    out: str = "demo_out"
+    data: str | None = None  # a labelled dataset; None = synthetic phantoms
+    n: int = 120  # synthetic images
+    image_size: int = 256  # synthetic image side (px)
+    model_size: int = 96  # model input side (px)
+    base_channels: int = 8
+    depth: int = 3
+    epochs: int = 8
+    batch_size: int = 4
+    lr: float = 3e-3
+    num_workers: int = 2
+    s3: bool = False
+    show_worst: int = 6
+
+
+@dataclass
+class DemoResult:
+    run_dir: str
+    results: str
+    pictures: str
+    summary: dict
+    test_dice: float | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Stages:
+    """Times named stages and prints one line as each starts."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._name: str | None = None
+        self._t0 = 0.0
+
+    def start(self, name: str, what: str) -> None:
+        self.stop()
+        print(f"\n== {name}: {what}", flush=True)
+        self._name, self._t0 = name, time.perf_counter()
+
+    def stop(self) -> None:
+        if self._name:
+            self.timings[self._name] = time.perf_counter() - self._t0
+            self._name = None
+
+
+def _start_local_s3(out: str) -> tuple[object, str]:
+    """A moto S3 endpoint on 127.0.0.1 with a demo bucket; env set so the driver AND Ray workers use it."""
+    import boto3
+
+    from raysegment.testing.s3server import start_moto
+
+    os.makedirs(out, exist_ok=True)
+    server = start_moto(os.path.join(os.path.abspath(out), "moto.log"))
+    # Dummy credentials for the local endpoint only (moto accepts any); set before Ray starts so that its
+    # workers inherit the same environment.
+    os.environ.update({"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo-secret",
+                       "AWS_ENDPOINT_URL_S3": server.url, "AWS_REGION": "us-east-1"})
+    boto3.client("s3", endpoint_url=server.url, region_name="us-east-1").create_bucket(Bucket=DEMO_BUCKET)
+    return server, f"s3://{DEMO_BUCKET}"
+
+
+def _upload_dataset(local_dir: str, uri: str) -> str:
+    from raysegment import storage
+
+    storage.upload_dir(local_dir, uri)
+    return uri
+
+
+def _test_manifest(run_dir: str, dest: str) -> int:
+    """Write a manifest (image column) of the run's held-out test split; returns its size."""
+    import io
+
+    import pandas as pd
+
+    from raysegment import storage
+
+    manifest = pd.read_csv(io.BytesIO(storage.read_bytes(storage.join(run_dir, "split_manifest.csv"))), dtype=str)
+    test = manifest[manifest["split"] == "test"]
+    storage.write_text(dest, test[["image"]].to_csv(index=False))
+    return len(test)
+
+
+def run_demo(s: DemoSettings) -> DemoResult:
+    """Run the demo; returns where everything is and the headline numbers."""
+    from raysegment import storage
+    from raysegment.cluster import connect
+    from raysegment.infer import InferConfig, run_inference
+    from raysegment.show import show
+    from raysegment.synth import write_dataset
+    from raysegment.train import train
+    from raysegment.train_config import TrainConfig
+
+    stages = _Stages()
+    out = os.path.abspath(s.out)
+    os.makedirs(out, exist_ok=True)
+    server = None
+    try:
+        root = out
+        if s.s3:
+            stages.start("s3", "local S3 endpoint (moto on 127.0.0.1)")
+            server, root = _start_local_s3(out)
+            print(f"endpoint {server.url}, bucket {root}", flush=True)
+
+        if s.data:
+            stages.start("data", f"labelled X-rays from {s.data}")
+            data = s.data
+        else:
+            stages.start("data", f"{s.n} synthetic chest X-rays, {s.image_size}x{s.image_size}")
+            data = os.path.join(out, "data")
+            write_dataset(data, n=s.n, size=s.image_size, seed=0, layout="generic")
+        if s.s3:
+            data = _upload_dataset(data, storage.join(root, "data"))
+        print(f"data: {data}", flush=True)
+
+        stages.start("ray", "connect to $RAY_ADDRESS or start a local Ray")
+        connect()
+
+        stages.start("train", f"{s.num_workers} Ray Train workers, {s.epochs} epochs, UNet base "
+                              f"{s.base_channels} depth {s.depth} at {s.model_size}px")
+        config = TrainConfig().replace({
+            "data.path": data, "model.base_channels": s.base_channels, "model.depth": s.depth,
+            "preprocess.size": s.model_size, "optim.epochs": s.epochs, "optim.batch_size": s.batch_size,
+            "optim.lr": s.lr, "optim.loss": "bce_dice", "scaling.num_workers": s.num_workers,
+            "run.storage_path": storage.join(root, "runs"), "run.name": time.strftime("demo-%Y%m%d-%H%M%S"),
+        })
+        trained = train(config)
+
+        stages.start("infer", "bulk inference over the held-out test split, with ground truth")
+        manifest = storage.join(root, "heldout.csv")
+        held_out = _test_manifest(trained.run_dir, manifest)
+        results = storage.join(root, "results")
+        summary = run_inference(InferConfig(
+            input=manifest, checkpoint=trained.best_dir, output=results,
+            masks_out=storage.join(root, "masks"), ground_truth=data, resume=False))
+
+        stages.start("pictures", "worst cases, QC-flagged contact sheet, training curves")
+        pictures = os.path.join(out, "pictures")
+        shown = show(results, pictures, worst=s.show_worst, ground_truth=data)
+        curves = os.path.join(pictures, "training_curves.png")
+        storage.write_bytes(curves, storage.read_bytes(storage.join(trained.run_dir, "training_curves.png")))
+        stages.stop()
+    finally:
+        if server is not None:
+            print("(stopping the local S3 endpoint: the s3:// outputs above lived there)", flush=True)
+            server.stop()
+
+    metrics = summary.get("metrics") or {}
+    test_dice = (metrics.get("dice") or {}).get("mean")
+    _print_report(s, trained, summary, held_out, results, shown, curves, stages.timings, test_dice)
+    return DemoResult(trained.run_dir, results, pictures, summary, test_dice, stages.timings)
+
+
+def _print_report(s, trained, summary, held_out, results, shown, curves, timings, test_dice) -> None:
+    metrics = summary.get("metrics") or {}
+    print("\n" + "=" * 78)
+    print("raysegment demo: summary")
+    print("=" * 78)
+    last = trained.history[-1] if trained.history else {}
+    print(f"training      {len(trained.history)} epochs, best epoch {trained.best_epoch}, "
+          f"final val dice {float(last.get('val_dice', float('nan'))):.4f}")
+    print(f"inference     {summary['inputs_seen']} held-out X-rays: {summary['ok']} ok, {summary['errors']} errors, "
+          f"QC flagged {summary['qc_flagged']}")
+    if metrics:
+        print(f"{'test metric':<14}{'mean':>8}{'sd':>8}{'median':>8}{'min':>8}")
+        for name in ("dice", "iou", "precision", "recall", "hd95"):
+            m = metrics.get(name) or {}
+            if m.get("n"):
+                print(f"{name:<14}{m['mean']:>8.4f}{m.get('sd', float('nan')):>8.4f}{m['median']:>8.4f}"
+                      f"{m.get('min', float('nan')):>8.4f}")
+    print("\noutputs")
+    print(f"  run dir          {trained.run_dir}")
+    print(f"  best checkpoint  {trained.best_dir}")
+    print(f"  results Parquet  {results}   (raysegment.read_results)")
+    print(f"  pictures         {os.path.dirname(curves)}  ({len(shown.pictures)} side-by-side)")
+    if shown.contact_sheet:
+        print(f"  contact sheet    {shown.contact_sheet}")
+    print(f"  training curves  {curves}")
+    print("\nstage times     " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+          + f"; total {sum(timings.values()):.1f}s")
+    if test_dice is not None:
+        print(f"\nTEST DICE (held-out, {held_out} images): {test_dice:.4f}")
+
+
+def add_parser(subparsers) -> None:
+    d = DemoSettings()
+    p = subparsers.add_parser("demo", help="the whole flow end to end: data -> Ray Train -> Ray Data inference "
+                                           "-> pictures", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=d.out, help="folder for every output (default %(default)s)")
+    p.add_argument("--data", default=None, help="a labelled dataset (any layout) instead of synthetic phantoms, "
+                                                "e.g. ../shared/data/montgomery_512")
+    p.add_argument("--n", type=int, default=d.n, help="synthetic images (default %(default)s)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="synthetic image side, px")
+    p.add_argument("--model-size", type=int, default=d.model_size, help="model input side, px")
+    p.add_argument("--base-channels", type=int, default=d.base_channels)
+    p.add_argument("--depth", type=int, default=d.depth)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument("--s3", action="store_true", help="run through a local S3 endpoint (moto) on 127.0.0.1")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = DemoSettings(out=args.out, data=args.data, n=args.n, image_size=args.image_size,
+                            model_size=args.model_size, base_channels=args.base_channels, depth=args.depth,
+                            epochs=args.epochs, num_workers=args.num_workers, s3=args.s3)
+    t0 = time.perf_counter()
+    result = run_demo(settings)
+    print(f"demo finished in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return 0 if result.summary.get("missing", 0) == 0 else 1
