@@ -110,11 +110,12 @@ class TrainCollate(NumpyBatchCollateFn):
         self.augment, self.seed, self.epoch = augment, seed, epoch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, masks = _writable(batch["image"]), _writable(batch["mask"])
-        if self.augment.enabled:
-            for i, key in enumerate(batch["key"]):
-                rng = np.random.default_rng([self.seed, self.epoch, int(key)])
-                images[i], masks[i] = augment_pair(images[i], masks[i], rng, self.augment)
+        if not self.augment.enabled:
+            return to_tensor(_writable(batch["image"])), mask_tensor(batch["mask"])
+        images, masks = np.array(batch["image"]), np.array(batch["mask"])  # copies: filled in place below
+        for i, key in enumerate(batch["key"]):
+            rng = np.random.default_rng([self.seed, self.epoch, int(key)])
+            images[i], masks[i] = augment_pair(images[i], masks[i], rng, self.augment)
         return to_tensor(images), mask_tensor(masks)
 
 

@@ -175,6 +175,27 @@ def test_resuming_with_another_model_is_refused(ray_local, phantoms, tmp_path):
         train(tiny_config(phantoms, str(tmp_path), "r", **{"model.base_channels": 16}))
 
 
+def test_augmentation_depends_on_seed_epoch_and_image_only():
+    """Whichever worker or batch an image lands in, its augmentation is the same: resumes reproduce."""
+    from raysegment.augment import AugmentConfig
+    from raysegment.train_data import TrainCollate
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    masks = (rng.random((4, 32, 32)) > 0.5).astype(np.uint8)
+    keys = np.array([11, 22, 33, 44])
+    before = images.copy()
+    x, y = TrainCollate(AugmentConfig(), seed=0, epoch=3)({"image": images, "mask": masks, "key": keys})
+    assert (images == before).all()  # the caller's arrays are untouched
+    order = [2, 0]  # another batch composition and order
+    x2, y2 = TrainCollate(AugmentConfig(), seed=0, epoch=3)(
+        {"image": images[order], "mask": masks[order], "key": keys[order]})
+    assert torch.equal(x2, x[order]) and torch.equal(y2, y[order])
+    x3, _ = TrainCollate(AugmentConfig(), seed=0, epoch=4)({"image": images, "mask": masks, "key": keys})
+    assert not torch.equal(x3, x)
+    assert x.shape == (4, 1, 32, 32) and x.dtype == torch.float32 and set(y.unique().tolist()) <= {0.0, 1.0}
+
+
 def test_jobs_train_help():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "train.py"), "--help"],
                          check=False, capture_output=True, text=True, timeout=60)
