@@ -111,7 +111,7 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
 
     from raysegment.cluster import cluster_resources, connect, plan_training
     from raysegment.datasets import load_split_dataset, write_manifest
-    from raysegment.train_data import build_dataset
+    from raysegment.train_data import build_dataset, key_checksum
     from raysegment.train_loop import train_loop_per_worker
 
     if config.run.name is None:
@@ -139,16 +139,20 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
 
     datasets = {name: build_dataset(split.pairs(name), config.preprocess) for name in ("train", "val")}
     decoded = {name: ds.count() for name, ds in datasets.items()}
+    val_keys = [int(k) for batch in datasets["val"].iter_batches(batch_size=None, batch_format="numpy")
+                for k in batch["key"]]
     t_ingest = time.perf_counter()
     print(f"data: {split.discovery.layout} layout, {counts} images per split; decoded train "
           f"{decoded['train']}/{counts['train']}, val {decoded['val']}/{counts['val']} "
           f"({t_ingest - t_ray:.1f} s)", flush=True)
 
+    val_options = ray.train.DataConfig.default_ingest_options()
+    val_options.preserve_order = True
     resources = {"CPU": plan.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "run_dir": run_dir, "torch_threads": threads,
-                           "split_digest": digest},
+                           "split_digest": digest, "val_check": (len(val_keys), key_checksum(val_keys))},
         scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -162,9 +166,10 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
-        # Val is not split: every worker sees it all and takes every world_size-th batch, so the whole val
-        # set counts (an equal split would drop the remainder rows).
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        # Val is not split (an equal split drops remainder rows): every worker reads it all, in order, and
+        # evaluates every world_size-th batch. In order: without preserve_order Ray Data's collate threads
+        # may reorder batches differently on each worker, and some images would count twice, others never.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options={"val": val_options}),
     )
     t_fit, wall_fit = time.perf_counter(), time.time()
     result = trainer.fit()

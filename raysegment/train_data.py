@@ -119,8 +119,19 @@ class TrainCollate(NumpyBatchCollateFn):
         return to_tensor(images), mask_tensor(masks)
 
 
-class EvalCollate(NumpyBatchCollateFn):
-    """Numpy batch -> (x, y) tensors, unaugmented."""
+KEY_CHECK_MODULUS = 2**20  # key checksums stay exact integers in float64 sums over any realistic val set
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        return to_tensor(_writable(batch["image"])), mask_tensor(batch["mask"])
+
+def key_checksum(keys) -> int:
+    """Sum of image keys modulo KEY_CHECK_MODULUS each: proves which rows a (distributed) pass covered."""
+    return int(sum(int(k) % KEY_CHECK_MODULUS for k in keys))
+
+
+class EvalCollate(NumpyBatchCollateFn):
+    """Numpy batch -> (x, y, key % KEY_CHECK_MODULUS as int64 (N,)) tensors, unaugmented."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        import torch
+
+        keys = torch.from_numpy(np.asarray(batch["key"], dtype=np.int64) % KEY_CHECK_MODULUS)
+        return to_tensor(_writable(batch["image"])), mask_tensor(batch["mask"]), keys

@@ -124,20 +124,26 @@ def train_epoch(model, shard, optimizer, loss_fn, config: TrainConfig, epoch: in
 
 
 @torch.no_grad()
-def validate(model, shard, loss_fn, config: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
-    """Loss and METRICS (means over images) on the whole val set, identical on every worker."""
+def validate(model, shard, loss_fn, config: TrainConfig, device: torch.device, rank: int, world: int,
+             expected: tuple[int, int]) -> dict:
+    """Loss and METRICS (means over images) on the whole val set, identical on every worker.
+
+    Every worker iterates the (unsplit, ordered) val set and evaluates batches i with i % world == rank.
+    `expected` = (images, key checksum) of the val set: a pass that missed or repeated an image fails loudly.
+    """
     net = getattr(model, "module", model)  # plain module: DDP's forward would add collectives
     if world > 1:
         # BatchNorm running stats drift apart per worker; evaluate all with rank 0's, the ones it saves.
         for buffer in net.buffers():
             dist.broadcast(buffer, src=0)
     net.eval()
-    loss_sum, sums, n = 0.0, [0.0] * len(METRICS), 0
+    loss_sum, sums, n, checksum = 0.0, [0.0] * len(METRICS), 0, 0
     batches = shard.iter_torch_batches(batch_size=config.optim.batch_size, collate_fn=EvalCollate(),
                                        prefetch_batches=config.run.prefetch_batches)
-    for i, (x, y) in enumerate(batches):
+    for i, (x, y, keys) in enumerate(batches):
         if i % world != rank:
             continue
+        checksum += int(keys.sum())
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device):
@@ -145,9 +151,13 @@ def validate(model, shard, loss_fn, config: TrainConfig, device: torch.device, r
         loss_sum += float(loss_fn(logits, y)) * len(x)
         sums = [a + b for a, b in zip(sums, _score_sums(confusion_counts(predict_masks(logits, config.threshold), y)))]
         n += len(x)
-    total = _all_reduce_sum([n, loss_sum, *sums], device)
+    total = _all_reduce_sum([n, checksum, loss_sum, *sums], device)
+    if (int(total[0]), int(total[1])) != expected:
+        raise RuntimeError(f"validation covered {int(total[0])} images (key checksum {int(total[1])}), expected "
+                           f"{expected[0]} ({expected[1]}): the val batches were not in the same order on all "
+                           f"workers")
     n = max(total[0], 1)
-    return {"val_loss": total[1] / n, **{f"val_{m}": s / n for m, s in zip(METRICS, total[2:])}}
+    return {"val_loss": total[2] / n, **{f"val_{m}": s / n for m, s in zip(METRICS, total[3:])}}
 
 
 def _save(folder: str, model, optimizer, scheduler, state: TrainState, config: TrainConfig, extra: dict) -> None:
@@ -228,7 +238,8 @@ def progress_line(row: dict, epochs: int) -> str:
 
 
 def train_loop_per_worker(params: dict) -> dict:
-    """Ray Train entry point. params: config (TrainConfig dict), run_dir, torch_threads, split_digest."""
+    """Ray Train entry point. params: config (TrainConfig dict), run_dir, torch_threads, split_digest,
+    val_check ((images, key checksum) of the val set)."""
     import ray.train
     import ray.train.torch
     from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -276,7 +287,7 @@ def train_loop_per_worker(params: dict) -> dict:
         train_loss, train_dice, images, cpu_s, train_s, first_step_at = train_epoch(
             model, train_shard, optimizer, loss_fn, config, epoch, device)
         first_step_time = first_step_time or first_step_at
-        val = validate(model, val_shard, loss_fn, config, device, rank, world)
+        val = validate(model, val_shard, loss_fn, config, device, rank, world, tuple(params["val_check"]))
         scheduler.step(val["val_loss"])
         row = {"epoch": epoch, "train_loss": train_loss, "train_dice": train_dice, **val,
                "lr": optimizer.param_groups[0]["lr"], "images_per_s": images / max(train_s, 1e-9),
