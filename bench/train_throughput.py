@@ -4,16 +4,18 @@
                                      [--out bench/results/train_throughput.json]
 
 Same model (UNet base_channels=16, depth=4 by default), same data (N synthetic phantoms preprocessed to
-SIZExSIZE), same global batch (a worker gets batch/num_workers), same augmentation, loss and optimizer,
-measured in one run, in this order:
-  plain      one process, no Ray running, data in memory, torch threads = all --cpus;
+SIZExSIZE), same global batch (a worker gets batch/num_workers), same augmentation, loss and optimizer.
+Setups, run in the order of --sequence (default: plain,plain-1t,ray-1x1,ray-1xall,ray-2,plain):
+  plain      one process, no Ray, data in memory, torch threads = all --cpus;
   plain-1t   the same with 1 torch thread;
   ray-1x1    raysegment.train.train, 1 worker, the default plan (1 CPU, 1 thread; 1 CPU kept for Ray Data);
   ray-1xall  1 worker holding all --cpus CPUs and threads;
   ray-2      2 workers, the default plan (2 x 0.5 CPU, 1 torch thread each);
-  plain-again  `plain` once more, after Ray has stopped: the two plain runs show how much the load drifted.
-Each Ray run is compared with the plain loop using the same total number of torch threads (ray-1x1 with
-plain-1t; ray-1xall and ray-2 with the better of plain and plain-again, the conservative choice).
+  ray-1gpu, ray-2gpu  (--device cuda) 1 and 2 GPU workers.
+Ray starts at the first Ray setup (plain runs before it have the machine to themselves). Each Ray run is
+compared with the plain runs using as many torch threads in total measured just before and just after it
+(their mean): on a shared machine the load drifts between runs, so e.g. --sequence
+plain,ray-2,plain,ray-2,plain gives two bracketed comparisons.
 Throughput = training images per second of an epoch's training phase (validation excluded); "steady" is
 the median over epochs 2..E (epoch 1 pays warm-up). CPU cost = process CPU milliseconds per training
 image, all workers summed. Start-up = Ray init + decode/materialize + fit start to the first step.
@@ -143,6 +145,21 @@ def bench_ray(data: str, args, device: str, name: str, workers: int, cpus_per_wo
             "timings": t}
 
 
+# name -> (Ray workers (0 = plain loop), CPUs per worker (None = plan, "all" = --cpus), data CPUs, threads
+# (None = --cpus)); for Ray runs `threads` is the total over workers, as the plan sets them.
+SETUPS = {
+    "plain": (0, None, 0.0, None),
+    "plain-1t": (0, None, 0.0, 1),
+    "ray-1x1": (1, None, 1.0, 1),
+    "ray-1xall": (1, "all", 0.0, None),
+    "ray-2": (2, None, 1.0, 2),
+    "ray-1gpu": (1, None, 1.0, 1),
+    "ray-2gpu": (2, None, 1.0, 2),
+}
+DEFAULT_SEQUENCE_CPU = "plain,plain-1t,ray-1x1,ray-1xall,ray-2,plain"
+DEFAULT_SEQUENCE_GPU = "plain,ray-1gpu,ray-2gpu,plain"
+
+
 def steady(values: list[float]) -> float:
     return statistics.median(values[1:] if len(values) > 1 else values)
 
@@ -160,6 +177,8 @@ def main() -> None:
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "raysegment_bench_train"))
     parser.add_argument("--runs", default=os.path.join(tempfile.gettempdir(), "raysegment_bench_train_runs"))
     parser.add_argument("--out", default="bench/results/train_throughput.json")
+    parser.add_argument("--sequence", help="comma-separated setups to run in order (default: "
+                        f"{DEFAULT_SEQUENCE_CPU}; with cuda {DEFAULT_SEQUENCE_GPU}); a setup may repeat")
     parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
                         help="OMP_WAIT_POLICY for the plain loop and Ray's workers (see above)")
     args = parser.parse_args()
@@ -172,41 +191,53 @@ def main() -> None:
     data = make_data(args.data, args.n, args.size)
     print(f"model {count_parameters(UNet(1, 1, args.base_channels, args.depth)):,} parameters; "
           f"{args.size}x{args.size}, global batch {args.batch_size}, {args.epochs} epochs", flush=True)
-    # The plain loops run while no Ray is up (Ray's own processes would compete with them for the cores).
-    results = [bench_plain(data, args, args.device, "plain", args.cpus)]
-    if args.device == "cpu":
-        results.append(bench_plain(data, args, args.device, "plain-1t", 1))
-        runs = [("ray-1x1", 1, None, 1.0, 1), ("ray-1xall", 1, float(args.cpus), 0.0, args.cpus),
-                ("ray-2", 2, None, 1.0, 2)]
-    else:
-        runs = [("ray-1gpu", 1, None, 1.0, 1), ("ray-2gpu", 2, None, 1.0, 1)]
-    t0 = time.perf_counter()
-    connect(num_cpus=args.cpus)
-    ray_init_s = time.perf_counter() - t0
-    for name, workers, cpus, data_cpus, threads in runs:
-        results.append(bench_ray(data, args, args.device, name, workers, cpus, data_cpus, threads))
+    default = DEFAULT_SEQUENCE_GPU if args.device == "cuda" else DEFAULT_SEQUENCE_CPU
+    sequence = (args.sequence or default).split(",")
+    unknown = [name for name in sequence if name not in SETUPS]
+    if unknown:
+        parser.error(f"unknown setup(s) {unknown}; choose from {', '.join(SETUPS)}")
+    results, ray_init_s = [], None
+    for i, name in enumerate(sequence):
+        workers, cpus, data_cpus, threads = SETUPS[name]
+        label = name if sequence.count(name) == 1 else f"{name}.{sequence[: i + 1].count(name)}"
+        threads = threads or args.cpus
+        if workers == 0:  # Ray is not up until the first Ray setup: it would compete for the cores
+            results.append(bench_plain(data, args, args.device, label, threads))
+            continue
+        if ray_init_s is None:
+            t0 = time.perf_counter()
+            connect(num_cpus=args.cpus)
+            ray_init_s = time.perf_counter() - t0
+        cpus = float(args.cpus) if cpus == "all" else cpus
+        results.append(bench_ray(data, args, args.device, label, workers, cpus, data_cpus, threads))
         if results[-1].get("startup_s") is not None:
             results[-1]["startup_s"] += ray_init_s  # what `raysegment train` pays from a cold start
-    ray.shutdown()
-    results.append(bench_plain(data, args, args.device, "plain-again", args.cpus))
+    if ray_init_s is not None:
+        ray.shutdown()
 
     for r in results:
         if "skipped" not in r:
             r["steady_images_per_s"] = steady(r["images_per_s"])
             r["steady_cpu_ms_per_image"] = steady(r["cpu_ms_per_image"])
-    # Reference per total thread count: the best plain measurement with as many threads (conservative).
-    plains = [r for r in results if r["workers"] == 0]
-    for r in results:
+    # Reference: the plain runs with the same total thread count measured just before and just after (their
+    # mean), since on a shared machine the load drifts between runs; a plain run is its own reference.
+    for i, r in enumerate(results):
         if "skipped" in r:
             continue
-        same = [p for p in plains if p["threads"] == r["threads"]] or plains
-        ref = max(same, key=lambda p: p["steady_images_per_s"])
-        r["reference"] = ref["name"]
-        r["vs_plain"] = r["steady_images_per_s"] / ref["steady_images_per_s"]
-        r["cpu_efficiency_vs_plain"] = ref["steady_cpu_ms_per_image"] / r["steady_cpu_ms_per_image"]
+        same = [j for j, p in enumerate(results) if p["workers"] == 0 and p["threads"] == r["threads"]]
+        if r["workers"] == 0:
+            refs = [r]
+        else:
+            before, after = [j for j in same if j < i], [j for j in same if j > i]
+            refs = [results[j] for j in (before[-1:] + after[:1])] or [p for p in results if p["workers"] == 0]
+        r["reference"] = "+".join(p["name"] for p in refs)
+        ref_ips = statistics.mean(p["steady_images_per_s"] for p in refs)
+        ref_cpu = statistics.mean(p["steady_cpu_ms_per_image"] for p in refs)
+        r["vs_plain"] = r["steady_images_per_s"] / ref_ips
+        r["cpu_efficiency_vs_plain"] = ref_cpu / r["steady_cpu_ms_per_image"]
 
     print(f"\n{'setup':<12} {'threads':>7} {'steady img/s':>13} {'vs plain':>9} {'CPU ms/img':>11} "
-          f"{'vs plain':>9} {'start-up s':>11}  reference    per-epoch img/s")
+          f"{'vs plain':>9} {'start-up s':>11}  {'reference':<20} per-epoch img/s")
     for r in results:
         if "skipped" in r:
             print(f"{r['name']:<12} {r['threads']:>7}  skipped (plan does not fit)")
@@ -214,9 +245,9 @@ def main() -> None:
         startup = "-" if r["startup_s"] is None else f"{r['startup_s']:.1f}"
         print(f"{r['name']:<12} {r['threads']:>7} {r['steady_images_per_s']:>13.1f} {r['vs_plain']:>8.2f}x "
               f"{r['steady_cpu_ms_per_image']:>11.0f} {r['cpu_efficiency_vs_plain']:>8.2f}x {startup:>11}  "
-              f"{r['reference']:<12} " + " ".join(f"{v:.1f}" for v in r["images_per_s"]))
-    print("vs plain: throughput / the reference's; CPU vs plain: the reference's CPU ms per image / this one's "
-          "(above 1 = cheaper). threads = torch threads in total.")
+              f"{r['reference']:<20} " + " ".join(f"{v:.1f}" for v in r["images_per_s"]))
+    print("vs plain: throughput / the reference's (the plain runs with as many threads just before and after); "
+          "CPU vs plain: the reference's CPU ms per image / this one's (above 1 = cheaper); threads: in total.")
     report = {"args": vars(args), "device": args.device, "machine": platform.platform(),
               "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "ray_init_s": ray_init_s,

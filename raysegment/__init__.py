@@ -21,7 +21,7 @@ _EXPORTS = {
     "read_results": "raysegment.results",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = ["LoadedModel", "UNet", "UNetConfig", "__version__", "load_model", "read_results"]
 
 
 def __getattr__(name: str):

@@ -51,6 +51,7 @@ class LoadedModel:
 
 def versions() -> dict[str, str]:
     import numpy
+
     import raysegment
 
     out = {"raysegment": raysegment.__version__, "torch": torch.__version__, "numpy": numpy.__version__,

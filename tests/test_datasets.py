@@ -40,7 +40,9 @@ def test_montgomery_masks_are_unioned(tmp_path):
     root = _synth(tmp_path / "mc", 3, "montgomery")
     pair = discover(root).pairs[0]
     image, mask = load_pair(pair)
-    left, right = (decode_mask(open(u, "rb").read()) for u in pair.mask_uris)
+    from raysegment import storage
+
+    left, right = (decode_mask(storage.read_bytes(u)) for u in pair.mask_uris)
     assert image.dtype == np.float32 and mask.shape == image.shape
     assert np.array_equal(mask, left | right) and left.any() and right.any()
 
@@ -63,7 +65,8 @@ def test_shenzhen_layout_with_mask_suffix(tmp_path):
     for name in os.listdir(os.path.join(root, "mask")):
         stem, ext = os.path.splitext(name)
         os.rename(os.path.join(root, "mask", name), os.path.join(root, "mask", f"{stem}_mask{ext}"))
-    open(os.path.join(root, "mask", "orphan_mask.png"), "wb").write(b"x")
+    with open(os.path.join(root, "mask", "orphan_mask.png"), "wb") as f:
+        f.write(b"x")
     found = discover(root)
     assert found.layout == "shenzhen" and len(found.pairs) == 4
     assert [os.path.basename(u) for u in found.unmatched_masks] == ["orphan_mask.png"]

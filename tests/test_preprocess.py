@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from raysegment.augment import AugmentConfig, augment_batch
-from raysegment.preprocess import PreprocessConfig, preprocess_image, preprocess_mask, restore_probability, to_tensor
+from raysegment.preprocess import (
+    PreprocessConfig,
+    preprocess_image,
+    preprocess_mask,
+    restore_probability,
+    to_tensor,
+)
 
 
 def test_stretch_and_restore_round_trip():
