@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -66,11 +65,6 @@ def select_pairs(data: str, split: str, split_digest: str | None = None) -> tupl
     return sorted(pairs, key=lambda p: p.image_id), data, warning
 
 
-def _finite_or_none(value):
-    """NaN / inf -> None (a null in Parquet, empty in CSV); anything else unchanged."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
                    threshold: float | None = None, progress: bool = False) -> list[dict]:
     """Predict and score each pair. Rows carry status "error" (and the reason) for unreadable images or masks.
@@ -83,7 +77,7 @@ def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
     from raysegment import storage
     from raysegment.datasets import load_mask
     from raysegment.imageio import decode_image
-    from raysegment.metrics import image_metrics
+    from raysegment.metrics import image_metrics, json_safe
     from raysegment.postprocess import PostprocessConfig, postprocess, qc_reasons
     from raysegment.predict import forward_probabilities
     from raysegment.preprocess import preprocess_image
@@ -114,14 +108,14 @@ def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
             reasons = qc_reasons(seg, post)
             meta = image.meta
             row.update(height=meta.height, width=meta.width, lung_fraction=seg.fraction,
-                       mean_confidence=_finite_or_none(seg.mean_confidence), qc_flag=bool(reasons),
+                       mean_confidence=json_safe(seg.mean_confidence), qc_flag=bool(reasons),
                        qc_reasons=reasons)
             try:
                 truth = load_mask(pair.mask_uris, seg.mask.shape, pair.image_uri)
             except Exception as e:  # noqa: BLE001 - same for a bad mask file
                 row.update(status="error", error=f"mask: {type(e).__name__}: {storage.redact(str(e))}")
                 continue
-            row.update({k: _finite_or_none(v) for k, v in image_metrics(seg.mask, truth,
+            row.update({k: json_safe(v) for k, v in image_metrics(seg.mask, truth,
                                                                          meta.pixel_spacing_mm).items()})
         if progress:
             done = min(start + batch_size, len(pairs))
@@ -185,6 +179,7 @@ def write_outputs(rows: list[dict], summary: dict, out: str) -> list[str]:
     import pyarrow.parquet as pq
 
     from raysegment import storage
+    from raysegment.metrics import json_safe
 
     columns = ["image_id", "split", "status", "error", *REPORT_METRICS, "tp", "fp", "fn", "height", "width",
                "lung_fraction", "mean_confidence", "qc_flag", "qc_reasons", "image_uri", "truth_uri"]
@@ -196,19 +191,9 @@ def write_outputs(rows: list[dict], summary: dict, out: str) -> list[str]:
     uris = [storage.join(out, name) for name in ("per_image.parquet", "per_image.csv", "summary.json")]
     storage.write_bytes(uris[0], buf.getvalue())
     storage.write_text(uris[1], csv.to_csv(index=False))
-    storage.write_text(uris[2], json.dumps(_json_safe(summary), indent=2) + "\n")
+    storage.write_text(uris[2], json.dumps(json_safe(summary), indent=2) + "\n")
     return uris
 
-
-def _json_safe(obj):
-    """NaN -> null: summary.json must be strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def evaluate(checkpoint: str, data: str | None = None, split: str = "test", out: str | None = None,

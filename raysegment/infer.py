@@ -41,7 +41,7 @@ from raysegment.cluster import ClusterResources, InferPlan, cluster_resources, c
 from raysegment.datasets import discover, load_mask
 from raysegment.imageio import decode_image, encode_mask_png
 from raysegment.inputs import InputItem, list_inputs, mask_key
-from raysegment.metrics import image_metrics
+from raysegment.metrics import image_metrics, json_safe
 from raysegment.postprocess import PostprocessConfig, postprocess, qc_reasons
 from raysegment.preprocess import PreprocessConfig, geometry, preprocess_image
 from raysegment.results import (
@@ -354,15 +354,6 @@ def _json(obj) -> str:
     return json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n"
 
 
-def _nan_to_none(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return obj
-
 
 def run_inference(config: InferConfig) -> dict:
     """Run (or resume) bulk inference; returns the summary (also written as summary.json)."""
@@ -419,7 +410,7 @@ def run_inference(config: InferConfig) -> dict:
         "wall_s": round(wall, 3), "images_per_s": round(len(todo) / wall, 3) if todo and wall > 0 else None,
         "plan": plan_.describe(), "batch_size": batch_size,
     }
-    summary = _nan_to_none(summary)
+    summary = json_safe(summary)
     storage.write_text(storage.join(out_uri, "summary.json"), _json(summary))
     storage.write_text(storage.join(config.output, "summary.json"), _json(summary))
     print(format_summary(summary), flush=True)

@@ -124,6 +124,18 @@ class MetricSums:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def json_safe(obj):
+    """NaN/inf (e.g. HD95 of an empty mask) -> None, recursively through dicts and lists: strict JSON
+    readers and Parquet nulls want None, not NaN. Anything else is returned unchanged."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def summarize(values: np.ndarray) -> dict[str, float]:
     """mean, sd, median, min, max of finite values (for reports)."""
     values = np.asarray(values, dtype=np.float64)

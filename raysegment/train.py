@@ -25,6 +25,7 @@ import numpy as np
 
 from raysegment import storage
 from raysegment.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from raysegment.metrics import json_safe
 from raysegment.train_config import ConfigError, TrainConfig, load_config, save_config
 
 
@@ -47,16 +48,6 @@ def copy_checkpoint(src_uri: str, dest_uri: str) -> None:
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         storage.write_bytes(storage.join(dest_uri, name), storage.read_bytes(storage.join(src_uri, name)))
 
-
-def _json_safe(value):
-    """NaN/inf (e.g. hd95 of an empty prediction) -> None: strict JSON readers reject NaN."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def evaluate_checkpoint(checkpoint_uri: str, pairs, batch_size: int = 8) -> dict:
@@ -190,7 +181,7 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
         test_metrics = evaluate_checkpoint(best_dir, split.pairs("test"))
         test_metrics["epoch"] = best_info["epoch"]
         storage.write_text(storage.join(run_dir, "test_metrics.json"),
-                           json.dumps(_json_safe(test_metrics), indent=2, allow_nan=False))
+                           json.dumps(json_safe(test_metrics), indent=2, allow_nan=False))
         means = test_metrics["means"]
         print(f"test ({test_metrics['n']} images): dice {means['dice']:.4f}  iou {means['iou']:.4f}  "
               f"hd95 {means.get('hd95', float('nan')):.2f} px -> {storage.join(run_dir, 'test_metrics.json')}",
