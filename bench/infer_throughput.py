@@ -5,7 +5,7 @@
 On N synthetic SIZExSIZE PNG X-rays (made once, cached under --data), in one run:
   (a) loop      one process, no Ray: read, decode, preprocess, forward (batched, all torch threads),
                 postprocess, encode the mask PNG, write Parquet -- the same functions the pipeline uses;
-  (b) pipeline  raysegment.infer.run_inference (Ray Data), a fresh output, Ray already started;
+  (b) pipeline  raysegment.infer.pipeline.run_inference (Ray Data), a fresh output, Ray already started;
   (c) forward   the model alone on pre-decoded uint8 inputs (upper bound), all torch threads, batched.
 Prints a table and writes JSON (default bench/results/infer_throughput.json). Without --checkpoint the
 model is an untrained UNet(base_channels=16, depth=4) at 256x256 (speed does not depend on the weights).
@@ -30,13 +30,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from raysegment import storage
-from raysegment.checkpoint import ModelSpec, load_model, save_checkpoint
-from raysegment.imageio import decode_image, encode_mask_png
-from raysegment.model import UNet, UNetConfig, count_parameters
-from raysegment.postprocess import PostprocessConfig, postprocess, qc_reasons
-from raysegment.predict import forward_probabilities
-from raysegment.preprocess import PreprocessConfig, preprocess_image
+from raysegment.data.preprocess import PreprocessConfig, preprocess_image
+from raysegment.infer.postprocess import PostprocessConfig, postprocess, qc_reasons
+from raysegment.infer.predict import forward_probabilities
+from raysegment.io import storage
+from raysegment.io.decode import decode_image, encode_mask_png
+from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
+from raysegment.model.unet import UNet, UNetConfig, count_parameters
 
 
 def tree_cpu_seconds() -> dict[int, float]:
@@ -90,7 +90,7 @@ def timed(fn, *args) -> dict:
 
 def make_data(root: str, n: int, size: int) -> str:
     """N phantoms as PNGs in root/cxr (reused when already there); returns the folder."""
-    from raysegment.synth import write_dataset
+    from raysegment.data.synth import write_dataset
 
     cxr = os.path.join(root, "cxr")
     if not (os.path.isdir(cxr) and len(os.listdir(cxr)) >= n):
@@ -154,8 +154,8 @@ def bench_loop(checkpoint: str, uris: list[str], batch: int, device: str, out_di
 def bench_pipeline(checkpoint: str, cxr: str, n: int, batch: int | None, out_dir: str, device: str,
                    num_actors: int | None) -> dict:
     """(b): the Ray Data pipeline (Ray started beforehand, not timed)."""
-    from raysegment.cluster import connect
-    from raysegment.infer import InferConfig, run_inference
+    from raysegment.cluster.plan import connect
+    from raysegment.infer.pipeline import InferConfig, run_inference
 
     connect()
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -20,12 +20,12 @@ import time
 import cv2
 import numpy as np
 
-from raysegment.checkpoint import load_model
-from raysegment.datasets import load_pair, load_split_dataset
-from raysegment.metrics import image_metrics
-from raysegment.postprocess import PostprocessConfig, postprocess
-from raysegment.predict import forward_probabilities
-from raysegment.preprocess import preprocess_image
+from raysegment.data.datasets import load_pair, load_split_dataset
+from raysegment.data.preprocess import preprocess_image
+from raysegment.evaluation.metrics import image_metrics
+from raysegment.infer.postprocess import PostprocessConfig, postprocess
+from raysegment.infer.predict import forward_probabilities
+from raysegment.model.checkpoint import load_model
 
 
 def _zoom(image: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:

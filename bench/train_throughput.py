@@ -8,7 +8,7 @@ SIZExSIZE), same global batch (a worker gets batch/num_workers), same augmentati
 Setups, run in the order of --sequence (default: plain,plain-1t,ray-1x1,ray-1xall,ray-2,plain):
   plain      one process, no Ray, data in memory, torch threads = all --cpus;
   plain-1t   the same with 1 torch thread;
-  ray-1x1    raysegment.train.train, 1 worker, the default plan (1 CPU, 1 thread; 1 CPU kept for Ray Data);
+  ray-1x1    raysegment.train.driver.train, 1 worker, the default plan (1 CPU, 1 thread; 1 CPU kept for Ray Data);
   ray-1xall  1 worker holding all --cpus CPUs and threads;
   ray-2      2 workers, the default plan (2 x 0.5 CPU, 1 torch thread each);
   ray-1gpu, ray-2gpu  (--device cuda) 1 and 2 GPU workers.
@@ -55,14 +55,14 @@ _omp_policy_from_argv()
 import numpy as np
 import torch
 
-from raysegment.augment import AugmentConfig
-from raysegment.losses import loss_function
-from raysegment.model import UNet, UNetConfig, count_parameters
-from raysegment.preprocess import PreprocessConfig
+from raysegment.data.augment import AugmentConfig
+from raysegment.data.preprocess import PreprocessConfig
+from raysegment.model.unet import UNet, UNetConfig, count_parameters
+from raysegment.train.losses import loss_function
 
 
 def make_data(root: str, n: int, size: int) -> str:
-    from raysegment.synth import write_dataset
+    from raysegment.data.synth import write_dataset
 
     if not os.path.isdir(os.path.join(root, "cxr")) or len(os.listdir(os.path.join(root, "cxr"))) < n:
         write_dataset(root, n=n, size=size, seed=0, layout="generic")
@@ -71,8 +71,8 @@ def make_data(root: str, n: int, size: int) -> str:
 
 def bench_plain(data: str, args, device: str, name: str, threads: int) -> dict:
     """The reference: a single-process loop over the same preprocessed data, batches and augmentation."""
-    from raysegment.datasets import load_split_dataset
-    from raysegment.train_data import TrainCollate, image_key, prepare_pair
+    from raysegment.data.datasets import load_split_dataset
+    from raysegment.train.data import TrainCollate, image_key, prepare_pair
 
     preprocess = PreprocessConfig(size=args.size)
     pairs = load_split_dataset(data).pairs("train")
@@ -120,9 +120,9 @@ def bench_plain(data: str, args, device: str, name: str, threads: int) -> dict:
 
 def bench_ray(data: str, args, device: str, name: str, workers: int, cpus_per_worker: float | None,
               data_cpus: float, threads: int) -> dict:
-    from raysegment.cluster import PlanError
-    from raysegment.train import train
-    from raysegment.train_config import load_config
+    from raysegment.cluster.plan import PlanError
+    from raysegment.train.config import load_config
+    from raysegment.train.driver import train
 
     overrides = {
         "data.path": data, "model.base_channels": args.base_channels, "model.depth": args.depth,
@@ -186,7 +186,7 @@ def main() -> None:
 
     import ray
 
-    from raysegment.cluster import connect
+    from raysegment.cluster.plan import connect
 
     data = make_data(args.data, args.n, args.size)
     print(f"model {count_parameters(UNet(1, 1, args.base_channels, args.depth)):,} parameters; "

@@ -6,7 +6,7 @@
 
 import sys
 
-from raysegment.infer_cli import main
+from raysegment.cli.infer import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,14 +14,18 @@ except PackageNotFoundError:  # running from a source tree without installing
 
 # public name -> module that defines it
 _EXPORTS = {
-    "UNet": "raysegment.model",
-    "UNetConfig": "raysegment.model",
-    "load_model": "raysegment.checkpoint",
-    "LoadedModel": "raysegment.checkpoint",
-    "read_results": "raysegment.results",
+    "UNet": "raysegment.model.unet",
+    "UNetConfig": "raysegment.model.unet",
+    "load_model": "raysegment.model.checkpoint",
+    "LoadedModel": "raysegment.model.checkpoint",
+    "read_results": "raysegment.infer.results",
+    "predict": "raysegment.infer.predict",
+    "decode_image": "raysegment.io.decode",
 }
 
-__all__ = ["LoadedModel", "UNet", "UNetConfig", "__version__", "load_model", "read_results"]
+__all__ = [
+    "LoadedModel", "UNet", "UNetConfig", "__version__", "decode_image", "load_model", "predict", "read_results",
+]
 
 
 def __getattr__(name: str):

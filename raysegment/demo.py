@@ -77,7 +77,7 @@ def _start_local_s3(out: str) -> tuple[object, str]:
     """A moto S3 endpoint on 127.0.0.1 with a demo bucket; env set so the driver AND Ray workers use it."""
     import boto3
 
-    from raysegment.testing.s3server import start_moto
+    from raysegment.io.local_s3 import start_moto
 
     os.makedirs(out, exist_ok=True)
     server = start_moto(os.path.join(os.path.abspath(out), "moto.log"))
@@ -90,7 +90,7 @@ def _start_local_s3(out: str) -> tuple[object, str]:
 
 
 def _upload_dataset(local_dir: str, uri: str) -> str:
-    from raysegment import storage
+    from raysegment.io import storage
 
     storage.upload_dir(local_dir, uri)
     return uri
@@ -102,7 +102,7 @@ def _test_manifest(run_dir: str, dest: str) -> int:
 
     import pandas as pd
 
-    from raysegment import storage
+    from raysegment.io import storage
 
     manifest = pd.read_csv(io.BytesIO(storage.read_bytes(storage.join(run_dir, "split_manifest.csv"))), dtype=str)
     test = manifest[manifest["split"] == "test"]
@@ -112,13 +112,13 @@ def _test_manifest(run_dir: str, dest: str) -> int:
 
 def run_demo(s: DemoSettings) -> DemoResult:
     """Run the demo; returns where everything is and the headline numbers."""
-    from raysegment import storage
-    from raysegment.cluster import connect
-    from raysegment.infer import InferConfig, run_inference
-    from raysegment.show import show
-    from raysegment.synth import write_dataset
-    from raysegment.train import train
-    from raysegment.train_config import TrainConfig
+    from raysegment.cluster.plan import connect
+    from raysegment.data.synth import write_dataset
+    from raysegment.infer.pipeline import InferConfig, run_inference
+    from raysegment.io import storage
+    from raysegment.train.config import TrainConfig
+    from raysegment.train.driver import train
+    from raysegment.viz.show import show
 
     stages = _Stages()
     out = os.path.abspath(s.out)

@@ -15,7 +15,7 @@ def ray_local(request):
     """A local 2-CPU Ray for the whole session (CI has 2 cores; plans must fit in them)."""
     import ray
 
-    from raysegment.cluster import connect
+    from raysegment.cluster.plan import connect
 
     # Ray's workers take the environment Ray starts with. When this session also runs S3 tests, start
     # the test S3 endpoint (and set its AWS_* env) first, so every worker talks to it too.
@@ -31,7 +31,7 @@ def ray_local(request):
 @pytest.fixture(scope="session")
 def synth_generic(tmp_path_factory) -> str:
     """40 synthetic 128x128 X-rays in the generic layout (cxr/ + masks/)."""
-    from raysegment.synth import write_dataset
+    from raysegment.data.synth import write_dataset
 
     out = str(tmp_path_factory.mktemp("synth_generic"))
     write_dataset(out, n=40, size=128, seed=1, layout="generic")
@@ -41,7 +41,7 @@ def synth_generic(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def synth_montgomery(tmp_path_factory) -> str:
     """20 synthetic 128x128 X-rays in the NLM Montgomery layout (CXR_png/ + ManualMask/{left,right}Mask/)."""
-    from raysegment.synth import write_dataset
+    from raysegment.data.synth import write_dataset
 
     out = str(tmp_path_factory.mktemp("synth_montgomery"))
     write_dataset(out, n=20, size=128, seed=2, layout="montgomery")
@@ -93,7 +93,7 @@ def s3_endpoint(tmp_path_factory):
     Sets AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL_S3 / AWS_REGION for the session (and
     undoes them at the end), so the product reaches it through the standard AWS chain, as in production.
     """
-    from raysegment.testing.s3server import start_moto
+    from raysegment.io.local_s3 import start_moto
 
     server = start_moto(str(tmp_path_factory.mktemp("moto") / "moto.log"))
     env = pytest.MonkeyPatch()

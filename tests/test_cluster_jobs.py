@@ -80,7 +80,7 @@ def test_trivial_job_uses_both_nodes_with_token_auth(cluster, tmp_path):
 
 def test_train_and_infer_jobs_over_s3(cluster, s3_endpoint, tmp_path):
     import raysegment
-    from raysegment.synth import write_dataset
+    from raysegment.data.synth import write_dataset
 
     bucket = s3_endpoint.create_bucket(f"mn-{uuid.uuid4().hex[:10]}")
     write_dataset(str(tmp_path / "data"), n=20, size=64, seed=21, layout="generic")

@@ -6,12 +6,12 @@ import sys
 import numpy as np
 import pytest
 
-from raysegment import datasets
-from raysegment.datasets import assign_splits, discover, load_pair, load_split_dataset
+from raysegment.data import datasets
+from raysegment.data.datasets import assign_splits, discover, load_pair, load_split_dataset
 
 
 def _synth(out, n, layout, seed=3, size=64):
-    from raysegment.synth import write_dataset
+    from raysegment.data.synth import write_dataset
 
     write_dataset(str(out), n=n, size=size, seed=seed, layout=layout)
     return str(out)
@@ -35,12 +35,12 @@ def test_cli_synth_montgomery_then_discover_and_report_missing_mask(tmp_path):
 
 
 def test_montgomery_masks_are_unioned(tmp_path):
-    from raysegment.imageio import decode_mask
+    from raysegment.io.decode import decode_mask
 
     root = _synth(tmp_path / "mc", 3, "montgomery")
     pair = discover(root).pairs[0]
     image, mask = load_pair(pair)
-    from raysegment import storage
+    from raysegment.io import storage
 
     left, right = (decode_mask(storage.read_bytes(u)) for u in pair.mask_uris)
     assert image.dtype == np.float32 and mask.shape == image.shape
@@ -124,7 +124,7 @@ def test_manifest_round_trip_reproduces_split(tmp_path):
 def test_mask_size_mismatch_is_a_clear_error(tmp_path):
     import cv2
 
-    from raysegment.imageio import DecodeError
+    from raysegment.io.decode import DecodeError
 
     root = _synth(tmp_path / "g", 2, "generic")
     pair = discover(root).pairs[0]

@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-from raysegment import storage
-from raysegment.checkpoint import ModelSpec, load_model, save_checkpoint
 from raysegment.cli import main
-from raysegment.datasets import load_pair, load_split_dataset, write_manifest
-from raysegment.evaluate import evaluate
-from raysegment.metrics import image_metrics
-from raysegment.model import UNet, UNetConfig
-from raysegment.predict import predict
-from raysegment.preprocess import PreprocessConfig
+from raysegment.data.datasets import load_pair, load_split_dataset, write_manifest
+from raysegment.data.preprocess import PreprocessConfig
+from raysegment.evaluation.evaluate import evaluate
+from raysegment.evaluation.metrics import image_metrics
+from raysegment.infer.predict import predict
+from raysegment.io import storage
+from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
+from raysegment.model.unet import UNet, UNetConfig
 
 
 @pytest.fixture(scope="module")

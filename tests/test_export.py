@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from raysegment.checkpoint import ModelSpec, save_checkpoint
 from raysegment.cli import main
-from raysegment.export import export_model, verification_batch
-from raysegment.model import UNet, UNetConfig
-from raysegment.preprocess import PreprocessConfig
+from raysegment.data.preprocess import PreprocessConfig
+from raysegment.model.checkpoint import ModelSpec, save_checkpoint
+from raysegment.model.export import export_model, verification_batch
+from raysegment.model.unet import UNet, UNetConfig
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def small_checkpoint(tmp_path_factory) -> str:
 
 
 def _reference(checkpoint: str, x: torch.Tensor) -> np.ndarray:
-    from raysegment.checkpoint import load_model
+    from raysegment.model.checkpoint import load_model
 
     with torch.no_grad():
         return load_model(checkpoint).model(x).numpy()
@@ -92,7 +92,7 @@ def test_missing_onnx_gives_an_install_hint(small_checkpoint, tmp_path, monkeypa
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_onnx)
-    from raysegment.export import ExportError
+    from raysegment.model.export import ExportError
 
     with pytest.raises(ExportError, match=r"pip install 'raysegment\[export\]'"):
         export_model(small_checkpoint, "onnx", out=str(tmp_path / "m.onnx"))

@@ -1,4 +1,4 @@
-"""raysegment.imageio: decode every supported format, reject every bad input with DecodeError."""
+"""raysegment.io.decode: decode every supported format, reject every bad input with DecodeError."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import JPEG2000Lossless
 
-from raysegment import imageio
-from raysegment.imageio import (
+from raysegment.io import decode as imageio
+from raysegment.io.decode import (
     DecodeError,
     binarize,
     decode_image,

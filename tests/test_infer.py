@@ -18,12 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raysegment.checkpoint import ModelSpec, load_model, save_checkpoint
-from raysegment.imageio import decode_mask, decode_mask_png, encode_png, make_dicom_bytes
-from raysegment.inputs import is_image_name, list_inputs, mask_key, read_manifest, sanitize_key
-from raysegment.metrics import image_metrics
-from raysegment.model import UNet, UNetConfig
-from raysegment.postprocess import (
+from raysegment.data.preprocess import PreprocessConfig, geometry
+from raysegment.evaluation.metrics import image_metrics
+from raysegment.infer.postprocess import (
     PostprocessConfig,
     Segmentation,
     fill_holes,
@@ -32,9 +29,12 @@ from raysegment.postprocess import (
     qc_reasons,
     split_lungs,
 )
-from raysegment.predict import forward_probabilities, predict
-from raysegment.preprocess import PreprocessConfig, geometry
-from raysegment.results import SCHEMA, is_done, read_results
+from raysegment.infer.predict import forward_probabilities, predict
+from raysegment.infer.results import SCHEMA, is_done, read_results
+from raysegment.io.decode import decode_mask, decode_mask_png, encode_png, make_dicom_bytes
+from raysegment.io.inputs import is_image_name, list_inputs, mask_key, read_manifest, sanitize_key
+from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
+from raysegment.model.unet import UNet, UNetConfig
 
 BAD = {"0_truncated.png": "truncated PNG", "0_empty.png": "empty file", "0_text.png": "not an image"}
 N_SYNTH = 30
@@ -50,7 +50,7 @@ def _read(*parts: str) -> bytes:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> str:
     """30 synthetic X-rays + masks (generic layout), 3 bad files, a 16-bit PNG and a DICOM in cxr/."""
-    from raysegment.synth import make_phantom_16bit, write_dataset
+    from raysegment.data.synth import make_phantom_16bit, write_dataset
 
     root = str(tmp_path_factory.mktemp("archive"))
     write_dataset(root, n=N_SYNTH, size=96, seed=7, layout="generic")
@@ -70,8 +70,8 @@ def archive(tmp_path_factory) -> str:
 def checkpoint(tmp_path_factory, archive) -> str:
     """An untrained tiny UNet whose masks are NOT trivial: BatchNorm statistics randomized and the head bias
     set so that a quarter of the pixels of real inputs are lung, i.e. many pixels near the threshold."""
-    from raysegment.imageio import decode_image
-    from raysegment.preprocess import preprocess_image, to_tensor
+    from raysegment.data.preprocess import preprocess_image, to_tensor
+    from raysegment.io.decode import decode_image
 
     torch.manual_seed(0)
     model = UNet(base_channels=8, depth=3)
@@ -94,7 +94,7 @@ def checkpoint(tmp_path_factory, archive) -> str:
 def runs(ray_local, archive, checkpoint, tmp_path_factory) -> dict:
     """The three runs over one output; returns their summaries and paths."""
     from raysegment.cli import main
-    from raysegment.infer import InferConfig, run_inference
+    from raysegment.infer.pipeline import InferConfig, run_inference
 
     base = tmp_path_factory.mktemp("infer_out")
     out, masks = str(base / "results"), str(base / "masks")
@@ -194,8 +194,8 @@ def test_resume_skips_done_retries_errors_never_duplicates(runs):
 
 def test_s3_manifest_in_s3_results_out(ray_local, s3_endpoint, archive, checkpoint):
     """Manifest, images, checkpoint, results and masks all on S3; a missing object is a read error row."""
-    from raysegment import storage
-    from raysegment.infer import InferConfig, run_inference
+    from raysegment.infer.pipeline import InferConfig, run_inference
+    from raysegment.io import storage
 
     root = s3_endpoint.create_bucket(f"infer-{uuid.uuid4().hex[:12]}")
     names = ("SYN_0000_0.png", "scan.dcm", "0_text.png")

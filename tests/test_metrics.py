@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from raysegment.losses import loss_function, soft_dice_loss
-from raysegment.metrics import MetricSums, confusion, hd95, image_metrics, scores_from_counts
+from raysegment.evaluation.metrics import MetricSums, confusion, hd95, image_metrics, scores_from_counts
+from raysegment.train.losses import loss_function, soft_dice_loss
 
 
 def _square(size, y0, y1, x0, x1):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from raysegment import UNet
-from raysegment.model import count_parameters
+from raysegment.model.unet import count_parameters
 
 
 def test_seed_parameter_count():

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from raysegment.augment import AugmentConfig, augment_batch
-from raysegment.preprocess import (
+from raysegment.data.augment import AugmentConfig, augment_batch
+from raysegment.data.preprocess import (
     PreprocessConfig,
     preprocess_image,
     preprocess_mask,

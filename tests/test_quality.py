@@ -11,8 +11,8 @@ DICE_FLOOR = 0.90
 
 
 def test_brief_training_on_montgomery_clears_dice_floor(ray_local, montgomery_512, tmp_path):
-    from raysegment.train import train
-    from raysegment.train_config import TrainConfig
+    from raysegment.train.config import TrainConfig
+    from raysegment.train.driver import train
 
     config = TrainConfig().replace({
         "data.path": montgomery_512, "model.base_channels": 8, "model.depth": 4, "preprocess.size": 96,

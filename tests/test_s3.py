@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from raysegment import storage
+from raysegment.io import storage
 from raysegment.testing.faulty_proxy import FaultyProxy
 
 
@@ -77,11 +77,11 @@ def test_s3_dataset_discovery_and_checkpoint(s3_endpoint, tmp_path):
     import torch
 
     from raysegment import load_model
-    from raysegment.checkpoint import ModelSpec, save_checkpoint
-    from raysegment.datasets import discover, load_pair, load_split_dataset, write_manifest
-    from raysegment.model import UNet, UNetConfig
-    from raysegment.preprocess import PreprocessConfig
-    from raysegment.synth import write_dataset
+    from raysegment.data.datasets import discover, load_pair, load_split_dataset, write_manifest
+    from raysegment.data.preprocess import PreprocessConfig
+    from raysegment.data.synth import write_dataset
+    from raysegment.model.checkpoint import ModelSpec, save_checkpoint
+    from raysegment.model.unet import UNet, UNetConfig
 
     root = _bucket(s3_endpoint)
     for layout in ("generic", "montgomery"):
@@ -107,7 +107,7 @@ def test_s3_dataset_discovery_and_checkpoint(s3_endpoint, tmp_path):
 
 
 def test_endpoint_from_flag_wins_and_is_exported(s3_endpoint, monkeypatch):
-    from raysegment.s3_args import add_s3_arguments, apply_s3_arguments
+    from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
 
     monkeypatch.setattr(storage, "_default_s3", storage.S3Options())  # restored after the test
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # a dead endpoint: the flag must win
@@ -193,7 +193,7 @@ def test_persistent_failure_is_an_error_not_a_hang(s3_endpoint, mode):
 
 
 def test_dead_endpoint_fails_fast(s3_endpoint):
-    from raysegment.testing.s3server import free_port
+    from raysegment.io.local_s3 import free_port
 
     start = time.monotonic()
     with pytest.raises(OSError, match="(?i)connect"):
@@ -202,7 +202,7 @@ def test_dead_endpoint_fails_fast(s3_endpoint):
 
 
 def test_worker_runtime_env_has_endpoint_never_credentials(s3_endpoint, monkeypatch):
-    from raysegment.cluster import _worker_runtime_env
+    from raysegment.cluster.plan import _worker_runtime_env
 
     env = _worker_runtime_env()["env_vars"]
     assert env["AWS_ENDPOINT_URL_S3"] == s3_endpoint.url and env["AWS_REGION"] == "us-east-1"
@@ -221,7 +221,7 @@ def test_ray_workers_reach_the_endpoint(ray_local, s3_endpoint):
 
     @ray_local.remote
     def round_trip(uri: str) -> tuple[str, str]:
-        from raysegment import storage as st
+        from raysegment.io import storage as st
 
         st.write_text(uri + ".copy", st.read_text(uri) + " back")
         return st.read_text(uri + ".copy"), os.environ.get("AWS_ENDPOINT_URL_S3", "")
@@ -255,8 +255,8 @@ def _local_files(*roots: str) -> dict[str, bytes]:
 
 
 def _train(data: str, storage_path: str, name: str, epochs: int):
-    from raysegment.train import train
-    from raysegment.train_config import load_config
+    from raysegment.train.config import load_config
+    from raysegment.train.driver import train
 
     config = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "train-small.yaml"), {
         "data.path": data, "run.storage_path": storage_path, "run.name": name, "optim.epochs": epochs,
@@ -276,9 +276,9 @@ def test_train_infer_resume_over_s3_and_no_credentials_anywhere(ray_local, s3_en
     import pyarrow.parquet as pq
 
     import raysegment
-    from raysegment.infer import InferConfig, run_inference
-    from raysegment.synth import write_dataset
-    from raysegment.train_loop import load_train_state
+    from raysegment.data.synth import write_dataset
+    from raysegment.infer.pipeline import InferConfig, run_inference
+    from raysegment.train.loop import load_train_state
 
     root = _bucket(s3_endpoint, "e2e")
     bucket = root[5:]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from raysegment import viz
-from raysegment.checkpoint import ModelSpec, save_checkpoint
-from raysegment.imageio import decode_image
-from raysegment.model import UNet, UNetConfig
-from raysegment.preprocess import PreprocessConfig
-from raysegment.show import SHEET_TILE_HEIGHT
+from raysegment.data.preprocess import PreprocessConfig
+from raysegment.io.decode import decode_image
+from raysegment.model.checkpoint import ModelSpec, save_checkpoint
+from raysegment.model.unet import UNet, UNetConfig
+from raysegment.viz import figures as viz
+from raysegment.viz.show import SHEET_TILE_HEIGHT
 
 N_IMAGES = 6
 
@@ -28,7 +28,7 @@ def _read_rgb(path: str) -> np.ndarray:
 # --- viz ---------------------------------------------------------------------------------------------
 
 def test_side_by_side_layout_colours_and_scaling():
-    from raysegment.synth import make_phantom
+    from raysegment.data.synth import make_phantom
 
     p = make_phantom(3, 0, 600)
     image = p.image[:, :500]  # not square: 600 x 500
@@ -63,8 +63,8 @@ def test_contact_sheet_grid():
 @pytest.fixture(scope="module")
 def inference(ray_local, tmp_path_factory) -> dict:
     """6 phantoms + 1 corrupt file through the real bulk pipeline, with ground truth (dice per image)."""
-    from raysegment.infer import InferConfig, run_inference
-    from raysegment.synth import write_dataset
+    from raysegment.data.synth import write_dataset
+    from raysegment.infer.pipeline import InferConfig, run_inference
 
     base = tmp_path_factory.mktemp("show")
     data = str(base / "data")
@@ -85,7 +85,7 @@ def inference(ray_local, tmp_path_factory) -> dict:
 
 def test_show_worst_draws_pictures_and_a_contact_sheet(inference, capsys):
     from raysegment.cli import main
-    from raysegment.results import read_results
+    from raysegment.infer.results import read_results
 
     out = str(inference["base"] / "worst")
     assert main(["show", inference["results"], "--worst", "4", "--out", out, "--cols", "3"]) == 0
@@ -110,7 +110,7 @@ def test_show_worst_draws_pictures_and_a_contact_sheet(inference, capsys):
 
 
 def test_show_qc_flagged_and_uri_with_external_ground_truth(inference, tmp_path):
-    from raysegment.show import show
+    from raysegment.viz.show import show
 
     flagged = show(inference["results"], str(tmp_path / "qc"), qc_flagged=True, limit=2)
     assert len(flagged.pictures) == flagged.tiles == 2  # an untrained model: everything is flagged
@@ -133,7 +133,7 @@ def test_show_qc_flagged_and_uri_with_external_ground_truth(inference, tmp_path)
 def test_select_rows_without_dice_says_how_to_get_it():
     import pyarrow as pa
 
-    from raysegment.show import select_rows
+    from raysegment.viz.show import select_rows
 
     table = pa.Table.from_pylist([
         {"image_uri": "a.png", "status": "ok", "dice": None, "qc_flag": True, "mean_confidence": 0.4},

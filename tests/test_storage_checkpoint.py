@@ -6,10 +6,11 @@ import sys
 import pytest
 import torch
 
-from raysegment import UNet, load_model, storage
-from raysegment.checkpoint import ModelSpec, save_checkpoint
-from raysegment.model import UNetConfig
-from raysegment.preprocess import PreprocessConfig
+from raysegment import UNet, load_model
+from raysegment.data.preprocess import PreprocessConfig
+from raysegment.io import storage
+from raysegment.model.checkpoint import ModelSpec, save_checkpoint
+from raysegment.model.unet import UNetConfig
 
 
 def test_local_storage_round_trip(tmp_path):

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from raysegment.synth import Phantom, add_parser, make_phantom, make_phantom_16bit, write_dataset
+from raysegment.data.synth import Phantom, add_parser, make_phantom, make_phantom_16bit, write_dataset
 
 
 @pytest.fixture(scope="module")

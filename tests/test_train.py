@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from raysegment import load_model
-from raysegment.cluster import PlanError
-from raysegment.train_config import ConfigError, TrainConfig, load_config, parse_override, save_config
+from raysegment.cluster.plan import PlanError
+from raysegment.train.config import ConfigError, TrainConfig, load_config, parse_override, save_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +38,7 @@ def tiny_config(data: str, storage_path: str, name: str, **overrides) -> TrainCo
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> str:
-    from raysegment.synth import write_dataset
+    from raysegment.data.synth import write_dataset
 
     out = str(tmp_path_factory.mktemp("train_phantoms"))
     write_dataset(out, n=60, size=64, seed=3, layout="generic")
@@ -47,7 +47,7 @@ def phantoms(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def scenario(ray_local, phantoms, tmp_path_factory):
-    from raysegment.train import train
+    from raysegment.train.driver import train
 
     storage_path = str(tmp_path_factory.mktemp("train_runs"))
     config_a = tiny_config(phantoms, storage_path, "r", **{"optim.epochs": 4})
@@ -65,7 +65,7 @@ def read_metrics_csv(run_dir: str) -> list[dict]:
 
 
 def checkpoint_state(run_dir: str, epoch: int) -> dict:
-    from raysegment.train_loop import load_train_state
+    from raysegment.train.loop import load_train_state
 
     return load_train_state(os.path.join(run_dir, f"checkpoint_epoch_{epoch:04d}"))["state"]
 
@@ -91,10 +91,10 @@ def test_worker_death_restarts_from_the_checkpoint(scenario):
 
 
 def test_training_learns_and_the_best_checkpoint_reloads_without_ray(scenario, phantoms):
-    from raysegment.datasets import load_split_dataset
-    from raysegment.metrics import scores_from_counts
-    from raysegment.train import evaluate_checkpoint
-    from raysegment.train_data import prepare_pair
+    from raysegment.data.datasets import load_split_dataset
+    from raysegment.evaluation.metrics import scores_from_counts
+    from raysegment.train.data import prepare_pair
+    from raysegment.train.driver import evaluate_checkpoint
 
     rows = read_metrics_csv(scenario.run_dir)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.1
@@ -155,7 +155,7 @@ def test_run_directory_outputs(scenario):
 
 
 def test_unschedulable_plan_fails_fast(ray_local, phantoms, tmp_path):
-    from raysegment.train import train
+    from raysegment.train.driver import train
 
     config = tiny_config(phantoms, str(tmp_path), "impossible",
                          **{"scaling.num_workers": 8, "scaling.use_gpu": True})
@@ -168,7 +168,7 @@ def test_unschedulable_plan_fails_fast(ray_local, phantoms, tmp_path):
 
 
 def test_resuming_with_another_model_is_refused(ray_local, phantoms, tmp_path):
-    from raysegment.train import train
+    from raysegment.train.driver import train
 
     save_config(tiny_config(phantoms, str(tmp_path), "r"), str(tmp_path / "r" / "config.yaml"))
     with pytest.raises(ConfigError, match="already exists with a different model section"):
@@ -177,8 +177,8 @@ def test_resuming_with_another_model_is_refused(ray_local, phantoms, tmp_path):
 
 def test_augmentation_depends_on_seed_epoch_and_image_only():
     """Whichever worker or batch an image lands in, its augmentation is the same: resumes reproduce."""
-    from raysegment.augment import AugmentConfig
-    from raysegment.train_data import TrainCollate
+    from raysegment.data.augment import AugmentConfig
+    from raysegment.train.data import TrainCollate
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, 32, 32), dtype=np.uint8)

@@ -42,7 +42,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from raysegment.testing.s3server import free_port
+from raysegment.io.local_s3 import free_port
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raysegment.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
 
 # flag dest -> config key
 FLAG_KEYS = {
@@ -63,7 +63,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_s3_arguments(args)  # before Ray starts: workers inherit the endpoint through the environment
-    from raysegment.train_config import ConfigError, TrainConfig, load_config, parse_override
+    from raysegment.train.config import ConfigError, TrainConfig, load_config, parse_override
 
     try:
         overrides = dict(parse_override(text) for text in args.overrides)
@@ -79,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
 
-    from raysegment.cluster import PlanError
-    from raysegment.storage import redact
-    from raysegment.train import train
+    from raysegment.cluster.plan import PlanError
+    from raysegment.io.storage import redact
+    from raysegment.train.driver import train
 
     try:
         result = train(config, address=args.address)

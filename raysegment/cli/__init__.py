@@ -14,12 +14,12 @@ import raysegment
 
 # name -> module that implements it (module.add_parser registers the subcommand).
 COMMANDS = {
-    "infer": "raysegment.infer_cli",
-    "synth": "raysegment.synth",
-    "train": "raysegment.train_cli",
-    "export": "raysegment.export",
-    "evaluate": "raysegment.evaluate",
-    "show": "raysegment.show",
+    "infer": "raysegment.cli.infer",
+    "synth": "raysegment.data.synth",
+    "train": "raysegment.cli.train",
+    "export": "raysegment.model.export",
+    "evaluate": "raysegment.evaluation.evaluate",
+    "show": "raysegment.viz.show",
     "demo": "raysegment.demo",
 }
 # Subcommands that are planned but not built yet: they say so and exit non-zero.

@@ -1,6 +1,6 @@
 """Single-image prediction: decode -> preprocess -> forward -> postprocess.
 
-This is the reference the bulk pipeline (raysegment.infer) must match pixel for pixel, and the function
+This is the reference the bulk pipeline (raysegment.infer.pipeline) must match pixel for pixel, and the function
 evaluate/show use for one image. Both run the SAME code for every step: imageio.decode_image,
 preprocess.preprocess_image, `forward_probabilities` below, postprocess.postprocess.
 
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raysegment.checkpoint import LoadedModel
-from raysegment.imageio import ImageMeta, decode_image
-from raysegment.postprocess import PostprocessConfig, Segmentation, postprocess
-from raysegment.preprocess import Geometry, preprocess_image, to_tensor
+from raysegment.data.preprocess import Geometry, preprocess_image, to_tensor
+from raysegment.infer.postprocess import PostprocessConfig, Segmentation, postprocess
+from raysegment.io.decode import ImageMeta, decode_image
+from raysegment.model.checkpoint import LoadedModel
 
 CPU_THREADS = 1  # intra-op threads of a CPU forward (see the module docstring)
 GPU_MICRO_BATCH = 32  # images per GPU forward; the pipeline's default GPU batch size

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from raysegment.augment import AugmentConfig, augment_pair
-from raysegment.datasets import Pair, load_pair
-from raysegment.imageio import DecodeError
-from raysegment.preprocess import PreprocessConfig, preprocess_image, preprocess_mask, to_tensor
+from raysegment.data.augment import AugmentConfig, augment_pair
+from raysegment.data.datasets import Pair, load_pair
+from raysegment.data.preprocess import PreprocessConfig, preprocess_image, preprocess_mask, to_tensor
+from raysegment.io.decode import DecodeError
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the decode tasks never need it
     import torch

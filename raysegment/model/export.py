@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raysegment.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -62,8 +62,8 @@ def verification_batch(preprocess_config, n: int = 2):
 
     n = 2 while the export traces with batch 1, so the dynamic batch axis is exercised too.
     """
-    from raysegment.preprocess import preprocess_image, to_tensor
-    from raysegment.synth import make_phantom
+    from raysegment.data.preprocess import preprocess_image, to_tensor
+    from raysegment.data.synth import make_phantom
 
     size = preprocess_config.size
     images = [make_phantom(seed=0, index=i, size=max(2 * size, 64)).image for i in range(n)]
@@ -133,8 +133,8 @@ def export_model(
     """
     import torch
 
-    from raysegment import storage
-    from raysegment.checkpoint import load_model
+    from raysegment.io import storage
+    from raysegment.model.checkpoint import load_model
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")

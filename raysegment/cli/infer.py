@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raysegment.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     """Exit 0 when every input has a row (bad images are rows with status=error, not a failure)."""
     s3 = apply_s3_arguments(args)  # before Ray starts: workers inherit the S3 settings
 
-    from raysegment.infer import InferConfig, run_inference
-    from raysegment.postprocess import PostprocessConfig
+    from raysegment.infer.pipeline import InferConfig, run_inference
+    from raysegment.infer.postprocess import PostprocessConfig
 
     config = InferConfig(
         input=args.input, checkpoint=args.checkpoint, output=args.output, masks_out=args.masks_out,

@@ -45,7 +45,7 @@ def _worker_runtime_env() -> dict | None:
     """
     import json
 
-    from raysegment import storage
+    from raysegment.io import storage
 
     env = storage.worker_env()
     injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job supervisor for the driver

@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from raysegment import storage
-from raysegment.model import UNet, UNetConfig
-from raysegment.preprocess import PreprocessConfig
+from raysegment.data.preprocess import PreprocessConfig
+from raysegment.io import storage
+from raysegment.model.unet import UNet, UNetConfig
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

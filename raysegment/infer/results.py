@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raysegment import storage
-from raysegment.metrics import METRICS, MetricSums, summarize
+from raysegment.evaluation.metrics import METRICS, MetricSums, summarize
+from raysegment.io import storage
 
 log = logging.getLogger(__name__)
 

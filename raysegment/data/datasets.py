@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raysegment import storage
-from raysegment.imageio import DecodeError, decode_image, decode_mask
+from raysegment.io import storage
+from raysegment.io.decode import DecodeError, decode_image, decode_mask
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
 IMAGE_DIRS = ("CXR_png", "cxr", "images", "image", "imgs")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from raysegment.preprocess import Geometry, restore_probability
+from raysegment.data.preprocess import Geometry, restore_probability
 
 QC_REASONS = (
     "no_lung",  # the mask is empty

@@ -1,6 +1,6 @@
 """Command-line flags for object storage, shared by every subcommand that reads or writes URIs.
 
-    from raysegment.s3_args import add_s3_arguments, apply_s3_arguments
+    from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
     add_s3_arguments(parser)          # in add_parser(): --s3-endpoint URL, --s3-anonymous
     apply_s3_arguments(args)          # first thing in the run function, BEFORE cluster.connect()
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from raysegment import storage
+from raysegment.io import storage
 
 
 def add_s3_arguments(parser: argparse.ArgumentParser) -> None:

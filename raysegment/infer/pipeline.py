@@ -36,15 +36,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import raysegment
-from raysegment import storage
-from raysegment.cluster import ClusterResources, InferPlan, cluster_resources, connect, plan_inference
-from raysegment.datasets import discover, load_mask
-from raysegment.imageio import decode_image, encode_mask_png
-from raysegment.inputs import InputItem, list_inputs, mask_key
-from raysegment.metrics import image_metrics, json_safe
-from raysegment.postprocess import PostprocessConfig, postprocess, qc_reasons
-from raysegment.preprocess import PreprocessConfig, geometry, preprocess_image
-from raysegment.results import (
+from raysegment.cluster.plan import ClusterResources, InferPlan, cluster_resources, connect, plan_inference
+from raysegment.data.datasets import discover, load_mask
+from raysegment.data.preprocess import PreprocessConfig, geometry, preprocess_image
+from raysegment.evaluation.metrics import image_metrics, json_safe
+from raysegment.infer.postprocess import PostprocessConfig, postprocess, qc_reasons
+from raysegment.infer.results import (
     SCHEMA,
     SCHEMA_VERSION,
     SUMMARY_COLUMNS,
@@ -54,6 +51,9 @@ from raysegment.results import (
     run_uri,
     summarize_results,
 )
+from raysegment.io import storage
+from raysegment.io.decode import decode_image, encode_mask_png
+from raysegment.io.inputs import InputItem, list_inputs, mask_key
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class InferActor:
                  s3: storage.S3Options) -> None:
         import torch
 
-        from raysegment.checkpoint import load_model
+        from raysegment.model.checkpoint import load_model
 
         storage.set_default_s3_options(s3)  # load_model reads with the process-wide options
         torch.set_num_threads(threads)  # once, so forward_probabilities never has to switch
@@ -196,7 +196,7 @@ class InferActor:
         self.micro_batch = micro_batch
 
     def _forward(self, images: np.ndarray) -> np.ndarray:
-        from raysegment.predict import forward_probabilities
+        from raysegment.infer.predict import forward_probabilities
 
         return forward_probabilities(self.loaded.model, images, self.micro_batch, self.threads)
 
@@ -326,7 +326,7 @@ def build_dataset(inputs: pa.Table, config: InferConfig, plan_: InferPlan, job: 
     """The lazy Ray Dataset of output rows (results.SCHEMA) for the inputs table."""
     import ray
 
-    from raysegment.predict import CPU_THREADS
+    from raysegment.infer.predict import CPU_THREADS
 
     # Enough blocks to keep every actor fed from the start, few enough to keep per-block overhead low.
     rows_per_block = max(batch_size, min(512, math.ceil(inputs.num_rows / (plan_.num_actors * 4))))
@@ -357,8 +357,8 @@ def _json(obj) -> str:
 
 def run_inference(config: InferConfig) -> dict:
     """Run (or resume) bulk inference; returns the summary (also written as summary.json)."""
-    from raysegment.checkpoint import load_model, versions
-    from raysegment.predict import GPU_MICRO_BATCH
+    from raysegment.infer.predict import GPU_MICRO_BATCH
+    from raysegment.model.checkpoint import load_model, versions
 
     storage.set_default_s3_options(config.s3)
     loaded = load_model(config.checkpoint)  # fail here, before any Ray work, on a bad checkpoint

@@ -19,7 +19,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from raysegment.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
 
 # Measurements read to choose and caption rows (mask_png is read only for the chosen ones).
 LIGHT_COLUMNS = ["image_uri", "image_id", "run_id", "status", "error_stage", "error", "dice", "iou", "hd95",
@@ -89,8 +89,8 @@ def read_masks(results: str, rows: list[dict]) -> dict[str, bytes]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raysegment import storage
-    from raysegment.results import result_files
+    from raysegment.infer.results import result_files
+    from raysegment.io import storage
 
     wanted = {(r["image_uri"], r["run_id"]) for r in rows}
     uris = sorted({u for u, _ in wanted})
@@ -126,10 +126,11 @@ def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = Fa
          uris: list[str] | None = None, ground_truth: str | None = None, cols: int = 4, limit: int = 24,
          tile_height: int = 384) -> ShowResult:
     """Draw the chosen rows of `results` into `out` (see the module docstring). Returns what was written."""
-    from raysegment import storage, viz
-    from raysegment.datasets import discover, load_mask
-    from raysegment.imageio import decode_image, decode_mask_png, encode_png
-    from raysegment.results import read_results
+    from raysegment.data.datasets import discover, load_mask
+    from raysegment.infer.results import read_results
+    from raysegment.io import storage
+    from raysegment.io.decode import decode_image, decode_mask_png, encode_png
+    from raysegment.viz import figures as viz
 
     table = read_results(results, columns=LIGHT_COLUMNS)
     if table.num_rows == 0:

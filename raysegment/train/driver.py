@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raysegment import storage
-from raysegment.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from raysegment.metrics import json_safe
-from raysegment.train_config import ConfigError, TrainConfig, load_config, save_config
+from raysegment.evaluation.metrics import json_safe
+from raysegment.io import storage
+from raysegment.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from raysegment.train.config import ConfigError, TrainConfig, load_config, save_config
 
 
 @dataclass
@@ -57,11 +57,11 @@ def evaluate_checkpoint(checkpoint_uri: str, pairs, batch_size: int = 8) -> dict
     """
     import torch
 
-    from raysegment.checkpoint import load_model
-    from raysegment.metrics import MetricSums, image_metrics
-    from raysegment.preprocess import to_tensor
-    from raysegment.train_data import prepare_pair
-    from raysegment.train_loop import predict_masks
+    from raysegment.data.preprocess import to_tensor
+    from raysegment.evaluation.metrics import MetricSums, image_metrics
+    from raysegment.model.checkpoint import load_model
+    from raysegment.train.data import prepare_pair
+    from raysegment.train.loop import predict_masks
 
     loaded = load_model(checkpoint_uri)
     sums, per_image = MetricSums(), []
@@ -100,10 +100,10 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raysegment.cluster import cluster_resources, connect, plan_training
-    from raysegment.datasets import load_split_dataset, write_manifest
-    from raysegment.train_data import build_dataset, key_checksum
-    from raysegment.train_loop import train_loop_per_worker
+    from raysegment.cluster.plan import cluster_resources, connect, plan_training
+    from raysegment.data.datasets import load_split_dataset, write_manifest
+    from raysegment.train.data import build_dataset, key_checksum
+    from raysegment.train.loop import train_loop_per_worker
 
     if config.run.name is None:
         config = config.replace({"run.name": default_run_name()})

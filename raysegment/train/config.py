@@ -30,11 +30,11 @@ from typing import Any
 
 import yaml
 
-from raysegment import storage
-from raysegment.augment import AugmentConfig
-from raysegment.losses import LOSSES
-from raysegment.model import UNetConfig
-from raysegment.preprocess import PreprocessConfig
+from raysegment.data.augment import AugmentConfig
+from raysegment.data.preprocess import PreprocessConfig
+from raysegment.io import storage
+from raysegment.model.unet import UNetConfig
+from raysegment.train.losses import LOSSES
 
 
 class ConfigError(ValueError):

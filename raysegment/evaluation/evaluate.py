@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from raysegment.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
 REPORT_METRICS = ("dice", "iou", "precision", "recall", "hd95", "hd95_mm")
@@ -40,7 +40,7 @@ class Evaluation:
 
 def default_manifest(checkpoint: str) -> str:
     """RUN_DIR/split_manifest.csv for a checkpoint RUN_DIR/best (or RUN_DIR/checkpoint_epoch_NNNN)."""
-    from raysegment import storage
+    from raysegment.io import storage
 
     return storage.join(storage.parent(checkpoint), MANIFEST_NAME)
 
@@ -50,8 +50,8 @@ def select_pairs(data: str, split: str, split_digest: str | None = None) -> tupl
 
     A run folder as `data` means its split_manifest.csv.
     """
-    from raysegment import storage
-    from raysegment.datasets import load_split_dataset
+    from raysegment.data.datasets import load_split_dataset
+    from raysegment.io import storage
 
     if storage.exists(storage.join(data, MANIFEST_NAME)):  # a run folder: its own split
         data = storage.join(data, MANIFEST_NAME)
@@ -74,13 +74,13 @@ def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
     """
     import numpy as np
 
-    from raysegment import storage
-    from raysegment.datasets import load_mask
-    from raysegment.imageio import decode_image
-    from raysegment.metrics import image_metrics, json_safe
-    from raysegment.postprocess import PostprocessConfig, postprocess, qc_reasons
-    from raysegment.predict import forward_probabilities
-    from raysegment.preprocess import preprocess_image
+    from raysegment.data.datasets import load_mask
+    from raysegment.data.preprocess import preprocess_image
+    from raysegment.evaluation.metrics import image_metrics, json_safe
+    from raysegment.infer.postprocess import PostprocessConfig, postprocess, qc_reasons
+    from raysegment.infer.predict import forward_probabilities
+    from raysegment.io import storage
+    from raysegment.io.decode import decode_image
 
     post = postprocess_config or PostprocessConfig()
     threshold = loaded.spec.threshold if threshold is None else threshold
@@ -128,7 +128,7 @@ def summarize_rows(rows: list[dict], worst: int = 5) -> dict:
     """Per-metric mean / sd / median / min / max (NaN, None skipped), micro dice, worst cases by dice."""
     import numpy as np
 
-    from raysegment.metrics import MetricSums, summarize
+    from raysegment.evaluation.metrics import MetricSums, summarize
 
     scored = [r for r in rows if r["status"] == "ok"]
     sums = MetricSums()
@@ -178,8 +178,8 @@ def write_outputs(rows: list[dict], summary: dict, out: str) -> list[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raysegment import storage
-    from raysegment.metrics import json_safe
+    from raysegment.evaluation.metrics import json_safe
+    from raysegment.io import storage
 
     columns = ["image_id", "split", "status", "error", *REPORT_METRICS, "tp", "fp", "fn", "height", "width",
                "lung_fraction", "mean_confidence", "qc_flag", "qc_reasons", "image_uri", "truth_uri"]
@@ -199,8 +199,8 @@ def write_outputs(rows: list[dict], summary: dict, out: str) -> list[str]:
 def evaluate(checkpoint: str, data: str | None = None, split: str = "test", out: str | None = None,
              batch_size: int = 8, threshold: float | None = None, progress: bool = False) -> Evaluation:
     """Evaluate `checkpoint` on `split` of `data` (see the module docstring); writes to `out` when given."""
-    from raysegment import storage
-    from raysegment.checkpoint import load_model
+    from raysegment.io import storage
+    from raysegment.model.checkpoint import load_model
 
     if split not in SPLIT_CHOICES:
         raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
@@ -247,7 +247,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raysegment import storage
+    from raysegment.io import storage
 
     apply_s3_arguments(args)
     out = args.out or storage.join(storage.parent(args.checkpoint), f"evaluate_{args.split}")

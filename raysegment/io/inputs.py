@@ -19,8 +19,8 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from raysegment import storage
-from raysegment.datasets import IMAGE_EXTENSIONS, _resolve, read_table
+from raysegment.data.datasets import IMAGE_EXTENSIONS, _resolve, read_table
+from raysegment.io import storage
 
 MANIFEST_EXTENSIONS = (".csv", ".parquet")
 MANIFEST_COLUMNS = ("image_uri", "image", "uri", "path")

@@ -5,7 +5,7 @@ worker takes every world_size-th batch; sums are all-reduced once, so uneven sha
 the collectives), step ReduceLROnPlateau on val loss, report metrics and a checkpoint, and on rank 0
 rewrite metrics.csv / training_curves.png and print one progress line.
 
-A checkpoint folder is what `raysegment.checkpoint.save_checkpoint` writes (model.safetensors +
+A checkpoint folder is what `raysegment.model.checkpoint.save_checkpoint` writes (model.safetensors +
 config.json, loadable without Ray) plus `train_state.pt` (optimizer, scheduler, TrainState) for resuming.
 """
 
@@ -26,13 +26,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from raysegment import storage
-from raysegment.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, save_checkpoint
-from raysegment.losses import loss_function
-from raysegment.metrics import METRICS, scores_from_counts
-from raysegment.model import UNet
-from raysegment.train_config import TrainConfig
-from raysegment.train_data import EvalCollate, TrainCollate
+from raysegment.evaluation.metrics import METRICS, scores_from_counts
+from raysegment.io import storage
+from raysegment.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, save_checkpoint
+from raysegment.model.unet import UNet
+from raysegment.train.config import TrainConfig
+from raysegment.train.data import EvalCollate, TrainCollate
+from raysegment.train.losses import loss_function
 
 STATE_FILE = "train_state.pt"
 KILL_MARKER = "debug_worker_killed"  # in the run dir: the injected fault happens once
@@ -200,7 +200,7 @@ def _maybe_kill(config: TrainConfig, run_dir: str, epoch: int, rank: int, world:
 
 def write_run_outputs(run_dir: str, history: list[dict]) -> None:
     """metrics.csv and training_curves.png in the run dir (local or s3)."""
-    from raysegment.plots import plot_training_curves
+    from raysegment.viz.curves import plot_training_curves
 
     lines = [",".join(COLUMNS)] + [",".join(f"{row[c]:.8g}" if c != "epoch" else str(row[c]) for c in COLUMNS)
                                    for row in history]

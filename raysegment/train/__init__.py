@@ -1,0 +1,7 @@
+"""Training on Ray Train: typed config, Ray Data ingest, the per-worker loop and the driver.
+
+`config` parses YAML plus overrides into `TrainConfig`; `data` decodes and preprocesses pairs with Ray
+Data and augments per epoch; `loop` is the data-parallel loop each worker runs (validation, checkpoints,
+LR schedule, early stopping); `losses` the training losses; `driver` plans the run, starts the
+`TorchTrainer` and writes the run directory.
+"""
