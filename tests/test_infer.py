@@ -136,7 +136,7 @@ def test_every_input_is_one_row_and_bad_files_are_error_rows(runs, results):
         assert row["lung_area_px"] == mask.sum() == row["right_lung_area_px"] + row["left_lung_area_px"]
         assert row["lung_fraction"] == pytest.approx(mask.mean())
         assert row["qc_flag"] == bool(row["qc_reasons"])
-        assert row["model_id"] == load_model_id(runs) and row["schema_version"] == 1
+        assert row["model_id"] == load_model_id(runs) and row["schema_version"] == 2
         assert row["input_size"] > 0 and row["input_mtime_ns"] > 0 and row["total_ms"] > 0
     assert read_results(runs["out"]).schema.equals(SCHEMA)
 

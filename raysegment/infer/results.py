@@ -28,7 +28,7 @@ from raysegment.io import storage
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: quality, orientation/inversion, compact masks, DICOM-SEG, structures, CTR
 STAGES = ("read", "decode", "preprocess", "infer", "postprocess")
 GT_METRICS = (*METRICS, "hd95", "hd95_mm")
 
@@ -68,7 +68,28 @@ SCHEMA = pa.schema([
     pa.field("n_components", pa.int32()),  # before cleanup
     pa.field("mean_confidence", pa.float64()),  # mean probability inside the mask
     pa.field("qc_flag", pa.bool_()),
-    pa.field("qc_reasons", pa.list_(pa.string())),
+    pa.field("qc_reasons", pa.list_(pa.string())),  # reasons of severity "flag": they set qc_flag
+    pa.field("qc_notes", pa.list_(pa.string())),  # reasons of severity "note": recorded, never set qc_flag
+    pa.field("quality_score", pa.float64()),  # predicted dice in [0, 1], without ground truth
+    pa.field("calibration_id", pa.string()),  # digest of the QC calibration that produced quality_score
+    # how the input was read (v2)
+    pa.field("exif_rotation", pa.int16()),  # degrees clockwise applied from the EXIF orientation, 0 if none
+    pa.field("inversion_corrected", pa.bool_()),  # an inverted export (white air) was detected and inverted
+    # compact and DICOM outputs (v2)
+    pa.field("mask_rle", pa.string()),  # COCO-style compressed RLE of the mask (column-major), size = height x width
+    pa.field("dicom_seg_uri", pa.string()),  # DICOM Segmentation object written for a DICOM input
+    # further structures (v2; filled by multi-structure models)
+    pa.field("structures", pa.list_(pa.struct([
+        pa.field("name", pa.string()),  # e.g. "heart", "left_clavicle"
+        pa.field("area_px", pa.int64()),
+        pa.field("area_cm2", pa.float64()),
+        pa.field("mask_rle", pa.string()),
+        pa.field("dice", pa.float64()),  # with ground truth
+    ]))),
+    pa.field("ctr", pa.float64()),  # cardiothoracic ratio = heart_width_px / thoracic_width_px
+    pa.field("heart_width_px", pa.int32()),
+    pa.field("thoracic_width_px", pa.int32()),
+    pa.field("thoracic_row", pa.int32()),  # image row where the thoracic width was measured
     # ground truth (--ground-truth)
     pa.field("truth_uri", pa.string()),  # mask file(s), '|'-joined
     pa.field("truth_error", pa.string()),  # why metrics are missing although a truth exists
