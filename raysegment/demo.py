@@ -18,11 +18,22 @@ s3://raysegment-demo/; pictures stay local so you can open them.
 
 from __future__ import annotations
 
-import argparse
+import io
 import os
-import sys
 import time
 from dataclasses import dataclass, field
+
+import pandas as pd
+
+from raysegment import logs
+from raysegment.cluster.plan import connect
+from raysegment.data.synth import write_dataset
+from raysegment.infer.pipeline import InferConfig, run_inference
+from raysegment.infer.report import format_summary
+from raysegment.io import storage
+from raysegment.train.config import TrainConfig
+from raysegment.train.driver import train
+from raysegment.viz.show import show
 
 DEMO_BUCKET = "raysegment-demo"
 
@@ -64,7 +75,7 @@ class _Stages:
 
     def start(self, name: str, what: str) -> None:
         self.stop()
-        print(f"\n== {name}: {what}", flush=True)
+        print(f"== {name}: {what}", flush=True)
         self._name, self._t0 = name, time.perf_counter()
 
     def stop(self) -> None:
@@ -90,21 +101,14 @@ def _start_local_s3(out: str) -> tuple[object, str]:
 
 
 def _upload_dataset(local_dir: str, uri: str) -> str:
-    from raysegment.io import storage
-
     storage.upload_dir(local_dir, uri)
     return uri
 
 
 def _test_manifest(run_dir: str, dest: str) -> int:
     """Write a manifest (image column) of the run's held-out test split; returns its size."""
-    import io
-
-    import pandas as pd
-
-    from raysegment.io import storage
-
-    manifest = pd.read_csv(io.BytesIO(storage.read_bytes(storage.join(run_dir, "split_manifest.csv"))), dtype=str)
+    manifest = pd.read_csv(io.BytesIO(storage.read_bytes(storage.join(run_dir, "split_manifest.csv"))),
+                           dtype=str)
     test = manifest[manifest["split"] == "test"]
     storage.write_text(dest, test[["image"]].to_csv(index=False))
     return len(test)
@@ -112,17 +116,10 @@ def _test_manifest(run_dir: str, dest: str) -> int:
 
 def run_demo(s: DemoSettings) -> DemoResult:
     """Run the demo; returns where everything is and the headline numbers."""
-    from raysegment.cluster.plan import connect
-    from raysegment.data.synth import write_dataset
-    from raysegment.infer.pipeline import InferConfig, run_inference
-    from raysegment.io import storage
-    from raysegment.train.config import TrainConfig
-    from raysegment.train.driver import train
-    from raysegment.viz.show import show
-
     stages = _Stages()
     out = os.path.abspath(s.out)
     os.makedirs(out, exist_ok=True)
+    logs.set_destination(out)
     server = None
     try:
         root = out
@@ -176,65 +173,23 @@ def run_demo(s: DemoSettings) -> DemoResult:
 
     metrics = summary.get("metrics") or {}
     test_dice = (metrics.get("dice") or {}).get("mean")
-    _print_report(s, trained, summary, held_out, results, shown, curves, stages.timings, test_dice)
+    _print_report(s, trained, summary, held_out, results, shown, curves, stages.timings)
     return DemoResult(trained.run_dir, results, pictures, summary, test_dice, stages.timings)
 
 
-def _print_report(s, trained, summary, held_out, results, shown, curves, timings, test_dice) -> None:
-    metrics = summary.get("metrics") or {}
-    print("\n" + "=" * 78)
-    print("raysegment demo: summary")
-    print("=" * 78)
+def _print_report(s, trained, summary, held_out, results, shown, curves, timings) -> None:
+    """The demo's last lines: what was trained, the ONE test score (inference on the held-out split, masks
+    post-processed at the original resolution, as `raysegment evaluate` scores them), where things are."""
+    print("\n== raysegment demo: summary")
     last = trained.history[-1] if trained.history else {}
-    print(f"training      {len(trained.history)} epochs, best epoch {trained.best_epoch}, "
+    print(f"training: {len(trained.history)} epochs, best epoch {trained.best_epoch}, "
           f"final val dice {float(last.get('val_dice', float('nan'))):.4f}")
-    print(f"inference     {summary['inputs_seen']} held-out X-rays: {summary['ok']} ok, {summary['errors']} errors, "
-          f"QC flagged {summary['qc_flagged']}")
-    if metrics:
-        print(f"{'test metric':<14}{'mean':>8}{'sd':>8}{'median':>8}{'min':>8}")
-        for name in ("dice", "iou", "precision", "recall", "hd95"):
-            m = metrics.get(name) or {}
-            if m.get("n"):
-                print(f"{name:<14}{m['mean']:>8.4f}{m.get('sd', float('nan')):>8.4f}{m['median']:>8.4f}"
-                      f"{m.get('min', float('nan')):>8.4f}")
-    print("\noutputs")
-    print(f"  run dir          {trained.run_dir}")
-    print(f"  best checkpoint  {trained.best_dir}")
+    print(f"test: inference on the {held_out} held-out X-rays (never seen in training):")
+    print(format_summary(summary, micro=False))
+    print("outputs:")
+    print(f"  run dir          {trained.run_dir}  (best/ = the checkpoint)")
     print(f"  results Parquet  {results}   (raysegment.read_results)")
-    print(f"  pictures         {os.path.dirname(curves)}  ({len(shown.pictures)} side-by-side)")
-    if shown.contact_sheet:
-        print(f"  contact sheet    {shown.contact_sheet}")
-    print(f"  training curves  {curves}")
-    print("\nstage times     " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+    print(f"  pictures         {os.path.dirname(curves)}  ({len(shown.pictures)} side-by-side"
+          + (", contact_sheet.png" if shown.contact_sheet else "") + ", training_curves.png)")
+    print("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
           + f"; total {sum(timings.values()):.1f}s")
-    if test_dice is not None:
-        print(f"\nTEST DICE (held-out, {held_out} images): {test_dice:.4f}")
-
-
-def add_parser(subparsers) -> None:
-    d = DemoSettings()
-    p = subparsers.add_parser("demo", help="the whole flow end to end: data -> Ray Train -> Ray Data inference "
-                                           "-> pictures", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=d.out, help="folder for every output (default %(default)s)")
-    p.add_argument("--data", default=None, help="a labelled dataset (any layout) instead of synthetic phantoms, "
-                                                "e.g. ../shared/data/montgomery_512")
-    p.add_argument("--n", type=int, default=d.n, help="synthetic images (default %(default)s)")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="synthetic image side, px")
-    p.add_argument("--model-size", type=int, default=d.model_size, help="model input side, px")
-    p.add_argument("--base-channels", type=int, default=d.base_channels)
-    p.add_argument("--depth", type=int, default=d.depth)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--s3", action="store_true", help="run through a local S3 endpoint (moto) on 127.0.0.1")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = DemoSettings(out=args.out, data=args.data, n=args.n, image_size=args.image_size,
-                            model_size=args.model_size, base_channels=args.base_channels, depth=args.depth,
-                            epochs=args.epochs, num_workers=args.num_workers, s3=args.s3)
-    t0 = time.perf_counter()
-    result = run_demo(settings)
-    print(f"demo finished in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    return 0 if result.summary.get("missing", 0) == 0 else 1

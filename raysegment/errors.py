@@ -1,12 +1,15 @@
 """The two kinds of failure a user sees, and their exit codes.
 
 Library code raises these; the CLI layer (raysegment/cli) turns them into one line
-`raysegment COMMAND: error: ...` and the exit code, without a traceback (`--debug` shows it).
+`raysegment COMMAND: error: ...` (and an optional hint line) and the exit code, without a traceback
+(`--debug` shows it).
 
 - `UserError` (exit 2): the request is wrong (missing input, bad checkpoint, bad config value, a plan the
   cluster can never run, an unreachable S3 endpoint). Rerunning the same command fails the same way.
 - `RetryableError` (exit 3): the request is fine but the world was not ready (an autoscaling cluster did
   not grow in time). Rerunning the same command later may succeed.
+
+Both take an optional `hint=`: one line saying what to do, printed under the error.
 """
 
 from __future__ import annotations
@@ -17,8 +20,24 @@ class UserError(Exception):
 
     exit_code = 2
 
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        self.hint = hint
+
 
 class RetryableError(Exception):
     """The request is valid but could not be served now (e.g. capacity did not arrive). Exit code 3."""
 
     exit_code = 3
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        self.hint = hint
+
+
+class InputError(UserError, FileNotFoundError):
+    """An input, dataset or output location that does not exist or cannot be listed or reached."""
+
+
+class CheckpointError(UserError, FileNotFoundError):
+    """A checkpoint folder that is missing or does not load."""

@@ -62,7 +62,7 @@ def test_evaluate_matches_predict_and_metrics(run_dir, synth_generic, tmp_path, 
     assert s["median"] == pytest.approx(np.median(dice)) and s["sd"] == pytest.approx(dice.std(ddof=1))
     assert s["min"] == pytest.approx(dice.min()) and s["max"] == pytest.approx(dice.max())
     tp, fp, fn = frame["tp"].sum(), frame["fp"].sum(), frame["fn"].sum()
-    assert summary["micro_dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert summary["metrics"]["micro_dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     worst = [w["image_id"] for w in summary["worst"]]
     assert worst == list(frame.sort_values("dice", kind="stable")["image_id"][: len(worst)])
     assert summary["metrics"]["hd95_mm"]["n"] == 0  # PNGs have no pixel spacing
@@ -90,12 +90,15 @@ def test_default_data_is_the_runs_manifest_and_errors_are_rows(run_dir, synth_ge
     assert "may contain training images" in capsys.readouterr().err
     errors = [r for r in result.rows if r["status"] == "error"]
     assert [r["image_id"] for r in errors] == ["broken"] and "DecodeError" in errors[0]["error"]
-    assert result.summary["scored"] == 3 and result.summary["metrics"]["dice"]["n"] == 3
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["errors"][0]["image_id"] == "broken"
+    assert result.summary["ok"] == 3 and result.summary["metrics"]["dice"]["n"] == 3
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["errors"] == 1 and written["errors_by_reason"] == {"decode/DecodeError": 1}
+    assert "bad.png" in written["error_examples"][0]
 
 
 def test_evaluate_without_data_or_manifest_says_what_to_pass(tmp_path, capsys):
     save_checkpoint(str(tmp_path / "ckpt"), UNet(base_channels=4, depth=2),
                     ModelSpec(UNetConfig(base_channels=4, depth=2), PreprocessConfig(size=32)))
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt")]) == 1
-    assert "--data" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "Traceback" not in err

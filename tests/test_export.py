@@ -77,7 +77,7 @@ def test_torchscript_export_matches_pytorch(small_checkpoint, tmp_path):
 
 
 def test_export_reports_a_missing_checkpoint(tmp_path, capsys):
-    assert main(["export", "--checkpoint", str(tmp_path / "nope"), "--format", "torchscript"]) == 1
+    assert main(["export", "--checkpoint", str(tmp_path / "nope"), "--format", "torchscript"]) == 2
     assert "no config.json" in capsys.readouterr().err
 
 

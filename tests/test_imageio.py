@@ -26,9 +26,9 @@ from raysegment.io.decode import (
     encode_mask_png,
     encode_png,
     image_size,
-    make_dicom_bytes,
     sniff_format,
 )
+from raysegment.testing.dicom import make_dicom_bytes
 
 RNG = np.random.default_rng(1234)
 

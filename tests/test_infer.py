@@ -31,10 +31,11 @@ from raysegment.infer.postprocess import (
 )
 from raysegment.infer.predict import forward_probabilities, predict
 from raysegment.infer.results import SCHEMA, is_done, read_results
-from raysegment.io.decode import decode_mask, decode_mask_png, encode_png, make_dicom_bytes
+from raysegment.io.decode import decode_mask, decode_mask_png, encode_png
 from raysegment.io.inputs import is_image_name, list_inputs, mask_key, read_manifest, sanitize_key
 from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
 from raysegment.model.unet import UNet, UNetConfig
+from raysegment.testing.dicom import make_dicom_bytes
 
 BAD = {"0_truncated.png": "truncated PNG", "0_empty.png": "empty file", "0_text.png": "not an image"}
 N_SYNTH = 30
@@ -202,7 +203,8 @@ def test_s3_manifest_in_s3_results_out(ray_local, s3_endpoint, archive, checkpoi
     for name in names:
         storage.write_bytes(f"{root}/in/site a/{name}", _read(archive, "cxr", name))
     storage.upload_dir(checkpoint, f"{root}/ckpt")
-    entries = [f"in/site a/{n}" for n in names] + ["in/missing.png", f"{root}/in/site a/{names[0]}"]  # + a dup
+    # + a dup
+    entries = [f"in/site a/{n}" for n in names] + ["in/missing.png", f"{root}/in/site a/{names[0]}"]
     storage.write_text(f"{root}/manifest.csv", "\n".join(["image_uri", *entries]) + "\n")
     summary = run_inference(InferConfig(input=f"{root}/manifest.csv", checkpoint=f"{root}/ckpt",
                                         output=f"{root}/out", masks_out=f"{root}/masks", batch_size=4,
@@ -276,7 +278,8 @@ def test_postprocess_restores_original_size_and_flags_qc():
     assert seg.mask.shape == (50, 70) and seg.right_area_px > 0 and seg.left_area_px > 0
     assert seg.mean_confidence > 0.85 and qc_reasons(seg) == []
     right, left = split_lungs(seg.mask)
-    assert (seg.right_area_px, seg.left_area_px) == (right.sum(), left.sum()) and right[25, 10] and left[25, 60]
+    assert (seg.right_area_px, seg.left_area_px) == (right.sum(),
+                                                     left.sum()) and right[25, 10] and left[25, 60]
     one = postprocess(np.where(np.arange(32) < 16, prob, 0).astype(np.uint8), geo, 0.5)
     assert "left_lung_missing" in qc_reasons(one)
     assert qc_reasons(postprocess(np.zeros((32, 32), np.uint8), geo, 0.5)) == ["no_lung"]
@@ -323,7 +326,8 @@ def test_listing_filters_names_and_reads_manifests(tmp_path):
     (tmp_path / "m.csv").write_text("image_uri,size\na/1.png,1\nb/3.dcm,\na/1.png,1\n")
     manifest = read_manifest(str(tmp_path / "m.csv"))
     assert [i.uri for i in manifest] == [str(tmp_path / "a/1.png"), str(tmp_path / "b/3.dcm")]
-    assert [i.key for i in manifest] == ["a/1.png", "b/3.dcm"] and manifest[0].size == 1 and manifest[1].size is None
+    assert [i.key for i in manifest] == ["a/1.png",
+                                         "b/3.dcm"] and manifest[0].size == 1 and manifest[1].size is None
     with pytest.raises(ValueError, match="no image column"):
         read_manifest(str(tmp_path / "m.csv"), column="missing")
 
@@ -348,7 +352,8 @@ def test_read_results_dedupes_latest_ok_wins(tmp_path):
     write("20250101T000000Z-aaaaaa", [("a", "ok"), ("b", "error"), ("c", "ok")])
     write("20250102T000000Z-bbbbbb", [("a", "error"), ("b", "ok"), ("c", "ok")])
     (tmp_path / "runs" / "20250103T000000Z-cccccc").mkdir()
-    (tmp_path / "runs" / "20250103T000000Z-cccccc" / "torn.parquet").write_bytes(b"PAR1 torn")  # killed writer
+    # killed writer
+    (tmp_path / "runs" / "20250103T000000Z-cccccc" / "torn.parquet").write_bytes(b"PAR1 torn")
     got = {r["image_uri"]: r for r in read_results(str(tmp_path)).to_pylist()}
     assert {u: (r["status"], r["run_id"][:8]) for u, r in got.items()} == {
         "a": ("ok", "20250101"), "b": ("ok", "20250102"), "c": ("ok", "20250102")}

@@ -21,6 +21,6 @@ def test_brief_training_on_montgomery_clears_dice_floor(ray_local, montgomery_51
     })
     result = train(config)
     best_val = max(row["val_dice"] for row in result.history)
-    test_dice = result.test_metrics["means"]["dice"]
+    test_dice = result.test_metrics["metrics"]["dice"]["mean"]
     assert best_val >= DICE_FLOOR, f"best val dice {best_val:.4f} < {DICE_FLOOR}"
     assert test_dice >= DICE_FLOOR, f"test dice {test_dice:.4f} < {DICE_FLOOR}"

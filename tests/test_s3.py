@@ -28,7 +28,8 @@ def _bucket(s3_endpoint, prefix: str = "rs") -> str:
 
 def _fast(endpoint: str, **kw) -> storage.S3Options:
     """Options with short timeouts for fault tests (seconds)."""
-    return storage.S3Options(endpoint_url=endpoint, **{"connect_timeout_s": 1.0, "request_timeout_s": 2.0, **kw})
+    return storage.S3Options(endpoint_url=endpoint,
+                             **{"connect_timeout_s": 1.0, "request_timeout_s": 2.0, **kw})
 
 
 def _upload_tree(s3_endpoint, local_dir: str, uri: str) -> int:
@@ -50,7 +51,8 @@ def test_s3_storage_round_trip(s3_endpoint, tmp_path):
     storage.write_text(f"{root}/a/two.txt", "world")
     assert storage.read_bytes(f"{root}/a/b/one.bin") == b"hello"
     assert storage.read_text(f"{root}/a/two.txt") == "world"
-    assert storage.exists(f"{root}/a/two.txt") and storage.is_dir(f"{root}/a") and not storage.exists(f"{root}/x")
+    assert storage.exists(f"{root}/a/two.txt") and storage.is_dir(f"{root}/a")
+    assert not storage.exists(f"{root}/x")
     entries = storage.list_files(f"{root}/a")
     assert [(e.uri, e.size) for e in entries] == [(f"{root}/a/b/one.bin", 5), (f"{root}/a/two.txt", 5)]
     assert [e.uri for e in storage.list_files(f"{root}/a", recursive=False)] == [f"{root}/a/two.txt"]
@@ -63,8 +65,9 @@ def test_s3_storage_round_trip(s3_endpoint, tmp_path):
     (src / "sub" / "w.bin").write_bytes(b"\x00" * 1000)
     (src / "c.json").write_text("{}")
     storage.upload_dir(str(src), f"{root}/copy")
-    back = storage.download_dir(f"{root}/copy", str(tmp_path / "back"))
-    assert (tmp_path / "back" / "sub" / "w.bin").read_bytes() == b"\x00" * 1000 and back == str(tmp_path / "back")
+    back = _download_dir(f"{root}/copy", str(tmp_path / "back"))
+    assert (tmp_path / "back" / "sub" / "w.bin").read_bytes() == b"\x00" * 1000
+    assert back == str(tmp_path / "back")
     storage.delete_dir(f"{root}/copy")
     assert not storage.exists(f"{root}/copy")
 
@@ -319,11 +322,13 @@ def test_train_infer_resume_over_s3_and_no_credentials_anywhere(ray_local, s3_en
     marks.append(("infer with faults", time.monotonic()))
     # Resume: only the error row is retried (and now succeeds); nothing is redone or duplicated.
     again = run_inference(InferConfig(**common, s3=_fast(s3_endpoint.url)))
-    assert (again["processed"], again["skipped_resume"], again["ok"], again["errors"]) == (1, n - 1, n, 0), again
+    assert (again["processed"], again["skipped_resume"], again["ok"], again["errors"]) == (1, n - 1, n,
+                                                                                           0), again
 
     marks.append(("infer resume", time.monotonic()))
     # Read back with plain pyarrow over S3 (every row of both runs) and with raysegment.read_results.
-    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{s3_endpoint.port}", scheme="http", region="us-east-1")
+    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{s3_endpoint.port}", scheme="http",
+                           region="us-east-1")
     files = [i.path for i in fs.get_file_info(pafs.FileSelector(f"{bucket}/out/runs", recursive=True))
              if i.path.endswith(".parquet")]  # each run folder also holds run.json and summary.json
     history = pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=["image_uri", "status"])
@@ -341,7 +346,8 @@ def test_train_infer_resume_over_s3_and_no_credentials_anywhere(ray_local, s3_en
     objects = _all_objects(s3_endpoint, bucket)
     parquet = [k for k in objects if k.endswith(".parquet")]
     assert parquet and all(
-        b"SECRET" not in repr(pq.read_schema(f"{bucket}/{k}", filesystem=fs).metadata).encode() for k in parquet)
+        b"SECRET" not in repr(pq.read_schema(f"{bucket}/{k}",
+                                             filesystem=fs).metadata).encode() for k in parquet)
     session_dir = ray_local._private.worker._global_node.get_session_dir_path()
     local = _local_files(str(tmp_path), os.path.join(session_dir, "logs"))
     out, err = capfd.readouterr()
@@ -371,3 +377,13 @@ def test_training_with_a_failing_endpoint_fails_clearly(ray_local, s3_endpoint, 
     assert rc != 0 and "raysegment train" in err and elapsed < 90, (rc, err, elapsed)
     assert proxy.faults >= 2  # retried before giving up
     assert s3_endpoint.secret_access_key not in err and s3_endpoint.access_key_id not in err
+
+
+def _download_dir(uri: str, local_dir: str) -> str:
+    """Copy a folder or prefix to a local folder (the reverse of storage.upload_dir); returns local_dir."""
+    for entry in storage.list_files(uri):
+        dest = os.path.join(local_dir, entry.uri[len(uri):].lstrip("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "wb") as f:
+            f.write(storage.read_bytes(entry.uri))
+    return local_dir

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from raysegment.data.preprocess import PreprocessConfig
+from raysegment.errors import UserError
 from raysegment.io.decode import decode_image
 from raysegment.model.checkpoint import ModelSpec, save_checkpoint
 from raysegment.model.unet import UNet, UNetConfig
@@ -122,7 +123,7 @@ def test_show_qc_flagged_and_uri_with_external_ground_truth(inference, tmp_path)
     assert picked.errors and picked.errors[0][0].endswith("broken.png") and "decode" in picked.errors[0][1]
     image = decode_image(Path(picked.pictures[0]).read_bytes()).image
     assert image.shape[0] > 384
-    with pytest.raises(ValueError, match="not in the results"):
+    with pytest.raises(UserError, match="not in the results"):
         show(inference["results"], str(tmp_path / "x"), uris=["/nope.png"])
     auto = show(inference["results"], str(tmp_path / "auto"), limit=3)  # no choice, truth: lowest dice
     worst = show(inference["results"], str(tmp_path / "worst3"), worst=3)
@@ -140,7 +141,7 @@ def test_select_rows_without_dice_says_how_to_get_it():
         {"image_uri": "b.png", "status": "ok", "dice": None, "qc_flag": False, "mean_confidence": 0.9},
         {"image_uri": "c.png", "status": "error", "dice": None, "qc_flag": None, "mean_confidence": None},
     ])
-    with pytest.raises(ValueError, match="--ground-truth"):
+    with pytest.raises(UserError, match="--ground-truth"):
         select_rows(table, worst=3)
     rows, errors = select_rows(table)  # no choice and no dice: the QC-flagged
     assert [r["image_uri"] for r in rows] == ["a.png"] and [r["image_uri"] for r in errors] == ["c.png"]

@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from raysegment.data.synth import Phantom, add_parser, make_phantom, make_phantom_16bit, write_dataset
+from raysegment.cli.synth import add_parser
+from raysegment.data.synth import Phantom, make_phantom, make_phantom_16bit, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,8 @@ def test_16bit_variant():
 def test_cli(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
-    args = parser.parse_args(["synth", "--n", "2", "--size", "32", "--layout", "montgomery", "--out", str(tmp_path)])
+    args = parser.parse_args(["synth", "--n", "2", "--size", "32", "--layout", "montgomery", "--out",
+                              str(tmp_path)])
     assert args.func(args) == 0
     assert "wrote 2 phantoms (montgomery)" in capsys.readouterr().out
     assert len(os.listdir(tmp_path / "CXR_png")) == 2

@@ -51,10 +51,12 @@ def scenario(ray_local, phantoms, tmp_path_factory):
 
     storage_path = str(tmp_path_factory.mktemp("train_runs"))
     config_a = tiny_config(phantoms, storage_path, "r", **{"optim.epochs": 4})
-    config_b = tiny_config(phantoms, storage_path, "r", **{"optim.epochs": 8, "debug.kill_worker_at_epoch": 6})
+    config_b = tiny_config(phantoms, storage_path, "r",
+                           **{"optim.epochs": 8, "debug.kill_worker_at_epoch": 6})
     first = train(config_a)
     second = train(config_b)
-    return SimpleNamespace(first=first, second=second, config=config_b, run_dir=os.path.join(storage_path, "r"))
+    return SimpleNamespace(first=first, second=second, config=config_b,
+                           run_dir=os.path.join(storage_path, "r"))
 
 
 def read_metrics_csv(run_dir: str) -> list[dict]:
@@ -94,7 +96,6 @@ def test_training_learns_and_the_best_checkpoint_reloads_without_ray(scenario, p
     from raysegment.data.datasets import load_split_dataset
     from raysegment.evaluation.metrics import scores_from_counts
     from raysegment.train.data import prepare_pair
-    from raysegment.train.driver import evaluate_checkpoint
 
     rows = read_metrics_csv(scenario.run_dir)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.1
@@ -110,7 +111,8 @@ def test_training_learns_and_the_best_checkpoint_reloads_without_ray(scenario, p
     truth = np.stack([m for _, m in prepared]).astype(bool)
 
     def mean_dice(pred: np.ndarray) -> float:
-        c = np.array([(np.sum(p & t), np.sum(p & ~t), np.sum(~p & t)) for p, t in zip(pred, truth)])
+        c = np.array([(np.sum(p & t), np.sum(p & ~t), np.sum(~p & t)) for p, t in zip(pred, truth,
+                                                                                      strict=False)])
         return float(scores_from_counts(c[:, 0], c[:, 1], c[:, 2])["dice"].mean())
 
     all_lung = mean_dice(np.ones_like(truth))
@@ -129,25 +131,85 @@ def test_training_learns_and_the_best_checkpoint_reloads_without_ray(scenario, p
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        again = evaluate_checkpoint(best_dir, val_pairs, batch_size=scenario.config.optim.batch_size)
+        again = model_resolution_dice(best_dir, val_pairs, batch_size=scenario.config.optim.batch_size)
     finally:
         torch.set_num_threads(threads)
-    assert again["means"]["dice"] == pytest.approx(info["metrics"]["val_dice"], abs=1e-6)
+    assert again == pytest.approx(info["metrics"]["val_dice"], abs=1e-6)
+
+
+def model_resolution_dice(checkpoint: str, pairs, batch_size: int) -> float:
+    """Mean dice at model resolution without post-processing: what validation during training measures."""
+    from raysegment.data.preprocess import to_tensor
+    from raysegment.evaluation.metrics import MetricSums, image_metrics
+    from raysegment.train.data import prepare_pair
+    from raysegment.train.loop import predict_masks
+
+    loaded, sums = load_model(checkpoint), MetricSums()
+    for start in range(0, len(pairs), batch_size):
+        prepared = [prepare_pair(p, loaded.spec.preprocess) for p in pairs[start : start + batch_size]]
+        with torch.no_grad():
+            logits = loaded.model(to_tensor(np.stack([image for image, _ in prepared])))
+        for pred, (_, mask) in zip(predict_masks(logits, loaded.spec.threshold)[:, 0].numpy(), prepared,
+                                   strict=False):
+            sums.add(image_metrics(pred, mask.astype(bool)))
+    return sums.means()["dice"]
+
+
+def test_test_metrics_equal_evaluate_and_infer_ground_truth(scenario, phantoms, tmp_path, capsys):
+    """ONE scoring path: training's test_metrics.json, `raysegment evaluate` on the same checkpoint and split,
+    and `raysegment infer --ground-truth` on the same images agree per image and on the mean."""
+    import pandas as pd
+
+    from raysegment import read_results
+    from raysegment.cli import main
+
+    run_dir, best = scenario.run_dir, os.path.join(scenario.run_dir, "best")
+    test = json.loads(Path(run_dir, "test_metrics.json").read_text())
+    trained = {r["image_id"]: r["dice"] for r in test["images"]}
+    assert len(trained) == 7
+
+    assert main(["evaluate", "--checkpoint", best, "--data", run_dir, "--split", "test",
+                 "--out", str(tmp_path / "eval")]) == 0
+    evaluated = pd.read_parquet(tmp_path / "eval" / "per_image.parquet").set_index("image_id")["dice"]
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["metrics"]["dice"]["mean"] == pytest.approx(test["metrics"]["dice"]["mean"], abs=1e-6)
+    for image_id, dice in trained.items():
+        assert evaluated[image_id] == pytest.approx(dice, abs=1e-6), image_id
+
+    manifest = tmp_path / "test.csv"
+    manifest.write_text("image\n" + "".join(f"{r['image_uri']}\n" for r in _test_split_rows(run_dir)))
+    assert main(["infer", "--input", str(manifest), "--checkpoint", best, "--output", str(tmp_path / "infer"),
+                 "--ground-truth", phantoms]) == 0
+    inferred = {r["image_id"]: r["dice"] for r in read_results(str(tmp_path / "infer")).to_pylist()}
+    assert inferred.keys() == trained.keys()
+    for image_id, dice in trained.items():
+        assert inferred[image_id] == pytest.approx(dice, abs=1e-6), image_id
+    printed = capsys.readouterr().out
+    assert "Traceback" not in printed and "raysegment.log" in printed  # the log file is named at the end
+
+
+def _test_split_rows(run_dir: str) -> list[dict]:
+    import csv
+
+    with open(os.path.join(run_dir, "split_manifest.csv")) as f:
+        return [{"image_uri": r["image"]} for r in csv.DictReader(f) if r["split"] == "test"]
 
 
 def test_run_directory_outputs(scenario):
     run_dir = scenario.run_dir
-    for name in ("metrics.csv", "training_curves.png", "split_manifest.csv", "config.yaml", "test_metrics.json",
+    for name in ("metrics.csv", "training_curves.png", "split_manifest.csv", "config.yaml",
+                 "test_metrics.json",
                  "best/model.safetensors", "best/config.json"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
     header = Path(run_dir, "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header[:2] == ["epoch", "train_loss"] and {"val_dice", "val_iou", "val_precision", "val_recall", "lr",
+    assert header[:2] == ["epoch", "train_loss"] and {"val_dice", "val_iou", "val_precision", "val_recall",
+                                                      "lr",
                                                        "images_per_s", "epoch_time_s"} <= set(header)
     assert load_config(os.path.join(run_dir, "config.yaml")) == scenario.config  # the effective config
     test = json.loads(Path(run_dir, "test_metrics.json").read_text())
-    assert test["n"] == len(test["images"]) == 7
-    assert {"dice", "iou", "hd95", "micro_dice"} <= set(test["means"])
-    assert test["means"]["dice"] > 0.6
+    assert test["metrics"]["n_scored"] == len(test["images"]) == 7
+    assert {"dice", "iou", "hd95", "micro_dice"} <= set(test["metrics"])
+    assert test["metrics"]["dice"]["mean"] > 0.6
     # Ray keeps the best checkpoint by val_dice plus the latest; best/ is a copy of the best one.
     kept = sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint_epoch_"))
     assert "checkpoint_epoch_0008" in kept and 1 <= len(kept) <= 2

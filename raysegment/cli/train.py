@@ -12,7 +12,6 @@ The schema is in raysegment/train_config.py. Ray and torch are imported only whe
 from __future__ import annotations
 
 import argparse
-import sys
 
 from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
 
@@ -38,7 +37,8 @@ def add_parser(subparsers) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "train", help="train a UNet on Ray Train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="YAML config (local or s3://), e.g. configs/train-small.yaml")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML config (local or s3://), e.g. configs/train-small.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set model.base_channels=8 (repeatable)")
     p.add_argument("--data", metavar="URI", help="dataset folder, s3:// prefix or manifest (data.path)")
@@ -63,37 +63,28 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_s3_arguments(args)  # before Ray starts: workers inherit the endpoint through the environment
-    from raysegment.train.config import ConfigError, TrainConfig, load_config, parse_override
+    from raysegment.train.config import TrainConfig, load_config, parse_override
 
-    try:
-        overrides = dict(parse_override(text) for text in args.overrides)
-        overrides.update({key: getattr(args, dest) for dest, key in FLAG_KEYS.items()
-                          if getattr(args, dest) is not None})
-        config: TrainConfig = load_config(args.config, overrides)
-    except ConfigError as e:
-        print(f"raysegment train: config error: {e}", file=sys.stderr)
-        return 2
+    overrides = dict(parse_override(text) for text in args.overrides)
+    overrides.update({key: getattr(args, dest) for dest, key in FLAG_KEYS.items()
+                      if getattr(args, dest) is not None})
+    config: TrainConfig = load_config(args.config, overrides)  # ConfigError: exit 2, naming the key
     if args.print_config:
         import yaml
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
 
-    from raysegment.cluster.plan import PlanError
-    from raysegment.io.storage import redact
+    from raysegment.infer.report import format_summary
+    from raysegment.io.storage import join
     from raysegment.train.driver import train
 
-    try:
-        result = train(config, address=args.address)
-    except ConfigError as e:
-        print(f"raysegment train: config error: {e}", file=sys.stderr)
-        return 2
-    except PlanError as e:
-        print(f"raysegment train: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - Ray's TrainingFailedError etc.: one readable line, no secrets
-        print(f"raysegment train: failed: {redact(str(e))}", file=sys.stderr)
-        return 1
+    result = train(config, address=args.address)
+    test = result.test_metrics
+    if test:
+        print(f"test split, best checkpoint (epoch {test['epoch']}), scored as `raysegment evaluate` does:")
+        print(format_summary(test, test["worst"]))
+        print(f"  -> {join(result.run_dir, 'test_metrics.json')}")
     print(f"done: {len(result.history)} epoch(s) in this run's history, best epoch {result.best_epoch}; "
           f"model at {result.best_dir}")
     return 0

@@ -12,10 +12,13 @@ import logging
 import os
 from dataclasses import dataclass
 
+from raysegment import logs
+from raysegment.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class PlanError(RuntimeError):
+class PlanError(UserError, RuntimeError):
     """The requested resources cannot be scheduled on this cluster."""
 
 
@@ -27,12 +30,15 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     runtime_env = _worker_runtime_env()
+    # Workers' output reaches this console only with --verbose (logs.py); it stays in Ray's session logs.
     if address:
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        ray.init(address=address, log_to_driver=logs.verbose(), runtime_env=runtime_env,
+                 logging_level=logs.ray_logging_level())
     else:
         # address="local": never silently join a cluster some earlier `ray start` left on this machine.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
-                 configure_logging=True, logging_level=logging.WARNING)
+                 configure_logging=True, logging_level=logs.ray_logging_level(), log_to_driver=logs.verbose())
+    logs.quiet_ray()
 
 
 def _worker_runtime_env() -> dict | None:
@@ -96,7 +102,8 @@ def cluster_resources() -> ClusterResources:
 
 def _pack(demand_cpu: float, demand_gpu: float, count: int, nodes: tuple[NodeResources, ...],
           reserve_cpu: float) -> int:
-    """How many of `count` bundles (cpu, gpu) fit on the nodes, first-fit, keeping `reserve_cpu` free in total."""
+    """How many of `count` bundles (cpu, gpu) fit on the nodes, first-fit, keeping `reserve_cpu` free in
+    total."""
     free = [[n.cpus, n.gpus] for n in nodes]
     placed = 0
     for _ in range(count):
@@ -112,6 +119,11 @@ def _pack(demand_cpu: float, demand_gpu: float, count: int, nodes: tuple[NodeRes
     return placed
 
 
+def _bundles(count: int, name: str, use_gpu: bool, cpus: float) -> str:
+    """e.g. "2 worker(s) x (1 GPU + 4 CPU)": what a plan asks for, in the words of its errors."""
+    return f"{count} {name}(s) x ({'1 GPU + ' if use_gpu else ''}{cpus:g} CPU)"
+
+
 @dataclass(frozen=True)
 class TrainPlan:
     num_workers: int
@@ -120,8 +132,7 @@ class TrainPlan:
     data_cpus: float  # CPUs left for Ray Data's decode / augmentation tasks
 
     def describe(self) -> str:
-        device = "1 GPU + " if self.use_gpu else ""
-        return (f"{self.num_workers} worker(s) x ({device}{self.cpus_per_worker:g} CPU), "
+        return (f"{_bundles(self.num_workers, 'worker', self.use_gpu, self.cpus_per_worker)}, "
                 f"{self.data_cpus:g} CPU left for data loading")
 
 
@@ -152,7 +163,8 @@ def plan_training(
             if cpus_per_worker >= 1:
                 cpus_per_worker = float(int(cpus_per_worker))
     gpu = 1.0 if use_gpu else 0.0
-    if cpus_per_worker <= 0 or _pack(cpus_per_worker, gpu, num_workers, resources.nodes, data_cpus) < num_workers:
+    if cpus_per_worker <= 0 or _pack(cpus_per_worker, gpu, num_workers, resources.nodes,
+                                     data_cpus) < num_workers:
         want = f"{num_workers} worker(s) x ({'1 GPU + ' if use_gpu else ''}{cpus_per_worker:g} CPU)"
         raise PlanError(
             f"cannot schedule {want} plus {data_cpus:g} CPU for data loading: the cluster has "
@@ -171,8 +183,7 @@ class InferPlan:
     decode_cpus: float  # CPUs left for decode/preprocess/postprocess tasks
 
     def describe(self) -> str:
-        device = "1 GPU + " if self.use_gpu else ""
-        return (f"{self.num_actors} inference actor(s) x ({device}{self.cpus_per_actor:g} CPU), "
+        return (f"{_bundles(self.num_actors, 'inference actor', self.use_gpu, self.cpus_per_actor)}, "
                 f"{self.decode_cpus:g} CPU for decode and postprocess")
 
 

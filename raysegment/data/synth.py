@@ -14,9 +14,7 @@ whatever n, and (apart from the noise) whatever size.
 
 from __future__ import annotations
 
-import argparse
 import os
-import time
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -195,7 +193,8 @@ def _render(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, n
     # --- attenuation at half resolution, drawn upright (soft tissue ~1, air-filled lung ~0.3 .. 0.5)
     tissue = _fill(arms, h, np.float32, rng.uniform(0.5, 0.9))
     tissue = blur(_fill(body, h, out=tissue), 0.01)  # the torso drawn over any overlap with the arms
-    thickness = 0.55 + 0.45 * np.sqrt(np.clip(1 - ((u - 0.5) / 0.5) ** 2, 0, 1))  # (h,) the chest is thicker mid-line
+    # (h,) the chest is thicker mid-line
+    thickness = 0.55 + 0.45 * np.sqrt(np.clip(1 - ((u - 0.5) / 0.5) ** 2, 0, 1))
     att = tissue * thickness[None, :]
 
     # Air thickness grows from zero at the lung edge inward, so the edges are soft; behind the
@@ -275,7 +274,7 @@ def make_phantom_16bit(seed: int, index: int, size: int = 512) -> tuple[np.ndarr
     return np.round(img * 4095).astype(np.uint16) << 4, left | right
 
 
-# ----------------------------------------------------------------------------- dataset + CLI
+# ----------------------------------------------------------------------------- dataset
 def write_dataset(out_dir: str, n: int, size: int = 512, seed: int = 0, layout: str = "generic") -> list[str]:
     """Write phantoms 0..n-1 as PNGs (masks 0/255 uint8) and return their ids (file stems).
 
@@ -298,28 +297,7 @@ def write_dataset(out_dir: str, n: int, size: int = 512, seed: int = 0, layout: 
         p = make_phantom(seed, i, size)
         masks = (p.left_mask, p.right_mask) if layout == "montgomery" else (p.mask,)
         cv2.imwrite(os.path.join(dirs[0], name + ".png"), p.image)
-        for d, m in zip(dirs[1:], masks):
+        for d, m in zip(dirs[1:], masks, strict=False):
             cv2.imwrite(os.path.join(d, name + ".png"), m.astype(np.uint8) * 255)
         ids.append(name)
     return ids
-
-
-def add_parser(subparsers) -> None:
-    """Register the `synth` subcommand on an argparse subparsers object."""
-    p: argparse.ArgumentParser = subparsers.add_parser("synth", help="write synthetic chest X-ray phantoms")
-    p.add_argument("--layout", choices=["montgomery", "generic"], default="generic")
-    p.add_argument("--n", type=int, default=20, help="number of phantoms")
-    p.add_argument("--size", type=int, default=512, help="image side, pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """`raysegment synth`: write the phantoms and report the rate."""
-    t0 = time.perf_counter()
-    ids = write_dataset(args.out, args.n, args.size, args.seed, args.layout)
-    dt = time.perf_counter() - t0
-    rate = len(ids) / max(dt, 1e-9)
-    print(f"wrote {len(ids)} phantoms ({args.layout}) to {args.out} in {dt:.1f}s ({rate:.0f} img/s)")
-    return 0

@@ -11,24 +11,45 @@ Which images: `--data` is a dataset (folder, s3:// prefix, manifest) split by da
 used. When the checkpoint records the digest of its training split and the split evaluated here differs,
 a warning says so: test images might have been training images.
 
+Scoring is evaluation/scoring.py (shared with `infer --ground-truth` and training's test evaluation); the
+summary is results.summarize_results (shared with infer), plus the worst cases by dice.
+
 Outputs in --out (local or s3://): per_image.parquet, per_image.csv (one row per image, errors included),
 summary.json (mean / sd / median / min / max per metric, micro dice, the worst cases).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
 import time
 from dataclasses import dataclass
 
-from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raysegment.data.datasets import load_split_dataset
+from raysegment.data.preprocess import preprocess_image
+from raysegment.errors import InputError, UserError
+from raysegment.evaluation.metrics import json_safe
+from raysegment.evaluation.scoring import score
+from raysegment.infer.postprocess import PostprocessConfig
+from raysegment.infer.predict import forward_probabilities
+from raysegment.infer.report import REPORT_METRICS
+from raysegment.infer.results import SCHEMA, SUMMARY_COLUMNS, summarize_results
+from raysegment.io import storage
+from raysegment.io.decode import decode_image
+from raysegment.model.checkpoint import load_model
+from raysegment.progress import Progress
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
-REPORT_METRICS = ("dice", "iou", "precision", "recall", "hd95", "hd95_mm")
 MANIFEST_NAME = "split_manifest.csv"
+ROW_COLUMNS = ["image_id", "split", "status", "error_stage", "error_type", "error", *REPORT_METRICS,
+               "tp", "fp", "fn", "height", "width", "lung_fraction", "mean_confidence", "qc_flag",
+               "qc_reasons", "truth_error", "image_uri", "truth_uri"]
 
 
 @dataclass
@@ -40,8 +61,6 @@ class Evaluation:
 
 def default_manifest(checkpoint: str) -> str:
     """RUN_DIR/split_manifest.csv for a checkpoint RUN_DIR/best (or RUN_DIR/checkpoint_epoch_NNNN)."""
-    from raysegment.io import storage
-
     return storage.join(storage.parent(checkpoint), MANIFEST_NAME)
 
 
@@ -50,9 +69,6 @@ def select_pairs(data: str, split: str, split_digest: str | None = None) -> tupl
 
     A run folder as `data` means its split_manifest.csv.
     """
-    from raysegment.data.datasets import load_split_dataset
-    from raysegment.io import storage
-
     if storage.exists(storage.join(data, MANIFEST_NAME)):  # a run folder: its own split
         data = storage.join(data, MANIFEST_NAME)
     dataset = load_split_dataset(data)
@@ -65,27 +81,23 @@ def select_pairs(data: str, split: str, split_digest: str | None = None) -> tupl
     return sorted(pairs, key=lambda p: p.image_id), data, warning
 
 
+def _error(row: dict, stage: str, e: Exception) -> None:
+    row.update(status="error", error_stage=stage, error_type=type(e).__name__,
+               error=f"{type(e).__name__}: {storage.redact(' '.join(str(e).split()))}")
+
+
 def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
                    threshold: float | None = None, progress: bool = False) -> list[dict]:
-    """Predict and score each pair. Rows carry status "error" (and the reason) for unreadable images or masks.
+    """Predict and score each pair (scoring.score). Unreadable images are rows with status "error" and the
+    reason; an unreadable truth mask leaves the row ok with `truth_error` and no metrics (as in infer).
 
     Batching only groups the decode work and the forward calls: forward_probabilities runs the same
     fixed-size micro-batches as predict.predict and the bulk pipeline, so results do not depend on it.
     """
-    import numpy as np
-
-    from raysegment.data.datasets import load_mask
-    from raysegment.data.preprocess import preprocess_image
-    from raysegment.evaluation.metrics import image_metrics, json_safe
-    from raysegment.infer.postprocess import PostprocessConfig, postprocess, qc_reasons
-    from raysegment.infer.predict import forward_probabilities
-    from raysegment.io import storage
-    from raysegment.io.decode import decode_image
-
     post = postprocess_config or PostprocessConfig()
     threshold = loaded.spec.threshold if threshold is None else threshold
     rows: list[dict] = []
-    t0 = time.perf_counter()
+    bar = Progress(len(pairs), "evaluate", "images") if progress else None
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         decoded = []  # (row, pair, DecodedImage, uint8 SxS model input, Geometry) of the pairs that decode
@@ -95,95 +107,48 @@ def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
             rows.append(row)
             try:
                 image = decode_image(storage.read_bytes(pair.image_uri), pair.image_uri)
-                model_input, geo = preprocess_image(image.image, loaded.spec.preprocess)
             except Exception as e:  # noqa: BLE001 - a bad file must not end an evaluation: it is an error row
-                row.update(status="error", error=f"{type(e).__name__}: {storage.redact(str(e))}")
+                _error(row, "decode", e)
+                continue
+            try:
+                model_input, geo = preprocess_image(image.image, loaded.spec.preprocess)
+            except Exception as e:  # noqa: BLE001 - as above
+                _error(row, "preprocess", e)
                 continue
             decoded.append((row, pair, image, model_input, geo))
-        if not decoded:
-            continue
-        probs = forward_probabilities(loaded.model, np.stack([d[3] for d in decoded]))
-        for (row, pair, image, _, geo), prob in zip(decoded, probs):
-            seg = postprocess(prob, geo, threshold, post)
-            reasons = qc_reasons(seg, post)
-            meta = image.meta
-            row.update(height=meta.height, width=meta.width, lung_fraction=seg.fraction,
-                       mean_confidence=json_safe(seg.mean_confidence), qc_flag=bool(reasons),
-                       qc_reasons=reasons)
-            try:
-                truth = load_mask(pair.mask_uris, seg.mask.shape, pair.image_uri)
-            except Exception as e:  # noqa: BLE001 - same for a bad mask file
-                row.update(status="error", error=f"mask: {type(e).__name__}: {storage.redact(str(e))}")
-                continue
-            row.update({k: json_safe(v) for k, v in image_metrics(seg.mask, truth,
-                                                                         meta.pixel_spacing_mm).items()})
-        if progress:
-            done = min(start + batch_size, len(pairs))
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            print(f"  {done}/{len(pairs)} images ({rate:.1f} images/s)", file=sys.stderr, flush=True)
+        if decoded:
+            probs = forward_probabilities(loaded.model, np.stack([d[3] for d in decoded]))
+            for (row, pair, image, _, geo), prob in zip(decoded, probs, strict=True):
+                meta = image.meta
+                scored = score(prob, geo, threshold, post, pair.mask_uris, pair.image_uri,
+                               meta.pixel_spacing_mm)
+                seg = scored.segmentation
+                row.update(height=meta.height, width=meta.width, lung_fraction=seg.fraction,
+                           mean_confidence=json_safe(seg.mean_confidence), qc_flag=bool(scored.qc_reasons),
+                           qc_reasons=scored.qc_reasons, truth_error=scored.truth_error,
+                           **(scored.metrics or {}))
+        if bar:
+            bar.update(len(chunk))
+    if bar:
+        bar.close()
     return rows
 
 
 def summarize_rows(rows: list[dict], worst: int = 5) -> dict:
-    """Per-metric mean / sd / median / min / max (NaN, None skipped), micro dice, worst cases by dice."""
-    import numpy as np
-
-    from raysegment.evaluation.metrics import MetricSums, summarize
-
-    scored = [r for r in rows if r["status"] == "ok"]
-    sums = MetricSums()
-    for r in scored:
-        sums.add({k: r[k] if r[k] is not None else float("nan") for k in (*REPORT_METRICS, "tp", "fp", "fn")})
-    by_dice = sorted(scored, key=lambda r: r["dice"])[:worst]
-    return {
-        "images": len(rows),
-        "scored": len(scored),
-        "errors": [{"image_id": r["image_id"], "image_uri": r["image_uri"], "error": r["error"]}
-                   for r in rows if r["status"] != "ok"],
-        "qc_flagged": sum(1 for r in scored if r["qc_flag"]),
-        "micro_dice": sums.means()["micro_dice"] if scored else float("nan"),
-        "metrics": {name: summarize(np.array([r[name] if r[name] is not None else np.nan for r in scored],
-                                             dtype=np.float64)) for name in REPORT_METRICS},
-        "worst": [{"image_id": r["image_id"], "dice": r["dice"], "iou": r["iou"], "hd95": r["hd95"],
-                   "qc_reasons": r["qc_reasons"]} for r in by_dice],
-    }
-
-
-def format_summary(summary: dict) -> str:
-    """The summary as a small text table."""
-    lines = [f"{'metric':<10}{'mean':>9}{'sd':>9}{'median':>9}{'min':>9}{'max':>9}{'n':>6}"]
-    for name, s in summary["metrics"].items():
-        if s["n"]:
-            stats = "".join(f"{s[k]:>9.4f}" for k in ("mean", "sd", "median", "min", "max"))
-            lines.append(f"{name:<10}{stats}{s['n']:>6}")
-        else:
-            lines.append(f"{name:<10}{'(no values)':>45}")
-    lines.append(f"micro dice (pixels pooled over images): {summary['micro_dice']:.4f}")
-    if summary["worst"]:
-        lines.append(f"worst {len(summary['worst'])} by dice:")
-        for w in summary["worst"]:
-            hd95 = w["hd95"] if w["hd95"] is not None else float("nan")
-            qc = f"  QC: {', '.join(w['qc_reasons'])}" if w["qc_reasons"] else ""
-            lines.append(f"  {w['image_id']:<32} dice {w['dice']:.4f}  iou {w['iou']:.4f}  "
-                         f"hd95 {hd95:.1f} px{qc}")
-    if summary["errors"]:
-        lines.append(f"{len(summary['errors'])} images could not be scored:")
-        lines += [f"  {e['image_id']}: {e['error']}" for e in summary["errors"][:10]]
-    return "\n".join(lines)
+    """results.summarize_results of the rows (the summary infer writes too), plus the worst cases by dice."""
+    columns = ["image_uri", *SUMMARY_COLUMNS]
+    table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows],
+                                 schema=pa.schema([SCHEMA.field(c) for c in columns]))
+    scored = sorted((r for r in rows if r["status"] == "ok" and r.get("dice") is not None),
+                    key=lambda r: r["dice"])
+    return {**summarize_results(table),
+            "worst": [{"image_id": r["image_id"], "dice": r["dice"], "iou": r["iou"], "hd95": r["hd95"],
+                       "qc_reasons": r["qc_reasons"]} for r in scored[:worst]]}
 
 
 def write_outputs(rows: list[dict], summary: dict, out: str) -> list[str]:
     """per_image.parquet, per_image.csv, summary.json under `out`; returns their URIs."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from raysegment.evaluation.metrics import json_safe
-    from raysegment.io import storage
-
-    columns = ["image_id", "split", "status", "error", *REPORT_METRICS, "tp", "fp", "fn", "height", "width",
-               "lung_fraction", "mean_confidence", "qc_flag", "qc_reasons", "image_uri", "truth_uri"]
-    frame = pd.DataFrame(rows).reindex(columns=columns)
+    frame = pd.DataFrame(rows).reindex(columns=ROW_COLUMNS)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
     csv = frame.assign(  # lists do not fit in a CSV cell
@@ -195,26 +160,22 @@ def write_outputs(rows: list[dict], summary: dict, out: str) -> list[str]:
     return uris
 
 
-
 def evaluate(checkpoint: str, data: str | None = None, split: str = "test", out: str | None = None,
              batch_size: int = 8, threshold: float | None = None, progress: bool = False) -> Evaluation:
     """Evaluate `checkpoint` on `split` of `data` (see the module docstring); writes to `out` when given."""
-    from raysegment.io import storage
-    from raysegment.model.checkpoint import load_model
-
     if split not in SPLIT_CHOICES:
-        raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
+        raise UserError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
     loaded = load_model(checkpoint)
     if data is None:
         data = default_manifest(checkpoint)
         if not storage.exists(data):
-            raise FileNotFoundError(f"no --data given and no {MANIFEST_NAME} beside the checkpoint ({data}); "
-                                    "pass the dataset (folder, s3:// prefix or manifest) with --data")
+            raise InputError(f"no --data given and no {MANIFEST_NAME} beside the checkpoint ({data})",
+                             hint="pass the dataset (folder, s3:// prefix or manifest) with --data")
     pairs, data, warning = select_pairs(data, split, loaded.config.get("split_digest"))
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     if not pairs:
-        raise ValueError(f"the '{split}' split of {data} is empty")
+        raise UserError(f"the '{split}' split of {data} is empty")
     t0 = time.perf_counter()
     rows = evaluate_pairs(loaded, pairs, batch_size, threshold=threshold, progress=progress)
     wall = time.perf_counter() - t0
@@ -226,40 +187,3 @@ def evaluate(checkpoint: str, data: str | None = None, split: str = "test", out:
     if out:
         write_outputs(rows, summary, out)
     return Evaluation(rows, summary, out)
-
-
-def add_parser(subparsers) -> None:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "evaluate", help="evaluate a checkpoint on a labelled split (metrics at original resolution)")
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint folder (local or s3://), e.g. RUN_DIR/best")
-    p.add_argument("--data", default=None,
-                   help="dataset folder / s3:// prefix / manifest, or a run folder or its split_manifest.csv "
-                        "(default: the split_manifest.csv next to the checkpoint)")
-    p.add_argument("--split", choices=SPLIT_CHOICES, default="test")
-    p.add_argument("--out", default=None,
-                   help="output folder (local or s3://); default CHECKPOINT/../evaluate_SPLIT")
-    p.add_argument("--batch-size", type=int, default=8, help="images decoded and run per step")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="probability threshold (default: the checkpoint's)")
-    add_s3_arguments(p)
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from raysegment.io import storage
-
-    apply_s3_arguments(args)
-    out = args.out or storage.join(storage.parent(args.checkpoint), f"evaluate_{args.split}")
-    try:
-        result = evaluate(args.checkpoint, args.data, args.split, out, max(1, args.batch_size),
-                          args.threshold, progress=True)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"raysegment evaluate: {e}", file=sys.stderr)
-        return 1
-    s = result.summary
-    print(f"evaluated {s['checkpoint']} (model {s['model_id']}) on the '{s['split']}' split of {s['data']}: "
-          f"{s['scored']} of {s['images']} images scored in {s['wall_s']:.1f}s, {s['qc_flagged']} QC-flagged")
-    print(format_summary(s))
-    print(f"wrote {storage.join(out, 'per_image.parquet')}, per_image.csv, summary.json")
-    return 0

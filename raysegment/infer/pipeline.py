@@ -12,7 +12,8 @@ probability as uint8 SxS (x 255), never float arrays. Every stage catches errors
 gets status "error", the stage and the reason, skips the later stages and still reaches the output.
 
 Resume: inputs whose latest ok row has the same model id, the same ground truth and unchanged identity
-(size, mtime, ETag) are skipped; error rows are retried. Each run writes under its own prefix and results.read_results dedupes.
+(size, mtime, ETag) are skipped; error rows are retried. Each run writes under its own prefix and
+results.read_results dedupes.
 
 Sizing (cluster.plan_inference): one actor per GPU when there are GPUs (bf16 autocast, channels_last);
 on CPU one single-threaded actor per CPU minus a decode share (max(0.5, CPUs/8)): the forward is ~95% of
@@ -36,11 +37,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import raysegment
+from raysegment import logs
 from raysegment.cluster.plan import ClusterResources, InferPlan, cluster_resources, connect, plan_inference
-from raysegment.data.datasets import discover, load_mask
+from raysegment.data.datasets import discover
 from raysegment.data.preprocess import PreprocessConfig, geometry, preprocess_image
-from raysegment.evaluation.metrics import image_metrics, json_safe
-from raysegment.infer.postprocess import PostprocessConfig, postprocess, qc_reasons
+from raysegment.errors import InputError
+from raysegment.evaluation.metrics import json_safe
+from raysegment.evaluation.scoring import score
+from raysegment.infer.postprocess import PostprocessConfig
 from raysegment.infer.results import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -51,9 +55,10 @@ from raysegment.infer.results import (
     run_uri,
     summarize_results,
 )
-from raysegment.io import storage
+from raysegment.io import preflight, storage
 from raysegment.io.decode import decode_image, encode_mask_png
 from raysegment.io.inputs import InputItem, list_inputs, mask_key
+from raysegment.progress import Progress, poll, remote_counter
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +94,8 @@ class InferConfig:
 
 def new_run_id() -> str:
     """Sortable and unique: 20250101T120000Z-1a2b3c."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 # --- stage schemas: what travels between stages ---------------------------------------------------
@@ -187,8 +193,8 @@ class InferActor:
         torch.set_num_threads(threads)  # once, so forward_probabilities never has to switch
         self.loaded = load_model(checkpoint, "cuda" if use_gpu else "cpu")
         if self.loaded.model_id != model_id:
-            raise RuntimeError(f"checkpoint {checkpoint} changed during the run: weights {self.loaded.model_id}, "
-                               f"expected {model_id}")
+            raise RuntimeError(f"checkpoint {checkpoint} changed during the run: weights "
+                               f"{self.loaded.model_id}, expected {model_id}")
         if use_gpu:
             self.loaded.model.to(memory_format=torch.channels_last)
         self.size = self.loaded.spec.preprocess.size
@@ -205,7 +211,8 @@ class InferActor:
         todo = [r for r in rows if r["status"] == "ok"]
         if todo:
             t0 = time.perf_counter()
-            images = np.stack([np.frombuffer(r["image"], np.uint8).reshape(self.size, self.size) for r in todo])
+            images = np.stack([np.frombuffer(r["image"], np.uint8).reshape(self.size, self.size)
+                               for r in todo])
             try:
                 probs = list(self._forward(images))
             except Exception:  # noqa: BLE001 - find the culprit(s) one row at a time (same results by design)
@@ -217,7 +224,7 @@ class InferActor:
                         _fail(row, "infer", e)
                         probs.append(None)
             per_row = _ms(t0) / len(todo)
-            for row, prob in zip(todo, probs):
+            for row, prob in zip(todo, probs, strict=False):
                 row["prob"] = None if prob is None else prob.tobytes()
                 row["infer_ms"] = per_row
         for row in rows:
@@ -238,6 +245,7 @@ class PostprocessJob:
     postprocess: PostprocessConfig
     masks_out: str | None
     s3: storage.S3Options
+    counter: object = None  # progress.Counter actor: rows finished, for the driver's progress bar
 
 
 def _finite(value: float) -> float | None:
@@ -256,9 +264,10 @@ def _finish_row(row: dict, job: PostprocessJob) -> dict:
     spacing = spacing if None not in spacing else None
     try:
         prob = np.frombuffer(row["prob"], np.uint8).reshape(size, size)
-        seg = postprocess(prob, geometry(row["height"], row["width"], job.preprocess), job.threshold,
-                          job.postprocess)
-        reasons = qc_reasons(seg, job.postprocess)
+        truth_uris = tuple(row["truth_uri"].split("|")) if row.get("truth_uri") else None
+        scored = score(prob, geometry(row["height"], row["width"], job.preprocess), job.threshold,
+                       job.postprocess, truth_uris, row["image_uri"], spacing)
+        seg, reasons = scored.segmentation, scored.qc_reasons
         measured = {
             "mask_png": encode_mask_png(seg.mask), "threshold": job.threshold, "lung_area_px": seg.area_px,
             "lung_fraction": seg.fraction, "right_lung_area_px": seg.right_area_px,
@@ -274,14 +283,8 @@ def _finish_row(row: dict, job: PostprocessJob) -> dict:
         _fail(out, "postprocess", e)
         return out
     out.update(measured)
-    if row.get("truth_uri"):
-        # A bad truth file is the ground truth's problem, not the prediction's: the row stays ok.
-        try:
-            truth = load_mask(tuple(row["truth_uri"].split("|")), seg.mask.shape, row["image_uri"])
-            scores = image_metrics(seg.mask, truth, spacing)
-            out.update({k: _finite(v) if isinstance(v, float) else v for k, v in scores.items()})
-        except Exception as e:  # noqa: BLE001 - recorded as truth_error
-            out["truth_error"] = storage.redact(" ".join(str(e).split()))[:1000]
+    # A bad truth file is the ground truth's problem, not the prediction's: the row stays ok.
+    out.update(scored.metrics or {}, truth_error=scored.truth_error)
     out["postprocess_ms"] = _ms(t0)
     out["total_ms"] = sum(out.get(k) or 0.0 for k in ("read_ms", "decode_ms", "infer_ms", "postprocess_ms"))
     return out
@@ -290,7 +293,10 @@ def _finish_row(row: dict, job: PostprocessJob) -> dict:
 def postprocess_batch(batch: pa.Table, job: PostprocessJob) -> pa.Table:
     """INFERRED_SCHEMA rows -> output rows (results.SCHEMA)."""
     _single_threaded_cv2()
-    return pa.Table.from_pylist([_finish_row(row, job) for row in batch.to_pylist()], schema=SCHEMA)
+    rows = [_finish_row(row, job) for row in batch.to_pylist()]
+    if job.counter is not None:
+        job.counter.add.remote(len(rows))  # fire and forget: progress only
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
 # --- driver ---------------------------------------------------------------------------------------
@@ -316,7 +322,8 @@ def _truth_index(uri: str) -> dict[str, str]:
 def _inputs_table(items: list[InputItem], truth: dict[str, str]) -> pa.Table:
     return pa.Table.from_pylist(
         [{"image_uri": i.uri, "image_id": i.image_id, "key": i.key, "input_size": i.size,
-          "input_mtime_ns": i.mtime_ns, "input_etag": i.etag, "truth_uri": truth.get(i.image_id)} for i in items],
+          "input_mtime_ns": i.mtime_ns, "input_etag": i.etag,
+          "truth_uri": truth.get(i.image_id)} for i in items],
         schema=INPUT_SCHEMA,
     )
 
@@ -335,18 +342,21 @@ def build_dataset(inputs: pa.Table, config: InferConfig, plan_: InferPlan, job: 
     threads = config.torch_threads or (max(1, int(plan_.cpus_per_actor)) if plan_.use_gpu else CPU_THREADS)
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=task_cpus,
-                        fn_kwargs={"preprocess": job.preprocess, "spacing_mm": config.pixel_spacing_mm, "s3": config.s3},
+                        fn_kwargs={"preprocess": job.preprocess, "spacing_mm": config.pixel_spacing_mm,
+                                   "s3": config.s3},
                         udf_modifying_row_count=False)
     ds = ds.map_batches(
         InferActor, batch_size=batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan_.num_actors),
         num_cpus=plan_.cpus_per_actor, num_gpus=1 if plan_.use_gpu else 0,
-        fn_constructor_kwargs={"checkpoint": config.checkpoint, "model_id": job.model_id, "use_gpu": plan_.use_gpu,
+        fn_constructor_kwargs={"checkpoint": config.checkpoint, "model_id": job.model_id,
+                               "use_gpu": plan_.use_gpu,
                                "threads": threads, "micro_batch": batch_size if plan_.use_gpu else 1,
                                "s3": config.s3},
         udf_modifying_row_count=False,
     )
-    return ds.map_batches(postprocess_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=task_cpus,
+    return ds.map_batches(postprocess_batch, batch_size=batch_size, batch_format="pyarrow",
+                          num_cpus=task_cpus,
                           fn_kwargs={"job": job}, udf_modifying_row_count=False), task_cpus
 
 
@@ -357,20 +367,30 @@ def _json(obj) -> str:
 
 def run_inference(config: InferConfig) -> dict:
     """Run (or resume) bulk inference; returns the summary (also written as summary.json)."""
+    import ray
+
     from raysegment.infer.predict import GPU_MICRO_BATCH
     from raysegment.model.checkpoint import load_model, versions
 
     storage.set_default_s3_options(config.s3)
-    loaded = load_model(config.checkpoint)  # fail here, before any Ray work, on a bad checkpoint
-    connect(config.address)
+    # Everything that can be wrong with the request fails here, in seconds, before Ray starts.
+    preflight.check_reachable(config.input, config.checkpoint, config.output, config.masks_out,
+                              config.ground_truth)
+    preflight.require_exists(config.input, "--input")
+    if config.ground_truth:
+        preflight.require_exists(config.ground_truth, "--ground-truth")
+    loaded = load_model(config.checkpoint)
     run_id = config.run_id or new_run_id()
     threshold = loaded.spec.threshold if config.threshold is None else config.threshold
     items = list_inputs(config.input, config.manifest_column, config.limit,
                         exclude=(config.output, config.masks_out or ""), s3=config.s3)
+    if not items:
+        raise InputError(f"--input {config.input}: no images found (PNG, JPEG, TIFF, DICOM)")
     truth = _truth_index(config.ground_truth) if config.ground_truth else {}
     done = done_inputs(config.output) if config.resume else {}
     todo = [i for i in items if not is_done(done.get(i.uri), loaded.model_id, i.size, i.mtime_ns, i.etag,
                                             truth.get(i.image_id))]
+    connect(config.address)
     plan_ = plan(config, cluster_resources())
     use_gpu = plan_.use_gpu
     batch_size = config.batch_size or (GPU_MICRO_BATCH if use_gpu else CPU_BATCH)
@@ -378,8 +398,10 @@ def run_inference(config: InferConfig) -> dict:
     print(f"raysegment infer {run_id}: {len(items)} inputs, {len(todo)} to do, {len(items) - len(todo)} done "
           f"earlier (resume); model {loaded.model_id}; {plan_.describe()}; batch {batch_size}; -> {out_uri}",
           flush=True)
+    logs.set_destination(out_uri)
+    counter = remote_counter() if todo else None
     job = PostprocessJob(run_id, loaded.model_id, threshold, loaded.spec.preprocess, config.postprocess,
-                         config.masks_out, config.s3)
+                         config.masks_out, config.s3, counter)
     storage.write_text(storage.join(out_uri, "run.json"), _json({
         "run_id": run_id, "config": asdict(config), "model_id": loaded.model_id, "threshold": threshold,
         "plan": asdict(plan_), "batch_size": batch_size, "inputs": len(items), "todo": len(todo),
@@ -390,8 +412,12 @@ def run_inference(config: InferConfig) -> dict:
     if todo:
         ds, task_cpus = build_dataset(_inputs_table(todo, truth), config, plan_, job, batch_size)
         fs, path = storage.filesystem(out_uri, config.s3)
-        ds.write_parquet(path, filesystem=fs, min_rows_per_file=config.rows_per_file,
-                         ray_remote_args={"num_cpus": task_cpus})
+        def rows_done() -> tuple[int, str]:
+            return ray.get(counter.get.remote()), ""
+
+        with Progress(len(todo), "infer", "images") as bar, poll(rows_done, bar):
+            ds.write_parquet(path, filesystem=fs, min_rows_per_file=config.rows_per_file,
+                             ray_remote_args={"num_cpus": task_cpus})
     wall = time.perf_counter() - t0
 
     # The summary describes every input of this invocation as the output now stands (this run's rows
@@ -400,7 +426,8 @@ def run_inference(config: InferConfig) -> dict:
     table = table.filter(pc.is_in(table.column("image_uri"), value_set=pa.array([i.uri for i in items],
                                                                                  pa.string())))
     written = read_results(config.output, columns=["run_id"], all_rows=True)
-    written_now = int(pc.sum(pc.equal(written.column("run_id"), run_id)).as_py() or 0) if written.num_rows else 0
+    written_now = int(pc.sum(pc.equal(written.column("run_id"),
+                                      run_id)).as_py() or 0) if written.num_rows else 0
     summary = {
         "run_id": run_id, "output": config.output, "model_id": loaded.model_id,
         "inputs_seen": len(items), "processed": len(todo), "rows_written": written_now,
@@ -413,28 +440,11 @@ def run_inference(config: InferConfig) -> dict:
     summary = json_safe(summary)
     storage.write_text(storage.join(out_uri, "summary.json"), _json(summary))
     storage.write_text(storage.join(config.output, "summary.json"), _json(summary))
-    print(format_summary(summary), flush=True)
     return summary
 
 
-def format_summary(s: dict) -> str:
-    """A few readable lines for the end of a run."""
-    lines = [
-        f"raysegment infer {s['run_id']}: {s['inputs_seen']} inputs: {s['ok']} ok, {s['errors']} errors, "
-        f"{s['skipped_resume']} skipped (done earlier); processed {s['processed']} in {s['wall_s']:.1f}s"
-        + (f" ({s['images_per_s']:.2f} images/s)" if s["images_per_s"] else ""),
-    ]
-    if s["errors_by_reason"]:
-        lines.append("  errors: " + ", ".join(f"{k} x{v}" for k, v in s["errors_by_reason"].items()))
-        lines += [f"    {e}" for e in s["error_examples"]]
-    lines.append(f"  QC flagged: {s['qc_flagged']}" + (
-        " (" + ", ".join(f"{k} x{v}" for k, v in s["qc_reasons"].items()) + ")" if s["qc_reasons"] else ""))
-    if "metrics" in s:
-        m = s["metrics"]
-        parts = [f"{name} mean {m[name]['mean']:.4f} median {m[name]['median']:.4f}"
-                 for name in ("dice", "iou", "hd95") if m[name]["n"]]
-        lines.append(f"  vs ground truth ({m['n_scored']} images): " + "; ".join(parts))
-    if s["missing"]:
-        lines.append(f"  WARNING: {s['missing']} inputs have no row; run the same command again to resume")
-    lines.append(f"  results: {s['output']}")
-    return "\n".join(lines)
+def summary_header(s: dict) -> str:
+    """The first line of a run's report (report.format_summary follows it)."""
+    return (f"raysegment infer {s['run_id']}: {s['inputs_seen']} inputs, {s['skipped_resume']} skipped (done "
+            f"earlier); processed {s['processed']} in {s['wall_s']:.1f}s"
+            + (f" ({s['images_per_s']:.2f} images/s)" if s["images_per_s"] else ""))

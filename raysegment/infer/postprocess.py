@@ -85,9 +85,11 @@ def _largest(areas: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-areas, kind="stable")[:k] + 1
 
 
-def keep_largest_components(mask: np.ndarray, k: int = 2) -> np.ndarray:
-    """bool HxW -> bool HxW with only the k largest 8-connected components (k <= 0 keeps all)."""
-    n, labels, areas, _ = components(mask)
+def keep_largest_components(mask: np.ndarray, k: int = 2, labelled: tuple | None = None) -> np.ndarray:
+    """bool HxW -> bool HxW with only the k largest 8-connected components (k <= 0 keeps all).
+
+    `labelled`: components(mask) when the caller has it already (saves labelling the image twice)."""
+    n, labels, areas, _ = labelled or components(mask)
     if k <= 0 or n <= k:
         return mask.copy()
     lut = np.zeros(n + 1, dtype=bool)
@@ -137,9 +139,7 @@ def postprocess(prob_u8: np.ndarray, geo: Geometry, threshold: float,
     mask = prob > np.float32(threshold)
     n_raw, labels, areas, cx = components(mask)
     if 0 < config.keep_largest < n_raw:
-        lut = np.zeros(n_raw + 1, dtype=bool)
-        lut[_largest(areas, config.keep_largest)] = True
-        mask = lut[labels]
+        mask = keep_largest_components(mask, config.keep_largest, (n_raw, labels, areas, cx))
     if config.fill_holes:
         mask = fill_holes(mask)
     if config.fill_holes or 0 < config.keep_largest < n_raw:  # the components changed: measure again

@@ -177,7 +177,8 @@ def _dicom_size(ds, name: str) -> tuple[int, int]:
         return int(ds.Rows), int(ds.Columns)
     except Exception as e:
         raise _error(
-            "DICOM has no readable Rows/Columns: the file is truncated, or not an image (e.g. a structured report)",
+            "DICOM has no readable Rows/Columns: the file is truncated, or not an image (e.g. a structured "
+            "report)",
             name,
         ) from e
 
@@ -218,7 +219,7 @@ def _check_tiff_complete(pil_image, data: bytes, name: str) -> None:
     offsets = tags.get(273) or tags.get(324)  # StripOffsets / TileOffsets
     counts = tags.get(279) or tags.get(325)  # StripByteCounts / TileByteCounts
     try:
-        end = max(int(o) + int(c) for o, c in zip(offsets, counts))
+        end = max(int(o) + int(c) for o, c in zip(offsets, counts, strict=False))
     except (TypeError, ValueError):  # missing or mistyped tags: let the decoder judge
         return
     if end > len(data):
@@ -568,62 +569,3 @@ def encode_png(image: np.ndarray) -> bytes:
     if not ok:
         raise ValueError(f"cv2 could not encode an image of shape {image.shape} as PNG")
     return buf.tobytes()
-
-
-# --------------------------------------------------------------------------- test fixtures
-
-
-def make_dicom_bytes(
-    array: np.ndarray,
-    *,
-    photometric: str = "MONOCHROME2",
-    slope: float = 1.0,
-    intercept: float = 0.0,
-    window: tuple[float, float] | None = None,
-    pixel_spacing: tuple[float, float] | None = None,
-    imager_pixel_spacing: tuple[float, float] | None = None,
-    bits_stored: int = 16,
-) -> bytes:
-    """A minimal valid DICOM file (Explicit VR Little Endian, 16-bit unsigned, one frame).
-
-    array: uint16 HxW stored values; window: (centre, width) in modality (rescaled) units;
-    spacings: (row, col) mm. For tests and fixtures; lives here so Ray workers can import it.
-    """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    array = np.asarray(array)
-    if array.ndim != 2 or array.dtype.kind not in "ui" or array.min() < 0 or array.max() > 65535:
-        raise ValueError("make_dicom_bytes needs an HxW integer array with values in 0..65535")
-    array = np.ascontiguousarray(array, dtype="<u2")
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = array.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    if slope != 1.0 or intercept != 0.0:
-        ds.RescaleSlope = f"{slope:g}"
-        ds.RescaleIntercept = f"{intercept:g}"
-    if window is not None:
-        ds.WindowCenter = f"{window[0]:g}"
-        ds.WindowWidth = f"{window[1]:g}"
-    if pixel_spacing is not None:
-        ds.PixelSpacing = [f"{v:g}" for v in pixel_spacing]
-    if imager_pixel_spacing is not None:
-        ds.ImagerPixelSpacing = [f"{v:g}" for v in imager_pixel_spacing]
-    ds.PixelData = array.tobytes()
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()

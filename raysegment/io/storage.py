@@ -32,7 +32,8 @@ import pyarrow.fs as pafs
 
 ANONYMOUS_ENV = "RAYSEGMENT_S3_ANONYMOUS"
 # Non-secret S3 settings every Ray worker must share with the driver.
-WORKER_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", ANONYMOUS_ENV)
+WORKER_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+                   ANONYMOUS_ENV)
 
 
 def _env_flag(name: str) -> bool:
@@ -97,7 +98,8 @@ def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts),
     }
     if options.endpoint_url:
-        parsed = urlparse(options.endpoint_url if "://" in options.endpoint_url else "https://" + options.endpoint_url)
+        url = options.endpoint_url
+        parsed = urlparse(url if "://" in url else "https://" + url)
         kwargs["endpoint_override"] = parsed.netloc
         kwargs["scheme"] = parsed.scheme
     return pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v is not None})
@@ -220,19 +222,6 @@ def upload_dir(local_dir: str, uri: str, s3: S3Options | None = None) -> None:
             rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
             with open(src, "rb") as f:
                 write_bytes(join(uri, rel), f.read(), s3)
-
-
-def download_dir(uri: str, local_dir: str, s3: S3Options | None = None) -> str:
-    """Copy a folder or prefix to a local folder; returns local_dir."""
-    _, path = filesystem(uri, s3)
-    for entry in list_files(uri, s3=s3):
-        inner = filesystem(entry.uri, s3)[1]
-        rel = posixpath.relpath(inner, path) if is_s3(uri) else os.path.relpath(inner, path)
-        dest = os.path.join(local_dir, rel)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        with open(dest, "wb") as f:
-            f.write(read_bytes(entry.uri, s3))
-    return local_dir
 
 
 # Secrets must never reach logs, errors, saved configs or Parquet metadata.

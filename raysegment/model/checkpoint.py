@@ -17,6 +17,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from raysegment.data.preprocess import PreprocessConfig
+from raysegment.errors import CheckpointError
 from raysegment.io import storage
 from raysegment.model.unet import UNet, UNetConfig
 
@@ -34,11 +35,13 @@ class ModelSpec:
     threshold: float = 0.5  # on the sigmoid probability
 
     def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "preprocess": self.preprocess.to_dict(), "threshold": self.threshold}
+        return {"model": self.model.to_dict(), "preprocess": self.preprocess.to_dict(),
+                "threshold": self.threshold}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
-        return cls(UNetConfig(**d["model"]), PreprocessConfig(**d["preprocess"]), float(d.get("threshold", 0.5)))
+        return cls(UNetConfig(**d["model"]), PreprocessConfig(**d["preprocess"]),
+                   float(d.get("threshold", 0.5)))
 
 
 @dataclass
@@ -79,29 +82,38 @@ def save_checkpoint(uri: str, model: torch.nn.Module, spec: ModelSpec, extra: di
     """Write model.safetensors + config.json under `uri` (folder, local or s3). Returns the model id."""
     weights = save_safetensors(clean_state_dict(model))
     model_id = weights_digest(weights)
-    config = {"format_version": FORMAT_VERSION, **spec.to_dict(), "model_id": model_id, "versions": versions()}
+    config = {"format_version": FORMAT_VERSION, **spec.to_dict(), "model_id": model_id,
+              "versions": versions()}
     config.update(extra or {})
     storage.write_bytes(storage.join(uri, WEIGHTS_FILE), weights)
     storage.write_text(storage.join(uri, CONFIG_FILE), json.dumps(config, indent=2, default=str))
     return model_id
 
 
+CHECKPOINT_HINT = (f"a checkpoint is a folder with {WEIGHTS_FILE} and {CONFIG_FILE}, e.g. RUN_DIR/best "
+                   "written by `raysegment train`")
+
+
 def read_config(uri: str) -> dict:
     config_uri = storage.join(uri, CONFIG_FILE)
     if not storage.exists(config_uri):
-        raise FileNotFoundError(
-            f"no {CONFIG_FILE} in {uri}: a checkpoint is a folder with {WEIGHTS_FILE} and {CONFIG_FILE} "
-            f"(e.g. RUN_DIR/best written by `raysegment train`)"
-        )
+        raise CheckpointError(f"no {CONFIG_FILE} in checkpoint {uri}", hint=CHECKPOINT_HINT)
     return json.loads(storage.read_text(config_uri))
 
 
 def load_model(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a checkpoint folder (local path or s3:// URI) into an eval-mode UNet. No Ray needed."""
+    """Load a checkpoint folder (local path or s3:// URI) into an eval-mode UNet. No Ray needed.
+
+    Raises errors.CheckpointError (a UserError) when the folder is missing or does not load.
+    """
     config = read_config(uri)
-    spec = ModelSpec.from_dict(config)
-    weights = storage.read_bytes(storage.join(uri, WEIGHTS_FILE))
-    model = UNet.from_config(spec.model)
-    model.load_state_dict(load_safetensors(weights))
+    try:
+        spec = ModelSpec.from_dict(config)
+        weights = storage.read_bytes(storage.join(uri, WEIGHTS_FILE))
+        model = UNet.from_config(spec.model)
+        model.load_state_dict(load_safetensors(weights))
+    except Exception as e:  # a truncated, foreign or mismatched checkpoint: one user error
+        raise CheckpointError(f"checkpoint {uri} does not load: {type(e).__name__}: {e}",
+                              hint=CHECKPOINT_HINT) from e
     model.to(device).eval()
     return LoadedModel(model, spec, weights_digest(weights), config)

@@ -14,16 +14,19 @@ on two synthetic phantoms; the export fails unless max |exported - PyTorch| <= -
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import sys
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.data.preprocess import preprocess_image, to_tensor
+from raysegment.data.synth import make_phantom
+from raysegment.errors import UserError
+from raysegment.io import storage
+from raysegment.model.checkpoint import load_model
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -31,7 +34,7 @@ DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """The export ran but the exported model does not reproduce PyTorch (or a dependency is missing)."""
 
 
@@ -62,9 +65,6 @@ def verification_batch(preprocess_config, n: int = 2):
 
     n = 2 while the export traces with batch 1, so the dynamic batch axis is exercised too.
     """
-    from raysegment.data.preprocess import preprocess_image, to_tensor
-    from raysegment.data.synth import make_phantom
-
     size = preprocess_config.size
     images = [make_phantom(seed=0, index=i, size=max(2 * size, 64)).image for i in range(n)]
     batch = np.stack([preprocess_image(im.astype(np.float32) / 255.0, preprocess_config)[0] for im in images])
@@ -72,8 +72,6 @@ def verification_batch(preprocess_config, n: int = 2):
 
 
 def _export_onnx(model, example, opset: int, config: dict) -> bytes:
-    import torch
-
     onnx, _ = _require_onnx()
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -101,8 +99,6 @@ def _run_onnx(data: bytes, x: np.ndarray) -> np.ndarray:
 
 
 def _export_torchscript(model, example, config: dict) -> bytes:
-    import torch
-
     with warnings.catch_warnings():
         # trace, not script: UNet keeps a dataclass config that TorchScript cannot compile, and at a fixed
         # S the padding branch is a constant. torch.jit is deprecated in favour of torch.export but is
@@ -115,8 +111,6 @@ def _export_torchscript(model, example, config: dict) -> bytes:
 
 
 def _run_torchscript(data: bytes, x: np.ndarray) -> np.ndarray:
-    import torch
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
@@ -131,13 +125,8 @@ def export_model(
 
     Nothing is written when the exported model differs from PyTorch by more than `atol`.
     """
-    import torch
-
-    from raysegment.io import storage
-    from raysegment.model.checkpoint import load_model
-
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        raise UserError(f"format must be one of {FORMATS}, got {fmt!r}")
     if fmt == "onnx":
         _require_onnx()  # fail before the slow part
     loaded = load_model(checkpoint)
@@ -176,31 +165,3 @@ def export_model(
     sidecar = out + ".json"
     storage.write_text(sidecar, json.dumps(config, indent=2, default=str))
     return ExportResult(out, sidecar, fmt, diff, len(data))
-
-
-def add_parser(subparsers) -> None:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "export", help="export a checkpoint to ONNX or TorchScript (verified against PyTorch)")
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint folder (local or s3://), e.g. RUN_DIR/best")
-    p.add_argument("--format", choices=FORMATS, default="onnx")
-    p.add_argument("--out", default=None,
-                   help="output file or folder (local or s3://); "
-                        "default CHECKPOINT/model.onnx or model.torchscript.pt")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
-    p.add_argument("--atol", type=float, default=1e-4, help="max allowed |exported - PyTorch| on the logits")
-    add_s3_arguments(p)
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    apply_s3_arguments(args)
-    try:
-        result = export_model(args.checkpoint, args.format, args.out, args.opset, args.atol)
-    except (ExportError, FileNotFoundError, ValueError) as e:
-        print(f"raysegment export: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {result.path} ({result.format}, {result.size_bytes / 1e6:.1f} MB) and {result.sidecar}")
-    print(f"verified on 2 synthetic phantoms: max |{result.format} - pytorch| = {result.max_abs_diff:.2e} "
-          f"(atol {args.atol:g})")
-    return 0

@@ -32,12 +32,13 @@ import yaml
 
 from raysegment.data.augment import AugmentConfig
 from raysegment.data.preprocess import PreprocessConfig
+from raysegment.errors import UserError
 from raysegment.io import storage
 from raysegment.model.unet import UNetConfig
 from raysegment.train.losses import LOSSES
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file, override or value is invalid; the message names the key."""
 
 
@@ -142,7 +143,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=False)))
     ok = False
     if hint is bool:
         ok = isinstance(value, bool)
@@ -193,8 +194,10 @@ def validate(config: TrainConfig) -> None:
     d, o, s, r = config.data, config.optim, config.scaling, config.run
     _check(all(f >= 0 for f in d.split) and abs(sum(d.split) - 1) < 1e-6, "data.split",
            "must be three non-negative fractions (train, val, test) summing to 1", list(d.split))
-    _check(d.split[0] > 0 and d.split[1] > 0, "data.split", "train and val fractions must be > 0", list(d.split))
-    _check(config.model.in_channels == 1, "model.in_channels", "must be 1 (the data pipeline feeds grayscale)",
+    _check(d.split[0] > 0 and d.split[1] > 0, "data.split", "train and val fractions must be > 0",
+           list(d.split))
+    _check(config.model.in_channels == 1, "model.in_channels",
+           "must be 1 (the data pipeline feeds grayscale)",
            config.model.in_channels)
     _check(config.model.out_channels == 1, "model.out_channels", "must be 1 (binary lung mask)",
            config.model.out_channels)
@@ -237,7 +240,8 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'model.base_channels=8' -> ('model.base_channels', 8); values are parsed as YAML (8, 1.5, true, null)."""
+    """'model.base_channels=8' -> ('model.base_channels', 8); values are parsed as YAML (8, 1.5, true,
+    null)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip() or not re.fullmatch(r"[A-Za-z_][\w.]*", key.strip()):
         raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. optim.lr=0.001")

@@ -7,7 +7,8 @@ Run directory = the Ray Train run directory `{run.storage_path}/{run.name}/` (lo
     checkpoint_epoch_NNNN/ Ray Train checkpoints: model.safetensors + config.json + train_state.pt.
                            Ray keeps the best `run.checkpoints_to_keep` by val_dice AND always the latest.
     best/                  copy of the best checkpoint (model.safetensors + config.json): load_model(it)
-    test_metrics.json      the best checkpoint on the test split (per image and means)
+    test_metrics.json      best/ on the test split, scored as `raysegment evaluate` does (scoring.py)
+    raysegment.log         the full log of a `raysegment train` run (logs.py)
     checkpoint_manager_snapshot.json  Ray's bookkeeping: what makes a rerun with the same name resume
 
 Resume: run again with the same run.name and storage_path; each worker gets the LATEST checkpoint from
@@ -21,11 +22,11 @@ import json
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from raysegment import logs
 from raysegment.evaluation.metrics import json_safe
-from raysegment.io import storage
+from raysegment.io import preflight, storage
 from raysegment.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from raysegment.progress import Progress, poll
 from raysegment.train.config import ConfigError, TrainConfig, load_config, save_config
 
 
@@ -36,7 +37,8 @@ class TrainResult:
     history: list[dict]  # metrics.csv rows
     best_epoch: int
     test_metrics: dict | None
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: ray_init, ingest, first_step, fit, total
+    # seconds: ray_init, ingest, first_step, fit, total
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def default_run_name() -> str:
@@ -50,33 +52,26 @@ def copy_checkpoint(src_uri: str, dest_uri: str) -> None:
 
 
 
-def evaluate_checkpoint(checkpoint_uri: str, pairs, batch_size: int = 8) -> dict:
-    """Evaluate a checkpoint (no Ray) on labelled pairs at model resolution.
+def evaluate_checkpoint(checkpoint_uri: str, run_dir: str, split: str = "test") -> dict:
+    """The checkpoint on the run's `split`, scored as `raysegment evaluate` scores it (the one scoring path:
+    post-processed at the original resolution). Returns evaluate's summary plus per-image rows ("images")."""
+    from raysegment.evaluation.evaluate import evaluate
 
-    Returns {"n", "means" (MetricSums.means: macro means + micro_dice), "images": [per-image metrics]}.
-    """
-    import torch
+    result = evaluate(checkpoint_uri, storage.join(run_dir, "split_manifest.csv"), split)
+    keep = ("image_id", "status", "error", "dice", "iou", "precision", "recall", "hd95", "hd95_mm", "tp",
+            "fp", "fn", "qc_reasons", "truth_error")
+    return {**result.summary, "images": [{k: r.get(k) for k in keep} for r in result.rows]}
 
-    from raysegment.data.preprocess import to_tensor
-    from raysegment.evaluation.metrics import MetricSums, image_metrics
-    from raysegment.model.checkpoint import load_model
-    from raysegment.train.data import prepare_pair
-    from raysegment.train.loop import predict_masks
 
-    loaded = load_model(checkpoint_uri)
-    sums, per_image = MetricSums(), []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        prepared = [prepare_pair(p, loaded.spec.preprocess) for p in chunk]
-        images = np.stack([image for image, _ in prepared])
-        with torch.no_grad():
-            pred = predict_masks(loaded.model(to_tensor(images)), loaded.spec.threshold)[:, 0].numpy()
-        for pair, (_, mask), p in zip(chunk, prepared, pred):
-            m = image_metrics(p, mask.astype(bool))
-            sums.add(m)
-            per_image.append({"image_id": pair.image_id, **m})
-    return {"checkpoint": checkpoint_uri, "model_id": loaded.model_id, "n": len(per_image),
-            "means": sums.means(), "images": per_image}
+def epoch_progress(run_dir: str) -> tuple[int, str]:
+    """(last epoch, "loss .. val dice ..") from the run's metrics.csv, which rank 0 rewrites every epoch."""
+    lines = storage.read_text(storage.join(run_dir, "metrics.csv")).splitlines()
+    rows = [dict(zip(lines[0].split(","), line.split(","), strict=True)) for line in lines[1:]]
+    if not rows:
+        return 0, ""
+    last = rows[-1]
+    return int(last["epoch"]), (f"loss {float(last['train_loss']):.4f}  val dice "
+                                f"{float(last['val_dice']):.4f}  {float(last['epoch_time_s']):.0f}s/epoch")
 
 
 def _check_resumable(config: TrainConfig, previous_uri: str) -> None:
@@ -96,6 +91,9 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
     """Train per `config` on the connected (or started) Ray cluster; see the module docstring for outputs."""
     if not config.data.path:
         raise ConfigError("data.path: required (a dataset folder, s3:// prefix or manifest); pass --data DIR")
+    # Everything that can be wrong with the request fails here, in seconds, before Ray starts.
+    preflight.check_reachable(config.data.path, config.run.storage_path)
+    preflight.require_exists(config.data.path, "data.path")
     t_start = time.perf_counter()
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -107,6 +105,7 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
 
     if config.run.name is None:
         config = config.replace({"run.name": default_run_name()})
+    split = load_split_dataset(config.data.path, tuple(config.data.split), config.data.split_seed)
     connect(address)
     t_ray = time.perf_counter()
     s = config.scaling
@@ -116,10 +115,10 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
     fs, fs_path = storage.filesystem(config.run.storage_path)
     storage_uri = storage.to_uri(fs_path, config.run.storage_path)  # absolute: workers have another cwd
     run_dir = storage.join(storage_uri, config.run.name)
-    print(f"run {config.run.name}: {plan.describe()}, {threads} torch thread(s) per worker; run dir {run_dir}",
+    print(f"run {config.run.name}: {plan.describe()}, {threads} torch thread(s) per worker; "
+          f"run dir {run_dir}",
           flush=True)
-
-    split = load_split_dataset(config.data.path, tuple(config.data.split), config.data.split_seed)
+    logs.set_destination(run_dir)
     counts = split.counts()
     if counts["train"] < plan.num_workers or counts["val"] < 1:
         raise ConfigError(f"data.path: {counts} images per split; need >= {plan.num_workers} train "
@@ -160,10 +159,13 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
         # Val is not split (an equal split drops remainder rows): every worker reads it all, in order, and
         # evaluates every world_size-th batch. In order: without preserve_order Ray Data's collate threads
         # may reorder batches differently on each worker, and some images would count twice, others never.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options={"val": val_options}),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                            execution_options={"val": val_options}),
     )
     t_fit, wall_fit = time.perf_counter(), time.time()
-    result = trainer.fit()
+    epochs = Progress(config.optim.epochs, "train", "epochs", every_s=0)
+    with epochs, poll(lambda: epoch_progress(run_dir), epochs, interval_s=2.0):
+        result = trainer.fit()
     t_done = time.perf_counter()
     out = result.return_value or {}
 
@@ -178,16 +180,12 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
 
     test_metrics = None
     if config.run.evaluate_test and split.pairs("test"):
-        test_metrics = evaluate_checkpoint(best_dir, split.pairs("test"))
-        test_metrics["epoch"] = best_info["epoch"]
+        test_metrics = {"epoch": best_info["epoch"], **evaluate_checkpoint(best_dir, run_dir, "test")}
         storage.write_text(storage.join(run_dir, "test_metrics.json"),
                            json.dumps(json_safe(test_metrics), indent=2, allow_nan=False))
-        means = test_metrics["means"]
-        print(f"test ({test_metrics['n']} images): dice {means['dice']:.4f}  iou {means['iou']:.4f}  "
-              f"hd95 {means.get('hd95', float('nan')):.2f} px -> {storage.join(run_dir, 'test_metrics.json')}",
-              flush=True)
     timings = {"ray_init_s": t_ray - t_start, "ingest_s": t_ingest - t_ray, "fit_s": t_done - t_fit,
                "total_s": time.perf_counter() - t_start}
     if out.get("first_step_time"):
         timings["fit_to_first_step_s"] = out["first_step_time"] - wall_fit
-    return TrainResult(run_dir, best_dir, out.get("history", []), int(best_info["epoch"]), test_metrics, timings)
+    return TrainResult(run_dir, best_dir, out.get("history", []), int(best_info["epoch"]), test_metrics,
+                       timings)

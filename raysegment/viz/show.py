@@ -13,13 +13,19 @@ overlays in a grid) and index.csv; error rows are listed with their reason, not 
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 
-from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raysegment.data.datasets import discover, load_mask
+from raysegment.errors import InputError, UserError
+from raysegment.infer.results import read_results, result_files
+from raysegment.io import storage
+from raysegment.io.decode import decode_image, decode_mask_png, encode_png
+from raysegment.viz import figures as viz
 
 # Measurements read to choose and caption rows (mask_png is read only for the chosen ones).
 LIGHT_COLUMNS = ["image_uri", "image_id", "run_id", "status", "error_stage", "error", "dice", "iou", "hd95",
@@ -65,7 +71,7 @@ def select_rows(table, worst: int | None = None, qc_flagged: bool = False, uris:
         by_uri = {r["image_uri"]: r for r in rows}
         missing = [u for u in uris if u not in by_uri]
         if missing:
-            raise ValueError(f"not in the results: {', '.join(missing[:5])}"
+            raise UserError(f"not in the results: {', '.join(missing[:5])}"
                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
         chosen = [by_uri[u] for u in dict.fromkeys(uris)]
         return [r for r in chosen if r["status"] == "ok"], [r for r in chosen if r["status"] != "ok"]
@@ -73,7 +79,7 @@ def select_rows(table, worst: int | None = None, qc_flagged: bool = False, uris:
     if worst is not None:
         scored = [r for r in ok if _value(r, "dice") is not None]
         if not scored:
-            raise ValueError("the results have no dice values: run `raysegment infer --ground-truth DATA` to "
+            raise UserError("the results have no dice values: run `raysegment infer --ground-truth DATA` to "
                              "score them, or pick images with --qc-flagged or --uri")
         return sorted(scored, key=lambda r: (r["dice"], r["image_uri"]))[:worst], errors
     if qc_flagged:
@@ -86,12 +92,6 @@ def select_rows(table, worst: int | None = None, qc_flagged: bool = False, uris:
 
 def read_masks(results: str, rows: list[dict]) -> dict[str, bytes]:
     """image_uri -> mask_png of the given rows, reading only those rows' masks from the Parquet files."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from raysegment.infer.results import result_files
-    from raysegment.io import storage
-
     wanted = {(r["image_uri"], r["run_id"]) for r in rows}
     uris = sorted({u for u, _ in wanted})
     found: dict[str, bytes] = {}
@@ -126,15 +126,10 @@ def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = Fa
          uris: list[str] | None = None, ground_truth: str | None = None, cols: int = 4, limit: int = 24,
          tile_height: int = 384) -> ShowResult:
     """Draw the chosen rows of `results` into `out` (see the module docstring). Returns what was written."""
-    from raysegment.data.datasets import discover, load_mask
-    from raysegment.infer.results import read_results
-    from raysegment.io import storage
-    from raysegment.io.decode import decode_image, decode_mask_png, encode_png
-    from raysegment.viz import figures as viz
-
     table = read_results(results, columns=LIGHT_COLUMNS)
     if table.num_rows == 0:
-        raise ValueError(f"no inference results under {results}")
+        raise InputError(f"no inference results under {results}",
+                         hint="pass the --output folder of a `raysegment infer` run")
     rows, error_rows = select_rows(table, worst, qc_flagged, uris, limit)
     truth_index = {p.image_id: p.mask_uris for p in discover(ground_truth).pairs} if ground_truth else {}
     masks = read_masks(results, rows)
@@ -194,46 +189,3 @@ def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = Fa
 def _csv(value) -> str:
     text = str(value)
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
-
-
-def add_parser(subparsers) -> None:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "show", help="draw overlays and contact sheets from inference results")
-    p.add_argument("results", metavar="RESULTS", help="output folder of `raysegment infer` (local or s3://)")
-    pick = p.add_mutually_exclusive_group()  # none: --worst LIMIT with ground truth, else --qc-flagged
-    pick.add_argument("--worst", type=int, metavar="N",
-                      help="the N images with the lowest dice (needs ground truth)")
-    pick.add_argument("--qc-flagged", action="store_true",
-                      help="the QC-flagged images (least confident first)")
-    pick.add_argument("--uri", nargs="+", metavar="URI", help="these images (their image_uri in the results)")
-    p.add_argument("--ground-truth", default=None, metavar="DATA",
-                   help="labelled dataset to draw the true masks from (default: the rows' truth_uri, if any)")
-    p.add_argument("--out", required=True, help="folder for the PNGs (local or s3://)")
-    p.add_argument("--limit", type=int, default=24,
-                   help="at most this many images with --qc-flagged, or when no choice is given")
-    p.add_argument("--cols", type=int, default=4, help="tiles per row of contact_sheet.png")
-    p.add_argument("--tile-height", type=int, default=384, help="height of each panel, pixels")
-    add_s3_arguments(p)
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    apply_s3_arguments(args)
-    try:
-        result = show(args.results, args.out, args.worst, args.qc_flagged, args.uri, args.ground_truth,
-                      args.cols, args.limit, args.tile_height)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"raysegment show: {e}", file=sys.stderr)
-        return 1
-    for path in result.pictures:
-        print(path + (f"  ({result.notes[path]})" if path in result.notes else ""))
-    if result.contact_sheet:
-        print(f"{result.contact_sheet} ({result.tiles} tiles)")
-    if result.errors:
-        print(f"{len(result.errors)} not drawn:")
-        for uri, reason in result.errors:
-            print(f"  {uri}: {reason}")
-    if not result.pictures:
-        print("nothing to draw" + (" (no QC-flagged images)" if args.qc_flagged else ""))
-    print(f"index: {result.index}")
-    return 0

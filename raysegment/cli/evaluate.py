@@ -1,0 +1,49 @@
+"""`raysegment evaluate`: a checkpoint on one split of a labelled data set, scored at the original
+resolution (evaluation/evaluate.py). No Ray."""
+
+from __future__ import annotations
+
+import argparse
+
+from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+
+SPLIT_CHOICES = ("test", "val", "train", "all")
+
+
+def add_parser(subparsers) -> None:
+    """Register the `evaluate` subcommand."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "evaluate", help="evaluate a checkpoint on a labelled split (metrics at original resolution)")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder (local or s3://), e.g. RUN_DIR/best")
+    p.add_argument("--data", default=None,
+                   help="dataset folder / s3:// prefix / manifest, or a run folder or its split_manifest.csv "
+                        "(default: the split_manifest.csv next to the checkpoint)")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default="test")
+    p.add_argument("--out", default=None,
+                   help="output folder (local or s3://); default CHECKPOINT/../evaluate_SPLIT")
+    p.add_argument("--batch-size", type=int, default=8, help="images decoded and run per step")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold (default: the checkpoint's)")
+    add_s3_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    apply_s3_arguments(args)
+    from raysegment import logs
+    from raysegment.evaluation.evaluate import evaluate
+    from raysegment.infer.report import format_summary
+    from raysegment.io import preflight, storage
+
+    preflight.check_reachable(args.checkpoint, args.data, args.out)
+    out = args.out or storage.join(storage.parent(args.checkpoint), f"evaluate_{args.split}")
+    result = evaluate(args.checkpoint, args.data, args.split, out, max(1, args.batch_size), args.threshold,
+                      progress=True)
+    logs.set_destination(out)
+    s = result.summary
+    print(f"evaluated {s['checkpoint']} (model {s['model_id']}) on the '{s['split']}' split of {s['data']} "
+          f"in {s['wall_s']:.1f}s:")
+    print(format_summary(s, s["worst"]))
+    print(f"wrote {storage.join(out, 'per_image.parquet')}, per_image.csv, summary.json")
+    return 0

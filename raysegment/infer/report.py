@@ -1,0 +1,56 @@
+"""THE text form of a results summary (results.summarize_results), for infer, evaluate, train and the demo.
+
+Each command prints its own one-line header (what ran, where, how fast) and then `format_summary`:
+counts, errors by reason with examples, QC, and, with ground truth, one table of the metrics (mean, sd,
+median, min, max, n) plus micro dice.
+"""
+
+from __future__ import annotations
+
+import math
+
+REPORT_METRICS = ("dice", "iou", "precision", "recall", "hd95", "hd95_mm")
+
+
+def metrics_table(metrics: dict, names: tuple[str, ...] = REPORT_METRICS) -> list[str]:
+    """The metric rows of summarize_results()["metrics"] as aligned text lines."""
+    lines = [f"  {'metric':<10}{'mean':>9}{'sd':>9}{'median':>9}{'min':>9}{'max':>9}{'n':>6}"]
+    for name in names:
+        s = metrics.get(name)
+        if not s or not s.get("n"):
+            continue  # e.g. hd95_mm without pixel spacing
+        stats = "".join(f"{_num(s.get(k)):>9}" for k in ("mean", "sd", "median", "min", "max"))
+        lines.append(f"  {name:<10}{stats}{s['n']:>6}")
+    return lines
+
+
+def _num(value) -> str:
+    return "nan" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def format_summary(s: dict, worst: list[dict] | None = None, micro: bool = True) -> str:
+    """A summarize_results() dict (plus optional worst cases: image_id, dice, iou, hd95, qc_reasons).
+
+    `micro=False` leaves out the pooled-pixel dice (the demo prints one test dice)."""
+    qc = ", ".join(f"{k} x{v}" for k, v in s["qc_reasons"].items())
+    lines = [f"  {s['images']} images: {s['ok']} ok, {s['errors']} errors; QC flagged {s['qc_flagged']}"
+             + (f" ({qc})" if qc else "")]
+    if s["errors_by_reason"]:
+        lines.append("  errors: " + ", ".join(f"{k} x{v}" for k, v in s["errors_by_reason"].items()))
+        lines += [f"    {e}" for e in s["error_examples"]]
+    m = s.get("metrics")
+    if m:
+        extra = [f"{m[k]} {label}" for k, label in (("n_without_truth", "without ground truth"),
+                                                    ("truth_errors", "with unreadable ground truth")) if m[k]]
+        lines.append(f"  vs ground truth, at the original resolution ({m['n_scored']} images scored"
+                     + "".join(f", {e}" for e in extra) + "):")
+        lines += metrics_table(m)
+        if micro:
+            lines.append(f"  micro dice (pixels pooled over images): {_num(m['micro_dice'])}")
+    if worst:
+        lines.append(f"  worst {len(worst)} by dice:")
+        for w in worst:
+            qc = f"  QC: {', '.join(w['qc_reasons'])}" if w.get("qc_reasons") else ""
+            lines.append(f"    {w['image_id']:<32} dice {_num(w['dice'])}  iou {_num(w['iou'])}  "
+                         f"hd95 {_num(w['hd95'])} px{qc}")
+    return "\n".join(lines)
