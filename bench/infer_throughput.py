@@ -11,7 +11,8 @@ Prints a table and writes JSON (default bench/results/infer_throughput.json). Wi
 model is an untrained UNet(base_channels=16, depth=4) at 256x256 (speed does not depend on the weights).
 
 Besides wall-clock images/s, each variant reports the CPU seconds its processes used (the driver and, for
-(b), every Ray process it started: the process tree, sampled from /proc) and images per CPU-second. On a machine
+(b), every Ray process it started: the process tree, sampled from /proc) and images per CPU-second. On a
+machine
 shared with other work, wall-clock figures mostly measure the neighbours; CPU time is far less affected.
 """
 
@@ -50,7 +51,8 @@ def tree_cpu_seconds() -> dict[int, float]:
                     fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)"
             except OSError:  # exited meanwhile
                 continue
-            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+            stats[int(entry)] = (int(fields[1]),
+                                 (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
     tree, frontier = {}, [os.getpid()]
     while frontier:
         pid = frontier.pop()
@@ -105,7 +107,8 @@ def make_checkpoint(root: str, base_channels: int, depth: int, model_size: int) 
     uri = os.path.join(root, f"ckpt_b{base_channels}_d{depth}_s{model_size}")
     if not os.path.isdir(uri):
         torch.manual_seed(0)
-        spec = ModelSpec(UNetConfig(base_channels=base_channels, depth=depth), PreprocessConfig(size=model_size))
+        spec = ModelSpec(UNetConfig(base_channels=base_channels, depth=depth),
+                         PreprocessConfig(size=model_size))
         save_checkpoint(uri, UNet.from_config(spec.model), spec)
     return uri
 
@@ -124,7 +127,8 @@ def bench_forward(checkpoint: str, uris: list[str], batch: int, device: str) -> 
     forward_probabilities(loaded.model, images, batch, threads=None)
     if device == "cuda":
         torch.cuda.synchronize()
-    return {"images": len(images), "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}
+    return {"images": len(images), "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - cpu0}
 
 
 def bench_loop(checkpoint: str, uris: list[str], batch: int, device: str, out_dir: str) -> dict:
@@ -140,7 +144,7 @@ def bench_loop(checkpoint: str, uris: list[str], batch: int, device: str, out_di
         decoded = [decode_image(storage.read_bytes(u), storage.basename(u)) for u in chunk]
         prepared = [preprocess_image(d.image, spec.preprocess) for d in decoded]
         probs = forward_probabilities(loaded.model, np.stack([p[0] for p in prepared]), batch, threads=None)
-        for uri, (_, geo), prob in zip(chunk, prepared, probs):
+        for uri, (_, geo), prob in zip(chunk, prepared, probs, strict=False):
             seg = postprocess(prob, geo, spec.threshold, config)
             rows.append({"image_uri": uri, "status": "ok", "height": geo.height, "width": geo.width,
                          "mask_png": encode_mask_png(seg.mask), "lung_area_px": seg.area_px,
@@ -173,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=3000, help="images for (a) and (b)")
     p.add_argument("--forward-n", type=int, default=256, help="images for (c)")
     p.add_argument("--size", type=int, default=512, help="side of the synthetic PNGs")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--checkpoint", help="checkpoint to benchmark (default: untrained base 16, depth 4, 256 px)")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--checkpoint",
+                   help="checkpoint to benchmark (default: untrained base 16, depth 4, 256 px)")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--model-size", type=int, default=256, help="model input side")
@@ -183,11 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-actors", type=int)
     p.add_argument("--only", default="loop,pipeline,forward", help="comma-separated subset to run")
     p.add_argument("--data", default="/tmp/raysegment-bench", help="cache for data and outputs")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "infer_throughput.json"))
+    p.add_argument("--out",
+                   default=os.path.join(os.path.dirname(__file__), "results", "infer_throughput.json"))
     args = p.parse_args(argv)
 
     cxr = make_data(os.path.join(args.data, f"synth_{args.size}"), args.n, args.size)
-    checkpoint = args.checkpoint or make_checkpoint(args.data, args.base_channels, args.depth, args.model_size)
+    checkpoint = args.checkpoint or make_checkpoint(args.data, args.base_channels, args.depth,
+                                                    args.model_size)
     uris = sorted(os.path.join(cxr, f) for f in os.listdir(cxr))[: args.n]
     loaded = load_model(checkpoint)
     batch = args.loop_batch or (32 if args.device == "cuda" else 16)
@@ -197,10 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     if "forward" in only:
         results["forward"] = bench_forward(checkpoint, uris[: args.forward_n], batch, args.device)
     if "loop" in only:
-        results["loop"] = timed(bench_loop, checkpoint, uris, batch, args.device, os.path.join(args.data, "out_loop"))
+        results["loop"] = timed(bench_loop, checkpoint, uris, batch, args.device,
+                                os.path.join(args.data, "out_loop"))
     if "pipeline" in only:
         results["pipeline"] = bench_pipeline(checkpoint, cxr, len(uris), args.batch_size,
-                                             os.path.join(args.data, "out_pipeline"), args.device, args.num_actors)
+                                             os.path.join(args.data, "out_pipeline"), args.device,
+                                             args.num_actors)
 
     labels = {"loop": "(a) sequential loop", "pipeline": "(b) Ray Data pipeline",
               "forward": "(c) forward only (upper bound)"}
@@ -217,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             r["cpu_vs_loop"] = r["images_per_cpu_s"] / loop_cpu_rate if loop_cpu_rate else None
             ratio = f"{r['vs_loop']:.2f}x" if loop_rate else "-"
             cpu_ratio = f"{r['cpu_vs_loop']:.2f}x" if loop_cpu_rate else "-"
-            print(f"{labels[key]:32s} {r['images']:6d} {r['seconds']:7.1f} {r['images_per_s']:8.2f} {ratio:>6s} "
-                  f"{r['cpu_seconds']:7.1f} {r['images_per_cpu_s']:9.3f} {cpu_ratio:>6s}")
+            print(f"{labels[key]:32s} {r['images']:6d} {r['seconds']:7.1f} {r['images_per_s']:8.2f} "
+                  f"{ratio:>6s} {r['cpu_seconds']:7.1f} {r['images_per_cpu_s']:9.3f} {cpu_ratio:>6s}")
     if "pipeline" in results:
         r = results["pipeline"]
         print(f"(b) plan: {r['plan']}, batch {r['batch_size']}; Ray Data execution alone "
@@ -226,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "n": len(uris), "image_size": args.size, "device": args.device, "loop_batch": batch,
-        "model": {"checkpoint": checkpoint, **loaded.spec.to_dict(), "parameters": count_parameters(loaded.model)},
+        "model": {"checkpoint": checkpoint, **loaded.spec.to_dict(),
+                  "parameters": count_parameters(loaded.model)},
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
                     "platform": platform.platform(), "torch": torch.__version__,

@@ -32,7 +32,10 @@ def _zoom(image: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndarra
     """factor > 1: crop the centre (tighter field of view); < 1: shrink into a black border (wider)."""
     h, w = image.shape
     matrix = cv2.getRotationMatrix2D((w / 2, h / 2), 0, factor)
-    warp = lambda a, interp: cv2.warpAffine(a, matrix, (w, h), flags=interp, borderMode=cv2.BORDER_CONSTANT)
+
+    def warp(a, interp):
+        return cv2.warpAffine(a, matrix, (w, h), flags=interp, borderMode=cv2.BORDER_CONSTANT)
+
     return warp(image, cv2.INTER_LINEAR), warp(mask.astype(np.uint8), cv2.INTER_NEAREST).astype(bool)
 
 
@@ -61,9 +64,11 @@ def _segment(loaded, image: np.ndarray, clean: bool, tta: bool) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", required=True)
-    parser.add_argument("--data", default=None, help="dataset or split manifest (default: beside the 1st checkpoint)")
+    parser.add_argument("--data", default=None,
+                        help="dataset or split manifest (default: beside the 1st checkpoint)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", default="bench/results/robustness.json")
     args = parser.parse_args()

@@ -8,7 +8,8 @@ SIZExSIZE), same global batch (a worker gets batch/num_workers), same augmentati
 Setups, run in the order of --sequence (default: plain,plain-1t,ray-1x1,ray-1xall,ray-2,plain):
   plain      one process, no Ray, data in memory, torch threads = all --cpus;
   plain-1t   the same with 1 torch thread;
-  ray-1x1    raysegment.train.driver.train, 1 worker, the default plan (1 CPU, 1 thread; 1 CPU kept for Ray Data);
+  ray-1x1    raysegment.train.driver.train, 1 worker, the default plan (1 CPU, 1 thread; 1 CPU kept for Ray
+  Data);
   ray-1xall  1 worker holding all --cpus CPUs and threads;
   ray-2      2 workers, the default plan (2 x 0.5 CPU, 1 torch thread each);
   ray-1gpu, ray-2gpu  (--device cuda) 1 and 2 GPU workers.
@@ -52,13 +53,14 @@ def _omp_policy_from_argv() -> None:
 
 _omp_policy_from_argv()
 
-import numpy as np
-import torch
+# After setting OMP_WAIT_POLICY: it is read when torch's OpenMP runtime loads.
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from raysegment.data.augment import AugmentConfig
-from raysegment.data.preprocess import PreprocessConfig
-from raysegment.model.unet import UNet, UNetConfig, count_parameters
-from raysegment.train.losses import loss_function
+from raysegment.data.augment import AugmentConfig  # noqa: E402
+from raysegment.data.preprocess import PreprocessConfig  # noqa: E402
+from raysegment.model.unet import UNet, UNetConfig, count_parameters  # noqa: E402
+from raysegment.train.losses import loss_function  # noqa: E402
 
 
 def make_data(root: str, n: int, size: int) -> str:
@@ -114,7 +116,8 @@ def bench_plain(data: str, args, device: str, name: str, threads: int) -> dict:
         cpu_ms.append(1000 * (time.process_time() - cpu_start) / len(images))
         print(f"  {name} epoch {epoch}: {epochs[-1]:.1f} images/s, {cpu_ms[-1]:.0f} CPU ms/image", flush=True)
     torch.set_num_threads(threads_before)
-    return {"name": name, "workers": 0, "threads": threads, "images_per_s": epochs, "cpu_ms_per_image": cpu_ms,
+    return {"name": name, "workers": 0, "threads": threads, "images_per_s": epochs,
+            "cpu_ms_per_image": cpu_ms,
             "startup_s": None}
 
 
@@ -126,10 +129,12 @@ def bench_ray(data: str, args, device: str, name: str, workers: int, cpus_per_wo
 
     overrides = {
         "data.path": data, "model.base_channels": args.base_channels, "model.depth": args.depth,
-        "preprocess.size": args.size, "optim.epochs": args.epochs, "optim.batch_size": args.batch_size // workers,
+        "preprocess.size": args.size, "optim.epochs": args.epochs,
+        "optim.batch_size": args.batch_size // workers,
         "optim.lr": 1e-3, "optim.early_stopping_patience": 0, "scaling.num_workers": workers,
         "scaling.use_gpu": device == "cuda", "scaling.cpus_per_worker": cpus_per_worker,
-        "scaling.data_cpus": data_cpus, "run.storage_path": args.runs, "run.name": f"bench-{name}-{time.time_ns()}",
+        "scaling.data_cpus": data_cpus, "run.storage_path": args.runs,
+        "run.name": f"bench-{name}-{time.time_ns()}",
         "run.max_failures": 0, "run.evaluate_test": False,
     }
     try:
@@ -165,7 +170,8 @@ def steady(values: list[float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=80, help="phantoms (80%% train)")
     parser.add_argument("--size", type=int, default=96, help="model input side")
     parser.add_argument("--base-channels", type=int, default=16)
@@ -229,7 +235,8 @@ def main() -> None:
             refs = [r]
         else:
             before, after = [j for j in same if j < i], [j for j in same if j > i]
-            refs = [results[j] for j in (before[-1:] + after[:1])] or [p for p in results if p["workers"] == 0]
+            refs = ([results[j] for j in (before[-1:] + after[:1])]
+                    or [p for p in results if p["workers"] == 0])
         r["reference"] = "+".join(p["name"] for p in refs)
         ref_ips = statistics.mean(p["steady_images_per_s"] for p in refs)
         ref_cpu = statistics.mean(p["steady_cpu_ms_per_image"] for p in refs)
@@ -246,12 +253,14 @@ def main() -> None:
         print(f"{r['name']:<12} {r['threads']:>7} {r['steady_images_per_s']:>13.1f} {r['vs_plain']:>8.2f}x "
               f"{r['steady_cpu_ms_per_image']:>11.0f} {r['cpu_efficiency_vs_plain']:>8.2f}x {startup:>11}  "
               f"{r['reference']:<20} " + " ".join(f"{v:.1f}" for v in r["images_per_s"]))
-    print("vs plain: throughput / the reference's (the plain runs with as many threads just before and after); "
-          "CPU vs plain: the reference's CPU ms per image / this one's (above 1 = cheaper); threads: in total.")
+    print("vs plain: throughput / the reference's (the plain runs with as many threads just before and "
+          "after); CPU vs plain: the reference's CPU ms per image / this one's (above 1 = cheaper); "
+          "threads: in total.")
     report = {"args": vars(args), "device": args.device, "machine": platform.platform(),
               "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "ray_init_s": ray_init_s,
-              "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(), "results": results}
+              "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
+              "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)

@@ -24,7 +24,8 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "LoadedModel", "UNet", "UNetConfig", "__version__", "decode_image", "load_model", "predict", "read_results",
+    "LoadedModel", "UNet", "UNetConfig", "__version__", "decode_image", "load_model", "predict",
+    "read_results",
 ]
 
 

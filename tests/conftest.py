@@ -76,7 +76,8 @@ class S3Endpoint:
         import boto3
 
         return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key)
+                            aws_access_key_id=self.access_key_id,
+                            aws_secret_access_key=self.secret_access_key)
 
     def create_bucket(self, name: str) -> str:
         """Create (if needed) and return `s3://name`."""

@@ -6,7 +6,8 @@
 2. jobs/train.py and jobs/infer.py against the test S3 endpoint, the way a real cluster works: data, run
    dir, checkpoints and results in s3:// (nodes share no disk), credentials in the nodes' own environment
    (as an instance profile would provide), the endpoint via --s3-endpoint (train: cluster.connect must
-   ship it to the workers of both nodes) or via the job's runtime_env (infer). The checkpoint must load and the Parquet output must have one row per image.
+   ship it to the workers of both nodes) or via the job's runtime_env (infer). The checkpoint must load and
+   the Parquet output must have one row per image.
 The cluster is stopped in a finally by PID (see raysegment/testing/local_cluster.py: never `ray stop`).
 """
 
@@ -96,7 +97,8 @@ def test_train_and_infer_jobs_over_s3(cluster, s3_endpoint, tmp_path):
     # on both nodes can only reach S3 if cluster.connect ships it to them (runtime_env of the driver).
     train = cluster.submit(
         ["python", "jobs/train.py", "--config", "configs/train-small.yaml", "--data", f"{bucket}/data",
-         "--storage", f"{bucket}/runs", "--name", "mn", "--epochs", "1", "--set", "scaling.cpus_per_worker=1.5",
+         "--storage", f"{bucket}/runs", "--name", "mn", "--epochs", "1", "--set",
+         "scaling.cpus_per_worker=1.5",
          "--s3-endpoint", s3_endpoint.url],
         ROOT, {"excludes": EXCLUDES}, timeout_s=300)
     assert train.status == "SUCCEEDED", train.output[-5000:]

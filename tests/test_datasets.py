@@ -76,7 +76,8 @@ def test_manifest_csv_and_parquet(tmp_path):
     import pandas as pd
 
     root = _synth(tmp_path / "g", 5, "generic")
-    rows = [{"image": f"cxr/{n}", "mask": f"masks/{n}"} for n in sorted(os.listdir(os.path.join(root, "cxr")))]
+    rows = [{"image": f"cxr/{n}",
+             "mask": f"masks/{n}"} for n in sorted(os.listdir(os.path.join(root, "cxr")))]
     rows[0]["split"] = "test"
     pd.DataFrame(rows).to_csv(os.path.join(root, "manifest.csv"), index=False)
     pd.DataFrame(rows).to_parquet(os.path.join(root, "manifest.parquet"))

@@ -37,8 +37,10 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
     zoom = rng.uniform(1 - config.scale, 1 + config.scale)
     matrix = cv2.getRotationMatrix2D((size_w / 2, size_h / 2), angle, zoom)
     matrix[:, 2] += rng.uniform(-config.shift, config.shift, size=2) * (size_w, size_h)
-    image = cv2.warpAffine(image, matrix, (size_w, size_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    mask = cv2.warpAffine(mask, matrix, (size_w, size_h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+    image = cv2.warpAffine(image, matrix, (size_w, size_h), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT)
+    mask = cv2.warpAffine(mask, matrix, (size_w, size_h), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT)
 
     x = image.astype(np.float32) / 255.0
     mean = float(x.mean())

@@ -100,14 +100,16 @@ def preprocess_image(image: np.ndarray, config: PreprocessConfig) -> tuple[np.nd
 def preprocess_mask(mask: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """bool HxW -> uint8 SxS in {0, 1}, aligned with `preprocess_image` of the same image."""
     geo = geometry(mask.shape[0], mask.shape[1], config)
-    resized = cv2.resize(mask.astype(np.float32), (geo.inner_width, geo.inner_height), interpolation=cv2.INTER_AREA)
+    resized = cv2.resize(mask.astype(np.float32), (geo.inner_width, geo.inner_height),
+                         interpolation=cv2.INTER_AREA)
     return _place((resized > 0.5).astype(np.uint8), geo, config.size)
 
 
 def restore_probability(prob: np.ndarray, geo: Geometry) -> np.ndarray:
     """float32 SxS probability map -> float32 HxW at the original resolution (inverse of preprocess)."""
     inner = prob[geo.top : geo.top + geo.inner_height, geo.left : geo.left + geo.inner_width]
-    return cv2.resize(inner.astype(np.float32, copy=False), (geo.width, geo.height), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(inner.astype(np.float32, copy=False), (geo.width, geo.height),
+                      interpolation=cv2.INTER_LINEAR)
 
 
 def to_tensor(batch: np.ndarray):

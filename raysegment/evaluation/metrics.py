@@ -54,7 +54,8 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float] | None = None) -> float:
-    """95th percentile symmetric Hausdorff distance between outlines, in pixels (or mm with spacing=(row, col))."""
+    """95th percentile symmetric Hausdorff distance between outlines, in pixels (or mm with
+    spacing=(row, col))."""
     pred, truth = pred.astype(bool, copy=False), truth.astype(bool, copy=False)
     if not pred.any() and not truth.any():
         return 0.0
@@ -71,7 +72,8 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float] | Non
 def image_metrics(
     pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float] | None = None, with_hd95: bool = True
 ) -> dict[str, float]:
-    """All per-image metrics of bool HxW prediction vs truth. hd95 in pixels; hd95_mm when spacing is given."""
+    """All per-image metrics of bool HxW prediction vs truth. hd95 in pixels; hd95_mm when spacing is
+    given."""
     tp, fp, fn = confusion(pred, truth)
     out = {k: float(v) for k, v in scores_from_counts(tp, fp, fn).items()}
     out.update(tp=tp, fp=fp, fn=fn)

@@ -1,6 +1,7 @@
 """Single-image prediction: decode -> preprocess -> forward -> postprocess.
 
-This is the reference the bulk pipeline (raysegment.infer.pipeline) must match pixel for pixel, and the function
+This is the reference the bulk pipeline (raysegment.infer.pipeline) must match pixel for pixel, and the
+function
 evaluate/show use for one image. Both run the SAME code for every step: imageio.decode_image,
 preprocess.preprocess_image, `forward_probabilities` below, postprocess.postprocess.
 
@@ -108,7 +109,8 @@ def predict(
 ) -> Prediction:
     """Segment one X-ray: encoded bytes (any format imageio reads) or a float32 HxW array in [0, 1].
 
-    `config` defaults to PostprocessConfig(); `threshold` to the checkpoint's. `micro_batch` and `threads` must be what the pipeline used
+    `config` defaults to PostprocessConfig(); `threshold` to the checkpoint's. `micro_batch` and `threads`
+    must be what the pipeline used
     for pixel-identical results (the defaults are the pipeline's defaults). Raises imageio.DecodeError
     on undecodable bytes.
     """

@@ -76,7 +76,7 @@ SCHEMA = pa.schema([
     pa.field("exif_rotation", pa.int16()),  # degrees clockwise applied from the EXIF orientation, 0 if none
     pa.field("inversion_corrected", pa.bool_()),  # an inverted export (white air) was detected and inverted
     # compact and DICOM outputs (v2)
-    pa.field("mask_rle", pa.string()),  # COCO-style compressed RLE of the mask (column-major), size = height x width
+    pa.field("mask_rle", pa.string()),  # COCO compressed RLE of the mask (column-major), height x width
     pa.field("dicom_seg_uri", pa.string()),  # DICOM Segmentation object written for a DICOM input
     # further structures (v2; filled by multi-structure models)
     pa.field("structures", pa.list_(pa.struct([
@@ -150,7 +150,8 @@ def read_results(output: str, columns: list[str] | None = None, all_rows: bool =
     wanted = None if columns is None else list(dict.fromkeys([*KEY_COLUMNS, *columns]))
     tables = [t for t in (_read_file(f, wanted) for f in result_files(output)) if t is not None]
     if not tables:
-        schema = SCHEMA if wanted is None else pa.schema([SCHEMA.field(c) for c in wanted if c in SCHEMA.names])
+        schema = (SCHEMA if wanted is None
+                  else pa.schema([SCHEMA.field(c) for c in wanted if c in SCHEMA.names]))
         return schema.empty_table()
     table = pa.concat_tables(tables, promote_options="default")
     if not all_rows and table.num_rows:
@@ -226,8 +227,8 @@ def summarize_results(table: pa.Table, examples: int = 5) -> dict:
     if scored or any(r.get("truth_uri") for r in rows):
         sums = MetricSums()
         for r in scored:
-            sums.add({name: r[name] if r[name] is not None else float("nan") for name in (*GT_METRICS, "tp", "fp",
-                                                                                           "fn")})
+            sums.add({name: r[name] if r[name] is not None else float("nan")
+                      for name in (*GT_METRICS, "tp", "fp", "fn")})
         out["metrics"] = {
             "n_scored": len(scored),
             "n_without_truth": sum(1 for r in ok if not r.get("truth_uri")),

@@ -90,7 +90,8 @@ def _relative_keys(uris: list[str]) -> list[str]:
     return [sanitize_key(posixpath.relpath(p, common) if common else p) for p in paths]
 
 
-def list_folder(uri: str, exclude: tuple[str, ...] = (), s3: storage.S3Options | None = None) -> list[InputItem]:
+def list_folder(uri: str, exclude: tuple[str, ...] = (),
+                s3: storage.S3Options | None = None) -> list[InputItem]:
     """Images under a local folder or s3:// prefix, sorted by URI."""
 
     def inner(u: str) -> str:  # path inside its filesystem: absolute local path, or bucket/key
@@ -130,12 +131,13 @@ def read_manifest(uri: str, column: str | None = None) -> list[InputItem]:
     uris = [_resolve(str(r[column]), base) for r in rows]
     keys = _relative_keys(uris)
     items, seen = [], set()
-    for row, image_uri, key in zip(rows, uris, keys):
+    for row, image_uri, key in zip(rows, uris, keys, strict=False):
         if image_uri in seen or not str(row[column]).strip():
             continue
         seen.add(image_uri)
         etag = row.get("etag")
-        items.append(InputItem(image_uri, key, _optional_int(row.get("size")), _optional_int(row.get("mtime_ns")),
+        items.append(InputItem(image_uri, key, _optional_int(row.get("size")),
+                               _optional_int(row.get("mtime_ns")),
                                str(etag) if etag not in (None, "") else None))
     return items
 

@@ -63,7 +63,8 @@ class MotoServer:
 
     def reset(self) -> None:
         """Forget every bucket and object (moto's reset API)."""
-        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=10)
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"),
+                               timeout=10)
 
 
 def start_moto(log_path: str, port: int | None = None, timeout_s: float = 60.0) -> MotoServer:

@@ -99,7 +99,8 @@ class LocalCluster:
     def env(self) -> dict[str, str]:
         """Environment for every `ray` CLI call against this cluster (and inherited by its processes)."""
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_", "RAY_JOB_CONFIG")) and k not in self.unset_env}
+               if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_",
+                                    "RAY_JOB_CONFIG")) and k not in self.unset_env}
         env.update(self.extra_env)
         env.update(
             RAY_AUTH_MODE="token",
@@ -111,7 +112,8 @@ class LocalCluster:
         return env
 
     def _run(self, args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
-        return subprocess.run([self.ray_bin, *args], check=False, env=self.env(), capture_output=True, text=True,
+        return subprocess.run([self.ray_bin, *args], check=False, env=self.env(), capture_output=True,
+                              text=True,
                               timeout=timeout_s, stdin=subprocess.DEVNULL)
 
     def _agent_ports(self) -> list[str]:

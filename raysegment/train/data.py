@@ -3,7 +3,8 @@
     pairs --(Ray Data map_batches: decode + preprocess, ONCE)--> materialized rows
           {key: int64, image_id: str, image: uint8 SxS, mask: uint8 SxS in {0, 1}}
     per epoch, in each worker: get_dataset_shard -> iter_torch_batches(collate_fn=...)
-          train: augment (per image, seed = (run seed, epoch, image key)) -> x (N,1,S,S) float, y (N,1,S,S) float
+          train: augment (per image, seed = (run seed, epoch, image key)) -> x (N,1,S,S) float, y (N,1,S,S)
+          float
           val:   no augmentation
 
 Augmentation runs in the collate function, i.e. in Ray Data's prefetch threads inside each worker (OpenCV
@@ -49,7 +50,7 @@ def _decode_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig) ->
     with a warning (the driver reports how many are missing)."""
     keep, images, masks = [], [], []
     for i, (image_id, image_uri, mask_uris) in enumerate(zip(batch["image_id"], batch["image_uri"],
-                                                              batch["mask_uris"])):
+                                                              batch["mask_uris"], strict=False)):
         pair = Pair(str(image_id), str(image_uri), tuple(str(mask_uris).split("|")))
         try:
             image, mask = prepare_pair(pair, preprocess)

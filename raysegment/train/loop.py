@@ -118,7 +118,8 @@ def train_epoch(model, shard, optimizer, loss_fn, config: TrainConfig, epoch: in
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     local = torch.cat(counts) if counts else torch.zeros((0, 3), dtype=torch.int64)
     dice_sum = _score_sums(local)[METRICS.index("dice")]
-    n, loss_total, dice_total, cpu_total = _all_reduce_sum([len(local), loss_sum.item(), dice_sum, cpu_seconds],
+    n, loss_total, dice_total, cpu_total = _all_reduce_sum([len(local), loss_sum.item(), dice_sum,
+                                                            cpu_seconds],
                                                            device)
     return loss_total / max(n, 1), dice_total / max(n, 1), int(n), cpu_total, seconds, first_step_at
 
@@ -149,18 +150,20 @@ def validate(model, shard, loss_fn, config: TrainConfig, device: torch.device, r
         with _autocast(device):
             logits = net(x)
         loss_sum += float(loss_fn(logits, y)) * len(x)
-        sums = [a + b for a, b in zip(sums, _score_sums(confusion_counts(predict_masks(logits, config.threshold), y)))]
+        batch_sums = _score_sums(confusion_counts(predict_masks(logits, config.threshold), y))
+        sums = [a + b for a, b in zip(sums, batch_sums, strict=False)]
         n += len(x)
     total = _all_reduce_sum([n, checksum, loss_sum, *sums], device)
     if (int(total[0]), int(total[1])) != expected:
-        raise RuntimeError(f"validation covered {int(total[0])} images (key checksum {int(total[1])}), expected "
-                           f"{expected[0]} ({expected[1]}): the val batches were not in the same order on all "
-                           f"workers")
+        raise RuntimeError(f"validation covered {int(total[0])} images (key checksum {int(total[1])}), "
+                           f"expected {expected[0]} ({expected[1]}): the val batches were not in the same "
+                           f"order on all workers")
     n = max(total[0], 1)
-    return {"val_loss": total[2] / n, **{f"val_{m}": s / n for m, s in zip(METRICS, total[3:])}}
+    return {"val_loss": total[2] / n, **{f"val_{m}": s / n for m, s in zip(METRICS, total[3:], strict=False)}}
 
 
-def _save(folder: str, model, optimizer, scheduler, state: TrainState, config: TrainConfig, extra: dict) -> None:
+def _save(folder: str, model, optimizer, scheduler, state: TrainState, config: TrainConfig,
+          extra: dict) -> None:
     spec = ModelSpec(config.model, config.preprocess, config.threshold)
     save_checkpoint(folder, model, spec, extra)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -232,9 +235,9 @@ def _quiet_worker_logs() -> None:
 
 
 def progress_line(row: dict, epochs: int) -> str:
-    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
-            f"  val dice {row['val_dice']:.4f}  lr {row['lr']:.1e}  {row['images_per_s']:.1f} img/s"
-            f"  {row['epoch_time_s']:.1f} s")
+    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f}  "
+            f"val loss {row['val_loss']:.4f}  val dice {row['val_dice']:.4f}  lr {row['lr']:.1e}  "
+            f"{row['images_per_s']:.1f} img/s  {row['epoch_time_s']:.1f} s")
 
 
 def train_loop_per_worker(params: dict) -> dict:
@@ -265,7 +268,8 @@ def train_loop_per_worker(params: dict) -> dict:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr,
+                                 weight_decay=config.optim.weight_decay)
     scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=config.optim.lr_factor,
                                   patience=config.optim.lr_patience, min_lr=config.optim.min_lr)
     if saved is not None:

@@ -191,7 +191,7 @@ def contact_sheet(tiles: list[np.ndarray], labels: list[str], cols: int = 4) -> 
     rows = math.ceil(len(tiles) / cols)
     shape = (rows * (cell_h + bar_h + GAP) + GAP, cols * (cell_w + GAP) + GAP, 3)
     sheet = np.full(shape, GAP_COLOR, np.uint8)
-    for i, (tile, label) in enumerate(zip(tiles, labels)):
+    for i, (tile, label) in enumerate(zip(tiles, labels, strict=False)):
         r, c = divmod(i, cols)
         y, x = GAP + r * (cell_h + bar_h + GAP), GAP + c * (cell_w + GAP)
         cell = np.full((cell_h, cell_w, 3), BAR_COLOR, np.uint8)
