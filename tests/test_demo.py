@@ -11,7 +11,11 @@ import pyarrow.parquet  # noqa: F401  (read_results needs it)
 
 # Ray internals that used to flood the demo (issue #13); none of them may reach the console.
 RAY_NOISE = ("PlacementGroupCleaner", "core_worker.cc", "RayDeprecationWarning", "logging_progress",
-             "does not have any available CPUs", "Traceback")
+             "does not have any available CPUs", "Traceback", "site-packages/ray", "(pid=")
+# Ray's own log line formats: Python `2026-01-01 12:00:00,000 WARNING file.py:85 -- ...` and C++
+# `[2026-01-01 12:00:00,000 E 1 1] core_worker.cc:1: ...`.
+RAY_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+[A-Z]+ \S+\.py:\d+ --"
+                          r"|\[\d{4}-.*\] \S+\.(cc|h):\d+:)")
 MAX_LINES = 45
 
 
@@ -29,6 +33,7 @@ def test_demo_small_end_to_end(tmp_path):
 
     assert len(lines) <= MAX_LINES, printed
     assert not [noise for noise in RAY_NOISE if noise in printed], printed
+    assert not [line for line in lines if RAY_LOG_LINE.match(line)], printed
     # One test dice: the metrics table of inference on the held-out split (training's val dice aside).
     test_dice = [line for line in lines if re.search(r"\bdice\b", line) and "val dice" not in line]
     assert len(test_dice) == 1 and test_dice[0].split()[0] == "dice", printed

@@ -361,8 +361,8 @@ def test_train_infer_resume_over_s3_and_no_credentials_anywhere(ray_local, s3_en
 
 
 def test_training_with_a_failing_endpoint_fails_clearly(ray_local, s3_endpoint, monkeypatch, capsys):
-    """`raysegment train` against an endpoint whose every request fails: exit 1 with a readable,
-    credential-free message after the retries; no hang."""
+    """`raysegment train` against an endpoint whose every request fails: the preflight check (before Ray)
+    gives up after its retries with a readable, credential-free one-line error; no hang."""
     from raysegment.cli import main
 
     monkeypatch.setattr(storage, "_default_s3", storage.S3Options())

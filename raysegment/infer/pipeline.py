@@ -426,8 +426,9 @@ def run_inference(config: InferConfig) -> dict:
     table = table.filter(pc.is_in(table.column("image_uri"), value_set=pa.array([i.uri for i in items],
                                                                                  pa.string())))
     written = read_results(config.output, columns=["run_id"], all_rows=True)
-    written_now = int(pc.sum(pc.equal(written.column("run_id"),
-                                      run_id)).as_py() or 0) if written.num_rows else 0
+    written_now = 0
+    if written.num_rows:
+        written_now = int(pc.sum(pc.equal(written.column("run_id"), run_id)).as_py() or 0)
     summary = {
         "run_id": run_id, "output": config.output, "model_id": loaded.model_id,
         "inputs_seen": len(items), "processed": len(todo), "rows_written": written_now,
