@@ -12,10 +12,19 @@ asks a callable for the current count, e.g. epochs in metrics.csv for training).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 from raysegment import logs
+
+
+def _size(stream) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return 0, 0
+    return size.columns, size.lines
 
 
 def _eta(seconds: float) -> str:
@@ -38,8 +47,9 @@ class Progress:
         if getattr(self.stream, "isatty", lambda: False)():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=self.stream, dynamic_ncols=True,
-                             leave=True, smoothing=0.1)
+            cols, rows = _size(self.stream)  # 0 x 0 on a terminal that reports no size: tqdm draws nothing
+            self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=self.stream, ncols=cols or 100,
+                             nrows=rows or 24, dynamic_ncols=bool(cols), leave=True, smoothing=0.1)
 
     def line(self) -> str:
         """The plain-text state: `desc: 40/100 images, 3.2 images/s, ETA 19s  postfix`."""
