@@ -85,3 +85,22 @@ def test_quiet_ray_keeps_rays_console_handlers_to_errors():
     finally:
         logs.finish()
         DataContext.get_current().enable_progress_bars = True
+
+
+def test_verbose_leaves_ray_alone():
+    import warnings
+
+    before = list(warnings.filters)
+    logs.configure(verbose=True)
+    try:
+        assert logs.verbose() and logs.ray_logging_level() == logging.WARNING
+        assert "fd_filter" not in logs._state  # stderr untouched
+        assert warnings.filters == before  # Ray's warnings not silenced
+    finally:
+        logs.finish()
+    logs.configure(verbose=False)
+    try:
+        assert not logs.verbose() and logs.ray_logging_level() == logging.ERROR
+    finally:
+        logs.finish()
+    assert logs.verbose()  # library use without the CLI: Ray as usual
