@@ -1,9 +1,11 @@
 """Quiet console, full log file: what a command prints, and where everything else goes.
 
 By default the console shows our own lines only (stage headers, ONE progress bar per long stage, results,
-our warnings and errors). Ray's internal chatter (worker log lines forwarded to the driver, Ray Data's
-execution banners and progress blocks, deprecation warnings, "no available CPUs" notices that do not
-mean a hang) is kept off the console; `-v/--verbose` lets it through again. Whatever is printed, plus
+our warnings and errors). Ray's internal chatter is kept off the console: worker log lines forwarded to
+the driver (`log_to_driver`), Ray Data's execution banners and progress blocks, Ray's own log records
+below ERROR (e.g. "no available CPUs" notices that do not mean a hang), warnings raised inside Ray
+(RayDeprecationWarning), and the C++ core's log lines that the driver writes to stderr (core_worker.cc).
+`-v/--verbose` lets all of it through again. Whatever is printed, plus
 every Python log record at INFO and above (Ray's included), also goes to a log file; the command names
 its run/output folder with `set_destination`, and the last line printed says where the log is.
 
