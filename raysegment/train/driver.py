@@ -18,6 +18,7 @@ A worker death within a run restarts the worker group from that checkpoint (run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -74,6 +75,10 @@ def epoch_progress(run_dir: str) -> tuple[int, str]:
                                 f"{float(last['val_dice']):.4f}  {float(last['epoch_time_s']):.0f}s/epoch")
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _check_resumable(config: TrainConfig, previous_uri: str) -> None:
     """A rerun with an existing run.name resumes it: its checkpoints must fit this model and input."""
     if not storage.exists(previous_uri):
@@ -124,7 +129,12 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
         raise ConfigError(f"data.path: {counts} images per split; need >= {plan.num_workers} train "
                           f"(one per worker) and >= 1 val")
     _check_resumable(config, storage.join(run_dir, "config.yaml"))
-    digest = write_manifest(split, storage.join(run_dir, "split_manifest.csv"))
+    manifest_uri = storage.join(run_dir, "split_manifest.csv")
+    if storage.exists(manifest_uri) and _sha256(storage.read_bytes(manifest_uri)) != split.digest():
+        # Said here, not only by the workers: their output reaches the console with --verbose only.
+        print("warning: the data split differs from the one this run was trained on so far (the data set "
+              "changed since); resuming continues on the new split", flush=True)
+    digest = write_manifest(split, manifest_uri)
     save_config(config, storage.join(run_dir, "config.yaml"))
 
     datasets = {name: build_dataset(split.pairs(name), config.preprocess) for name in ("train", "val")}
