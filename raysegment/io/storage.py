@@ -22,13 +22,17 @@ driver does: the AWS chain on their own node (instance profile, ~/.aws, or env i
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+from raysegment.io import names
 
 ANONYMOUS_ENV = "RAYSEGMENT_S3_ANONYMOUS"
 # Non-secret S3 settings every Ray worker must share with the driver.
@@ -139,6 +143,7 @@ class FileEntry:
     size: int
     mtime_ns: int | None = None  # None on stores that do not report it
     etag: str | None = None
+    kind: str = "file"  # list_local_tree only: "file", "dir", "symlink" (dangling), "fifo", "socket", ...
 
 
 def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None) -> list[FileEntry]:
@@ -163,6 +168,90 @@ def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None) ->
     return sorted(entries, key=lambda e: e.uri)
 
 
+_KINDS = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"),
+          (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def list_local_tree(uri: str) -> list[FileEntry]:
+    """Every entry under a local folder, recursively, as `ls -R` shows them, sorted by URI: regular files,
+    folders (kind "dir"), dangling symlinks (kind "symlink"), FIFOs, sockets and devices (nothing is opened).
+
+    Names are handled as bytes, so a name that is not valid UTF-8 is listed too; its URI is the escaped
+    form of names.path_to_uri. Symlinks are followed (folders once each: a link loop ends there). A
+    sub-folder that cannot be listed is itself an entry (kind "dir"), so the caller can report it.
+    """
+    root = os.fsencode(os.path.abspath(os.path.expanduser(names.uri_to_path(uri))))
+    if not os.path.exists(root):
+        raise FileNotFoundError(f"no such folder or prefix: {uri}")
+    entries, stack, seen = [], [root], set()
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                children = list(it)
+        except OSError as e:
+            _log_listing_problem(folder, e)
+            if folder != root:
+                entries.append(FileEntry(names.path_to_uri(folder), 0, None, None, "dir"))
+            continue
+        for child in children:
+            try:
+                st = child.stat()  # follows symlinks
+            except OSError:  # dangling symlink (or gone since scandir)
+                entries.append(FileEntry(names.path_to_uri(child.path), 0, None, None, "symlink"))
+                continue
+            kind = _kind(st.st_mode)
+            if kind == "dir":
+                stack.append(child.path)
+            entries.append(FileEntry(names.path_to_uri(child.path), int(st.st_size) if kind == "file" else 0,
+                                     int(st.st_mtime_ns), None, kind))
+    return sorted(entries, key=lambda e: e.uri)
+
+
+def _log_listing_problem(folder: bytes, error: OSError) -> None:
+    logging.getLogger(__name__).warning("cannot list %s: %s", names.path_to_uri(folder), error.strerror)
+
+
+class NotRegularFileError(OSError):
+    """A local path that is not a regular file (FIFO, socket, device): it is never read."""
+
+
+def _read_local(path: str | bytes) -> bytes:
+    """Read a local file without ever blocking on a FIFO: open non-blocking, then require a regular file.
+    Errors name the reason in words (dangling symlink, directory, FIFO, permission) and are OSErrors."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as e:
+        if os.path.islink(path):
+            target = names.path_to_uri(os.readlink(path))
+            raise FileNotFoundError(f"dangling symbolic link: its target {target} does not exist") from e
+        raise FileNotFoundError(f"no such file: {names.path_to_uri(path)}") from e
+    except PermissionError as e:
+        raise PermissionError(f"permission denied: not readable by this process (uid {os.getuid()})") from e
+    except IsADirectoryError as e:  # platforms that refuse to open folders
+        raise IsADirectoryError("is a directory, not an image file") from e
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError("is a directory, not an image file")
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"not a regular file but a {_kind(mode)}: not read (it could block)")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1  # the file object owns it now
+            return f.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def exists(uri: str, s3: S3Options | None = None) -> bool:
     fs, path = filesystem(uri, s3)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
@@ -174,6 +263,10 @@ def is_dir(uri: str, s3: S3Options | None = None) -> bool:
 
 
 def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
+    """Whole file. Local paths (and file:// URIs of names that are not UTF-8) never block on a FIFO and
+    fail with an OSError naming the reason; see _read_local."""
+    if not is_s3(uri):
+        return _read_local(os.path.abspath(os.path.expanduser(names.uri_to_path(uri))))
     fs, path = filesystem(uri, s3)
     with fs.open_input_stream(path) as f:
         return f.read()
