@@ -13,18 +13,21 @@ pyjpegls, pydicom (its own pure numpy RLE decoder).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "dicom"))
-import make_fixtures  # noqa: E402
+_spec = importlib.util.spec_from_file_location(
+    "make_fixtures",
+    os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "dicom", "make_fixtures.py"))
+make_fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_fixtures)
 
 PLUGINS = ("pillow", "gdcm", "pylibjpeg", "pyjpegls", "pydicom")
 
@@ -42,7 +45,8 @@ def main() -> None:
         originals = {}
         for bits in (8, 12):
             path = os.path.join(tmp, f"orig{bits}.dcm")
-            make_fixtures.dataset(make_fixtures.phantom(bits, args.size), bits).save_as(path, enforce_file_format=True)
+            ds = make_fixtures.dataset(make_fixtures.phantom(bits, args.size), bits)
+            ds.save_as(path, enforce_file_format=True)
             originals[bits] = (path, pydicom.dcmread(path).pixel_array)
         for name, (syntax, bits, lossy) in make_fixtures.SYNTAXES.items():
             path = os.path.join(tmp, name)
@@ -61,11 +65,13 @@ def main() -> None:
                         break
                     err = int(np.abs(arr.astype(np.int64) - ref).max())
                 if times:
-                    rows.append({"file": name, "syntax": syntax, "plugin": plugin, "bytes": os.path.getsize(path),
+                    rows.append({"file": name, "syntax": syntax, "plugin": plugin,
+                                 "bytes": os.path.getsize(path),
                                  "median_ms": round(statistics.median(times) * 1000, 2), "max_abs_err": err})
     print(f"{'syntax':26s} {'plugin':10s} {'MB':>6s} {'median ms':>10s} {'max err':>8s}")
     for r in rows:
-        print(f"{r['syntax']:26s} {r['plugin']:10s} {r['bytes'] / 1e6:6.2f} {r['median_ms']:10.1f} {r['max_abs_err']:8d}")
+        print(f"{r['syntax']:26s} {r['plugin']:10s} {r['bytes'] / 1e6:6.2f} {r['median_ms']:10.1f} "
+              f"{r['max_abs_err']:8d}")
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     out = os.path.join(os.path.dirname(__file__), "results", "dicom_decoders.json")
     with open(out, "w") as f:

@@ -60,7 +60,8 @@ def _relative_keys(uris: list[str]) -> list[str]:
         common = posixpath.commonpath(list(folders)) if folders else ""
     except ValueError:  # mixed absolute and relative paths
         common = ""
-    return names.unique_keys([sanitize_key(posixpath.relpath(p, common) if common else p) for p in paths], uris)
+    keys = [sanitize_key(posixpath.relpath(p, common) if common else p) for p in paths]
+    return names.unique_keys(keys, uris)
 
 
 def _is_input_entry(entry: storage.FileEntry) -> bool:
@@ -95,7 +96,7 @@ def list_folder(uri: str, exclude: tuple[str, ...] = (), s3: storage.S3Options |
         rels.append(sanitize_key(rel))
         found.append(entry)
     keys = names.unique_keys(rels, uris)
-    return [InputItem(e.uri, k, e.size, e.mtime_ns, e.etag) for e, k in zip(found, keys)]
+    return [InputItem(e.uri, k, e.size, e.mtime_ns, e.etag) for e, k in zip(found, keys, strict=True)]
 
 
 def _relative(path: str, root: str) -> str:

@@ -137,14 +137,14 @@ def fit_name(name: str, suffix: str = "", limit: int = MAX_NAME_BYTES) -> str:
     return head + tag + suffix
 
 
-def mask_key(key: str) -> str:
-    """Where the mask of input `key` goes under --masks-out: same folders, name + ".mask.png".
+def mask_key(key: str, suffix: str = MASK_SUFFIX) -> str:
+    """Where the mask of input `key` goes under --masks-out: same folders, name + ".mask.png" (`suffix`).
 
     The whole input name is kept (a.png and a.jpg in one folder must not share a mask), the suffix cannot
     collide with another input's mask, and every path part fits MAX_NAME_BYTES.
     """
     parts = sanitize_key(key).split("/")
-    return "/".join([*(fit_name(p) for p in parts[:-1]), fit_name(parts[-1], MASK_SUFFIX)])
+    return "/".join([*(fit_name(p) for p in parts[:-1]), fit_name(parts[-1], suffix)])
 
 
 def unique_keys(keys: list[str], uris: list[str]) -> list[str]:
@@ -152,7 +152,7 @@ def unique_keys(keys: list[str], uris: list[str]) -> list[str]:
     s3://b/x.png and /b/x.png in one manifest) get "~<digest of their URI>" before the extension."""
     seen: set[str] = set()
     out = []
-    for key, uri in zip(keys, uris):
+    for key, uri in zip(keys, uris, strict=True):
         if key in seen:
             folder, name = posixpath.split(key)
             base, dot, ext = name.rpartition(".") if "." in name else (name, "", "")

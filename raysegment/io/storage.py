@@ -21,11 +21,13 @@ driver does: the AWS chain on their own node (instance profile, ~/.aws, or env i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import posixpath
 import re
+import secrets
 import stat
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -280,10 +282,16 @@ def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
             f.write(data)
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    # A short temp name beside the target (path + ".tmp-PID" would break a 250-byte name's 255-byte limit).
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def read_text(uri: str, s3: S3Options | None = None) -> str:
