@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from raysegment.io import names
+
 DEFAULT_MAX_PIXELS = 100_000_000
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -94,12 +96,6 @@ def _check_pixel_count(height: int, width: int, max_pixels: int, name: str) -> N
 # --------------------------------------------------------------------------- sniffing
 
 
-def _may_be_bare_dicom(name: str) -> bool:
-    """Preamble-less DICOM is only tried for *.dcm / *.dicom, no extension, or a numeric one
-    (DICOM files are often named by UID, e.g. ``1.2.840.113619.2.55.3``)."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    ext = base.rsplit(".", 1)[-1].lower() if "." in base else ""
-    return ext in ("", "dcm", "dicom") or ext.isdigit()
 
 
 def _read_bare_dicom_header(data: bytes):
@@ -131,7 +127,7 @@ def sniff_format(data: bytes, name: str = "") -> str | None:
         return "tiff"
     if data[128:132] == b"DICM":
         return "dicom"
-    if _may_be_bare_dicom(name) and _read_bare_dicom_header(data) is not None:
+    if names.may_be_dicom_name(name) and _read_bare_dicom_header(data) is not None:
         return "dicom"
     return None
 

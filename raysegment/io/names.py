@@ -6,7 +6,8 @@ Names the product reads:
   names without an extension or with a numeric one (DICOM files are often named by UID, e.g.
   1.2.840.113619.2.55.3): `is_input_name`. Training data sets take only `is_image_name`. Hidden files
   (".name") are never images.
-- Manifests (`MANIFEST_EXTENSIONS`): .csv and .parquet files.
+- Manifests (`MANIFEST_EXTENSIONS`): .csv and .parquet files. A DICOM without its 128-byte preamble is
+  only tried for names `may_be_dicom_name` accepts (.dcm, .dicom, none, numeric).
 - The stem (name without its last extension) identifies an image: it matches images to masks and
   inference inputs to ground truth.
 
@@ -69,6 +70,13 @@ def is_input_name(name: str) -> bool:
         return False
     ext = extension(base)
     return ext == "" or "." + ext in IMAGE_EXTENSIONS or ext.isdigit()
+
+
+def may_be_dicom_name(name: str) -> bool:
+    """Names a DICOM without the 128-byte preamble is tried for: *.dcm / *.dicom, no extension, or a numeric
+    one (DICOM files are often named by UID, e.g. 1.2.840.113619.2.55.3)."""
+    ext = extension(name)
+    return ext in ("", "dcm", "dicom") or ext.isdigit()
 
 
 def is_manifest_name(name: str) -> bool:
