@@ -292,4 +292,4 @@ def test_infer_over_odd_s3_keys(ray_local, s3_endpoint, synth_generic, tiny_chec
         assert os.path.isfile(rows[key]["mask_uri"])
         assert all(len(p.encode()) <= 255 for p in os.path.relpath(rows[key]["mask_uri"], masks).split("/"))
     marker = rows["in/x.png"]
-    assert marker["status"] == "error" and marker["error_stage"] == "read"
+    assert marker["status"] == "error" and marker["error_stage"] == "read" and "folder" in marker["error"]

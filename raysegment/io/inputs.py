@@ -85,7 +85,8 @@ def list_folder(uri: str, exclude: tuple[str, ...] = (), s3: storage.S3Options |
     root_path = names.uri_to_path(uri) if local else uri
     root = inner(root_path) if isinstance(root_path, str) else uri.rstrip("/")  # bytes: an escaped root
     skip = tuple(inner(e) + "/" for e in exclude if e and storage.is_s3(e) == storage.is_s3(uri))
-    entries = storage.list_local_tree(uri) if local else storage.list_files(uri, recursive=True, s3=s3)
+    entries = (storage.list_local_tree(uri) if local
+               else storage.list_files(uri, recursive=True, s3=s3, include_dirs=True))
     uris, rels, found = [], [], []
     for entry in entries:
         path = entry.uri if entry.uri.startswith(names.FILE_SCHEME) else inner(entry.uri)

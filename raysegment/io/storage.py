@@ -148,8 +148,10 @@ class FileEntry:
     kind: str = "file"  # list_local_tree only: "file", "dir", "symlink" (dangling), "fifo", "socket", ...
 
 
-def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None) -> list[FileEntry]:
-    """Every file under `uri` (a folder or prefix), sorted by URI. A missing folder is an error."""
+def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None,
+               include_dirs: bool = False) -> list[FileEntry]:
+    """Every file under `uri` (a folder or prefix), sorted by URI. A missing folder is an error.
+    `include_dirs`: folders (prefixes, "x/" marker objects) too, as kind "dir"."""
     fs, path = filesystem(uri, s3)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
@@ -163,9 +165,10 @@ def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None) ->
             to_uri(i.path, uri),
             int(i.size or 0),
             int(i.mtime_ns) if i.mtime_ns is not None else None,
+            kind="file" if i.type == pafs.FileType.File else "dir",
         )
         for i in infos
-        if i.type == pafs.FileType.File
+        if i.type == pafs.FileType.File or (include_dirs and i.type == pafs.FileType.Directory)
     ]
     return sorted(entries, key=lambda e: e.uri)
 
@@ -270,8 +273,13 @@ def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
     if not is_s3(uri):
         return _read_local(os.path.abspath(os.path.expanduser(names.uri_to_path(uri))))
     fs, path = filesystem(uri, s3)
-    with fs.open_input_stream(path) as f:
-        return f.read()
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except OSError as e:  # say so when the key is a "folder" (a prefix or an "x.png/" marker object)
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            raise IsADirectoryError("is a folder (an S3 prefix), not an image file") from e
+        raise
 
 
 def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
