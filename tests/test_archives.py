@@ -98,6 +98,12 @@ def _odd_folder(root: str, good: bytes) -> dict[bytes, str]:
         f.write(good)
     os.chmod(os.path.join(root, "unread.png"), 0)
     expected["unread.png"] = "permission denied"  # for a user other than root
+    os.mkdir(os.path.join(root, "locked"))  # a folder nobody but root may list: itself one row
+    with open(os.path.join(root, "locked", "in.png"), "wb") as f:
+        f.write(good)
+    os.chmod(os.path.join(root, "locked"), 0)
+    expected["locked"] = "permission denied"  # unprivileged: the folder is the row
+    expected["locked/in.png"] = "ok"  # privileged: its image is
     os.mkdir(os.path.join(root, "dicom"))
     for name in DICOMS:
         shutil.copy(os.path.join(FIXTURES, name), os.path.join(root, "dicom", name))
@@ -105,6 +111,12 @@ def _odd_folder(root: str, good: bytes) -> dict[bytes, str]:
     os.chmod(root, 0o755)
     os.chmod(os.path.join(root, "dicom"), 0o755)
     return {**{os.fsencode(k): v for k, v in expected.items()}, LATIN1: "ok"}
+
+
+def _visible(expected: dict[bytes, str], privileged: bool) -> dict[bytes, str]:
+    """What a reader sees: root lists locked/ and reads unread.png; any other user gets error rows."""
+    drop = b"locked" if privileged else b"locked/in.png"
+    return {k: ("ok" if privileged and k == b"unread.png" else v) for k, v in expected.items() if k != drop}
 
 
 def _entry(uri: str, root: str) -> bytes:
@@ -157,6 +169,7 @@ def test_listing_and_reading_odd_entries_gives_one_row_each_with_reasons(odd_arc
                          check=False, timeout=120, preexec_fn=_drop_root_file_access if as_root else None)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {_entry(r["uri"], root): r for r in json.loads(out.stdout.splitlines()[-1])}
+    expected = _visible(expected, privileged=False)
     assert set(rows) == set(expected)
     for entry, reason in expected.items():
         row = rows[entry]
@@ -230,10 +243,11 @@ def test_infer_over_an_odd_archive_one_row_per_entry_exit_0(ray_local, odd_archi
 
     table = read_results(out)
     rows = {_entry(r["image_uri"], str(both)): r for r in table.to_pylist()}
+    expected = _visible(expected, privileged=os.geteuid() == 0)
     assert len(rows) == table.num_rows == len(expected) + 2  # one row per entry, nothing lost
     for entry, reason in expected.items():
         row = rows[b"odd/" + entry]
-        if reason == "ok" or (reason == "permission denied" and os.geteuid() == 0):  # root reads unread.png
+        if reason == "ok":
             assert row["status"] == "ok", (entry, row["error"])
         else:
             assert row["status"] == "error" and reason in row["error"], (entry, row["error"])

@@ -67,7 +67,9 @@ def _relative_keys(uris: list[str]) -> list[str]:
 def _is_input_entry(entry: storage.FileEntry) -> bool:
     """Files (and whatever is not a folder: links, FIFOs, ...) with an input name; folders only when named
     like an image file (x.png/), which is surely a mistake worth a row; UID-named DICOM series folders
-    ("1.2.840...") are not."""
+    ("1.2.840...") are not. A folder that could not be listed is always a row: its images would be lost."""
+    if entry.kind == "unlistable dir":
+        return True
     if entry.kind != "dir":
         return names.is_input_name(entry.uri)
     return names.is_image_name(entry.uri)

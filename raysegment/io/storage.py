@@ -145,7 +145,7 @@ class FileEntry:
     size: int
     mtime_ns: int | None = None  # None on stores that do not report it
     etag: str | None = None
-    kind: str = "file"  # list_local_tree only: "file", "dir", "symlink" (dangling), "fifo", "socket", ...
+    kind: str = "file"  # "file", "dir", "unlistable dir", "symlink" (dangling), "fifo", "socket", ...
 
 
 def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None,
@@ -187,7 +187,7 @@ def list_local_tree(uri: str) -> list[FileEntry]:
 
     Names are handled as bytes, so a name that is not valid UTF-8 is listed too; its URI is the escaped
     form of names.path_to_uri. Symlinks are followed (folders once each: a link loop ends there). A
-    sub-folder that cannot be listed is itself an entry (kind "dir"), so the caller can report it.
+    sub-folder that cannot be listed is itself an entry (kind "unlistable dir"), so the caller can report it.
     """
     root = os.fsencode(os.path.abspath(os.path.expanduser(names.uri_to_path(uri))))
     if not os.path.exists(root):
@@ -205,7 +205,7 @@ def list_local_tree(uri: str) -> list[FileEntry]:
         except OSError as e:
             _log_listing_problem(folder, e)
             if folder != root:
-                entries.append(FileEntry(names.path_to_uri(folder), 0, None, None, "dir"))
+                entries.append(FileEntry(names.path_to_uri(folder), 0, None, None, "unlistable dir"))
             continue
         for child in children:
             try:
