@@ -310,3 +310,19 @@ def test_read_results_reads_v1_files(tmp_path):
     selected = read_results(str(tmp_path), columns=["image_uri", "mask_rle"])
     assert selected.column_names == ["image_uri", "mask_rle"]
     assert done_inputs(str(tmp_path))["/data/a.png"]["model_id"] == "m1"
+
+
+def test_show_draws_from_mask_rle_when_mask_png_was_dropped(tmp_path):
+    from raysegment.io.decode import decode_mask_png
+    from raysegment.viz.show import read_masks
+
+    mask = np.zeros((30, 20), bool)
+    mask[5:25, 3:9] = True
+    row = {name: None for name in SCHEMA.names}
+    row.update(schema_version=2, run_id="20260101T000000Z-bbbbbb", model_id="m1", package_version="0.1.0",
+               image_uri="/data/b.png", image_id="b", status="ok", height=30, width=20, mask_rle=encode_rle(mask))
+    folder = tmp_path / "runs" / row["run_id"]
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), folder / "part-0.parquet")
+    masks = read_masks(str(tmp_path), [{"image_uri": "/data/b.png", "run_id": row["run_id"]}])
+    assert np.array_equal(decode_mask_png(masks["/data/b.png"]), mask)
