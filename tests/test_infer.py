@@ -32,7 +32,8 @@ from raysegment.infer.postprocess import (
 from raysegment.infer.predict import forward_probabilities, predict
 from raysegment.infer.results import SCHEMA, is_done, read_results
 from raysegment.io.decode import decode_mask, decode_mask_png, encode_png
-from raysegment.io.inputs import is_image_name, list_inputs, mask_key, read_manifest, sanitize_key
+from raysegment.io.inputs import list_inputs, mask_key, read_manifest, sanitize_key
+from raysegment.io.names import is_input_name as is_image_name
 from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
 from raysegment.model.unet import UNet, UNetConfig
 from raysegment.testing.dicom import make_dicom_bytes

@@ -48,6 +48,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--rows-per-file", type=int, default=256, metavar="N",
                    help="minimum rows per Parquet file")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--no-inversion-check", action="store_true",
+                   help="do not detect and correct inverted PNG/JPEG/TIFF exports (white air; see docs)")
+    p.add_argument("--no-mask-png", action="store_true",
+                   help="leave the mask_png column empty: masks only as mask_rle (about 5x smaller)")
+    p.add_argument("--dicom-seg-out", metavar="URI",
+                   help="write a DICOM Segmentation (SEG) per DICOM input here, mirroring input paths")
+    p.add_argument("--dicom-seg-sides", action="store_true",
+                   help="DICOM SEG with right and left lung as two segments (default: one 'Lung' segment)")
     add_s3_arguments(p)
     p.set_defaults(func=run)
     return p
@@ -68,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads, threshold=args.threshold,
         postprocess=PostprocessConfig(keep_largest=args.keep_largest, fill_holes=not args.no_fill_holes),
         pixel_spacing_mm=args.pixel_spacing, resume=not args.no_resume, rows_per_file=args.rows_per_file,
-        s3=s3, address=args.address,
+        s3=s3, address=args.address, correct_inversion=not args.no_inversion_check,
+        mask_png=not args.no_mask_png, dicom_seg_out=args.dicom_seg_out, dicom_seg_sides=args.dicom_seg_sides,
     )
     summary = run_inference(config)
     print(summary_header(summary))

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import posixpath
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from raysegment.io import storage
+from raysegment.io import names, storage
 from raysegment.io.decode import DecodeError, decode_image, decode_mask
+from raysegment.io.names import IMAGE_EXTENSIONS  # noqa: F401 - re-exported: the file-name rules live in names
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
 IMAGE_DIRS = ("CXR_png", "cxr", "images", "image", "imgs")
 MASK_DIRS = ("masks", "mask", "labels")
 MASK_SUFFIXES = ("_mask", "-mask", "_seg")
@@ -60,18 +59,8 @@ class Discovery:
         return "\n".join(lines)
 
 
-def _stem(uri: str) -> str:
-    name = storage.basename(uri)
-    return name.rsplit(".", 1)[0] if "." in name else name
-
-
-def _is_image(uri: str) -> bool:
-    name = storage.basename(uri).lower()
-    return name.endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
 def _images_in(uri: str) -> list[str]:
-    return [e.uri for e in storage.list_files(uri, recursive=False) if _is_image(e.uri)]
+    return [e.uri for e in storage.list_files(uri, recursive=False) if names.is_image_name(e.uri)]
 
 
 def _subdirs(uri: str) -> dict[str, str]:
@@ -91,7 +80,7 @@ def _match(image_uris: list[str], mask_uris: list[str], strip_suffix: bool) -> t
     """Pair images and masks by stem. Returns (pairs, unmatched images, unmatched masks)."""
     masks_by_stem: dict[str, str] = {}
     for uri in mask_uris:
-        stem = _stem(uri)
+        stem = names.stem(uri)
         if strip_suffix:
             for suffix in MASK_SUFFIXES:
                 if stem.endswith(suffix):
@@ -100,7 +89,7 @@ def _match(image_uris: list[str], mask_uris: list[str], strip_suffix: bool) -> t
         masks_by_stem[stem] = uri
     pairs, lonely_images = [], []
     for uri in image_uris:
-        stem = _stem(uri)
+        stem = names.stem(uri)
         mask = masks_by_stem.pop(stem, None)
         if mask is None:
             lonely_images.append(uri)
@@ -112,11 +101,11 @@ def _match(image_uris: list[str], mask_uris: list[str], strip_suffix: bool) -> t
 def _discover_montgomery(root: str, subdirs: dict[str, str]) -> Discovery:
     manual = _subdirs(subdirs["ManualMask"])
     images = _images_in(subdirs["CXR_png"])
-    left = {_stem(u): u for u in _images_in(manual["leftMask"])} if "leftMask" in manual else {}
-    right = {_stem(u): u for u in _images_in(manual["rightMask"])} if "rightMask" in manual else {}
+    left = {names.stem(u): u for u in _images_in(manual["leftMask"])} if "leftMask" in manual else {}
+    right = {names.stem(u): u for u in _images_in(manual["rightMask"])} if "rightMask" in manual else {}
     pairs, lonely = [], []
     for uri in images:
-        stem = _stem(uri)
+        stem = names.stem(uri)
         if stem in left and stem in right:
             pairs.append(Pair(stem, uri, (left.pop(stem), right.pop(stem))))
         else:  # a missing left OR right mask makes the union wrong: report, do not guess
@@ -124,12 +113,6 @@ def _discover_montgomery(root: str, subdirs: dict[str, str]) -> Discovery:
             right.pop(stem, None)
             lonely.append(uri)
     return Discovery("montgomery", root, pairs, lonely, sorted(list(left.values()) + list(right.values())))
-
-
-def _resolve(path: str, base: str) -> str:
-    if storage.is_s3(path) or os.path.isabs(path):
-        return path
-    return storage.join(base, path)
 
 
 def _discover_manifest(uri: str) -> tuple[Discovery, dict[str, str]]:
@@ -140,9 +123,10 @@ def _discover_manifest(uri: str) -> tuple[Discovery, dict[str, str]]:
     base = storage.parent(uri)
     pairs, lonely, splits = [], [], {}
     for row in table.to_dict("records"):
-        image = _resolve(str(row["image"]), base)
-        masks = tuple(_resolve(m, base) for m in str(row.get("mask") or "").split("|") if m and m != "nan")
-        image_id = str(row["image_id"]) if "image_id" in columns else _stem(image)
+        image = names.resolve(str(row["image"]), base)
+        mask_field = str(row.get("mask") or "")
+        masks = tuple(names.resolve(m, base) for m in mask_field.split("|") if m and m != "nan")
+        image_id = str(row["image_id"]) if "image_id" in columns else names.stem(image)
         if not masks:
             lonely.append(image)
             continue
@@ -165,7 +149,7 @@ def read_table(uri: str):
 
 def discover(uri: str) -> Discovery:
     """Find image/mask pairs under a folder, s3:// prefix or manifest file (layout detected)."""
-    if uri.lower().endswith((".csv", ".parquet")):
+    if names.is_manifest_name(uri):
         return _discover_manifest(uri)[0]
     if not storage.is_dir(uri):
         raise FileNotFoundError(f"dataset not found: {uri} (expected a folder, s3:// prefix or manifest "
@@ -183,7 +167,7 @@ def discover(uri: str) -> Discovery:
                 f".csv/.parquet with image and mask columns; found folders {sorted(subdirs) or 'none'}"
             )
         images, masks = _images_in(image_dir), _images_in(mask_dir)
-        with_suffix = any(_stem(m).endswith(MASK_SUFFIXES) for m in masks)
+        with_suffix = any(names.stem(m).endswith(MASK_SUFFIXES) for m in masks)
         pairs, lonely_images, lonely_masks = _match(images, masks, strip_suffix=with_suffix)
         found = Discovery("shenzhen" if with_suffix else "generic", uri, pairs, lonely_images, lonely_masks)
     if not found.pairs:
@@ -252,7 +236,7 @@ def load_split_dataset(
     uri: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 42
 ) -> SplitDataset:
     """Discover pairs and split them; a manifest's own `split` column wins over the hash."""
-    if uri.lower().endswith((".csv", ".parquet")):
+    if names.is_manifest_name(uri):
         found, given = _discover_manifest(uri)
     else:
         found, given = discover(uri), {}

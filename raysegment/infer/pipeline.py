@@ -44,6 +44,7 @@ from raysegment.data.preprocess import PreprocessConfig, geometry, preprocess_im
 from raysegment.errors import InputError
 from raysegment.evaluation.metrics import json_safe
 from raysegment.evaluation.scoring import score
+from raysegment.infer.archive import prepare_image, write_dicom_seg
 from raysegment.infer.postprocess import PostprocessConfig
 from raysegment.infer.results import (
     SCHEMA,
@@ -58,6 +59,7 @@ from raysegment.infer.results import (
 from raysegment.io import preflight, storage
 from raysegment.io.decode import decode_image, encode_mask_png
 from raysegment.io.inputs import InputItem, list_inputs, mask_key
+from raysegment.io.rle import encode_rle
 from raysegment.progress import Progress, poll, remote_counter
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,10 @@ class InferConfig:
     s3: storage.S3Options = field(default_factory=storage.S3Options)
     address: str | None = None  # Ray cluster address (default: $RAY_ADDRESS or a local Ray)
     run_id: str | None = None  # default: UTC timestamp + random suffix
+    correct_inversion: bool = True  # invert inverted PNG/JPEG/TIFF exports back (data/inversion.py)
+    mask_png: bool = True  # False: leave the mask_png column empty (mask_rle holds the mask)
+    dicom_seg_out: str | None = None  # write a DICOM SEG per DICOM input here (infer/dicom_seg.py)
+    dicom_seg_sides: bool = False  # SEG with right and left lung as two segments instead of one "Lung"
 
 
 def new_run_id() -> str:
@@ -109,7 +115,8 @@ _STATUS_FIELDS = [("status", pa.string()), ("error_stage", pa.string()), ("error
 DECODED_SCHEMA = pa.schema([
     *INPUT_SCHEMA, *_STATUS_FIELDS, SCHEMA.field("image_format"), SCHEMA.field("bit_depth"),
     SCHEMA.field("height"), SCHEMA.field("width"), SCHEMA.field("pixel_spacing_row_mm"),
-    SCHEMA.field("pixel_spacing_col_mm"), ("image", pa.binary()),  # uint8 SxS model input, row-major
+    SCHEMA.field("pixel_spacing_col_mm"), SCHEMA.field("exif_rotation"), SCHEMA.field("inversion_corrected"),
+    SCHEMA.field("qc_notes"), ("image", pa.binary()),  # uint8 SxS model input, row-major
     SCHEMA.field("read_ms"), SCHEMA.field("decode_ms"),
 ])
 INFERRED_SCHEMA = pa.schema([
@@ -134,7 +141,7 @@ def _ms(t0: float) -> float:
 # --- stage 1: read + decode + preprocess (CPU tasks) ----------------------------------------------
 
 def _decode_row(row: dict, preprocess: PreprocessConfig, spacing_mm: float | None,
-                s3: storage.S3Options) -> None:
+                s3: storage.S3Options, fix_inversion: bool = True) -> None:
     row.update(status="ok", image=None)
     t0 = time.perf_counter()
     try:
@@ -154,7 +161,7 @@ def _decode_row(row: dict, preprocess: PreprocessConfig, spacing_mm: float | Non
     row.update(image_format=meta.format, bit_depth=meta.bit_depth, height=meta.height, width=meta.width,
                pixel_spacing_row_mm=spacing[0], pixel_spacing_col_mm=spacing[1])
     try:
-        model_input, _ = preprocess_image(decoded.image, preprocess)
+        model_input, _ = preprocess_image(prepare_image(decoded, fix_inversion, row), preprocess)
     except Exception as e:  # noqa: BLE001 - any per-row failure becomes an error row
         return _fail(row, "preprocess", e)
     row["image"] = model_input.tobytes()
@@ -162,12 +169,12 @@ def _decode_row(row: dict, preprocess: PreprocessConfig, spacing_mm: float | Non
 
 
 def decode_batch(batch: pa.Table, preprocess: PreprocessConfig, spacing_mm: float | None,
-                 s3: storage.S3Options) -> pa.Table:
+                 s3: storage.S3Options, fix_inversion: bool = True) -> pa.Table:
     """INPUT_SCHEMA rows -> DECODED_SCHEMA rows (image = uint8 SxS model input, or null on error)."""
     _single_threaded_cv2()
     rows = batch.to_pylist()
     for row in rows:
-        _decode_row(row, preprocess, spacing_mm, s3)
+        _decode_row(row, preprocess, spacing_mm, s3, fix_inversion)
     return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
 
 
@@ -246,6 +253,9 @@ class PostprocessJob:
     masks_out: str | None
     s3: storage.S3Options
     counter: object = None  # progress.Counter actor: rows finished, for the driver's progress bar
+    mask_png: bool = True
+    dicom_seg_out: str | None = None
+    dicom_seg_sides: bool = False
 
 
 def _finite(value: float) -> float | None:
@@ -268,8 +278,10 @@ def _finish_row(row: dict, job: PostprocessJob) -> dict:
         scored = score(prob, geometry(row["height"], row["width"], job.preprocess), job.threshold,
                        job.postprocess, truth_uris, row["image_uri"], spacing)
         seg, reasons = scored.segmentation, scored.qc_reasons
+        png = encode_mask_png(seg.mask) if job.mask_png or job.masks_out else None
         measured = {
-            "mask_png": encode_mask_png(seg.mask), "threshold": job.threshold, "lung_area_px": seg.area_px,
+            "mask_png": png if job.mask_png else None, "mask_rle": encode_rle(seg.mask),
+            "threshold": job.threshold, "lung_area_px": seg.area_px,
             "lung_fraction": seg.fraction, "right_lung_area_px": seg.right_area_px,
             "left_lung_area_px": seg.left_area_px,
             "lung_area_cm2": seg.area_px * spacing[0] * spacing[1] / 100.0 if spacing else None,
@@ -278,7 +290,9 @@ def _finish_row(row: dict, job: PostprocessJob) -> dict:
         }
         if job.masks_out:
             measured["mask_uri"] = storage.join(job.masks_out, mask_key(row["key"]))
-            storage.write_bytes(measured["mask_uri"], measured["mask_png"], job.s3)
+            storage.write_bytes(measured["mask_uri"], png, job.s3)
+        if job.dicom_seg_out and row["image_format"] == "dicom":
+            measured["dicom_seg_uri"] = write_dicom_seg(row, seg.mask, job)
     except Exception as e:  # noqa: BLE001 - per-row error row
         _fail(out, "postprocess", e)
         return out
@@ -343,7 +357,7 @@ def build_dataset(inputs: pa.Table, config: InferConfig, plan_: InferPlan, job: 
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=task_cpus,
                         fn_kwargs={"preprocess": job.preprocess, "spacing_mm": config.pixel_spacing_mm,
-                                   "s3": config.s3},
+                                   "s3": config.s3, "fix_inversion": config.correct_inversion},
                         udf_modifying_row_count=False)
     ds = ds.map_batches(
         InferActor, batch_size=batch_size, batch_format="pyarrow",
@@ -383,7 +397,8 @@ def run_inference(config: InferConfig) -> dict:
     run_id = config.run_id or new_run_id()
     threshold = loaded.spec.threshold if config.threshold is None else config.threshold
     items = list_inputs(config.input, config.manifest_column, config.limit,
-                        exclude=(config.output, config.masks_out or ""), s3=config.s3)
+                        exclude=(config.output, config.masks_out or "", config.dicom_seg_out or ""),
+                        s3=config.s3)
     if not items:
         raise InputError(f"--input {config.input}: no images found (PNG, JPEG, TIFF, DICOM)")
     truth = _truth_index(config.ground_truth) if config.ground_truth else {}
@@ -401,7 +416,8 @@ def run_inference(config: InferConfig) -> dict:
     logs.set_destination(out_uri)
     counter = remote_counter() if todo else None
     job = PostprocessJob(run_id, loaded.model_id, threshold, loaded.spec.preprocess, config.postprocess,
-                         config.masks_out, config.s3, counter)
+                         config.masks_out, config.s3, counter, config.mask_png, config.dicom_seg_out,
+                         config.dicom_seg_sides)
     storage.write_text(storage.join(out_uri, "run.json"), _json({
         "run_id": run_id, "config": asdict(config), "model_id": loaded.model_id, "threshold": threshold,
         "plan": asdict(plan_), "batch_size": batch_size, "inputs": len(items), "todo": len(todo),

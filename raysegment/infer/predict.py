@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from raysegment.data.inversion import correct_inversion
 from raysegment.data.preprocess import Geometry, preprocess_image, to_tensor
 from raysegment.infer.postprocess import PostprocessConfig, Segmentation, postprocess
 from raysegment.io.decode import ImageMeta, decode_image
@@ -106,18 +107,21 @@ def predict(
     threshold: float | None = None,
     micro_batch: int | None = None,
     threads: int | None = CPU_THREADS,
+    fix_inversion: bool = True,
 ) -> Prediction:
     """Segment one X-ray: encoded bytes (any format imageio reads) or a float32 HxW array in [0, 1].
 
     `config` defaults to PostprocessConfig(); `threshold` to the checkpoint's. `micro_batch` and `threads`
-    must be what the pipeline used
-    for pixel-identical results (the defaults are the pipeline's defaults). Raises imageio.DecodeError
-    on undecodable bytes.
+    must be what the pipeline used for pixel-identical results (the defaults are the pipeline's defaults).
+    `fix_inversion`: an inverted PNG/JPEG/TIFF is inverted back first, as bulk inference does
+    (data/inversion.py). Raises imageio.DecodeError on undecodable bytes.
     """
     meta = None
     if isinstance(image, (bytes, bytearray, memoryview)):
         decoded = decode_image(bytes(image), name)
         image, meta = decoded.image, decoded.meta
+        if fix_inversion:
+            image, _ = correct_inversion(image, meta.format)
     model_input, geo = preprocess_image(image, loaded.spec.preprocess)
     prob = forward_probabilities(loaded.model, model_input[None], micro_batch, threads)[0]
     threshold = loaded.spec.threshold if threshold is None else threshold

@@ -156,7 +156,18 @@ def read_results(output: str, columns: list[str] | None = None, all_rows: bool =
     table = pa.concat_tables(tables, promote_options="default")
     if not all_rows and table.num_rows:
         table = table.take(_latest_indices(table))
+    table = _with_missing_columns(table, SCHEMA.names if columns is None else columns)
     return table if columns is None else table.select([c for c in columns if c in table.column_names])
+
+
+def _with_missing_columns(table: pa.Table, wanted) -> pa.Table:
+    """Files of an older schema version lack the newer columns: add them as nulls, so every reader sees
+    the current columns (all of them are nullable) whatever version wrote the rows."""
+    for name in wanted:
+        if name in SCHEMA.names and name not in table.column_names:
+            table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    known = [n for n in SCHEMA.names if n in table.column_names]  # in SCHEMA's order, unknown ones last
+    return table.select(known + [n for n in table.column_names if n not in SCHEMA.names])
 
 
 def _latest_indices(table: pa.Table) -> np.ndarray:

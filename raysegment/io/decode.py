@@ -14,18 +14,29 @@ Scaling to [0, 1]:
   * DICOM: modality LUT (rescale slope/intercept), then the VOI LUT or window centre/width,
     scaled so the VOI output range maps to [0, 1]; without a usable VOI, min-max.
     MONOCHROME1 is inverted so that high values are always bright.
-Colour is converted to gray (alpha ignored). EXIF orientation is NOT applied: pixels come
-out as stored, which keeps images and their masks aligned.
+Colour is converted to gray (alpha ignored).
+
+EXIF orientation (JPEG, TIFF, PNG eXIf) IS applied: pixels come out as every viewer displays them,
+for images and masks alike (masks decode through the same path, so pairs stay aligned), and
+``ImageMeta.exif_rotation`` / ``exif_mirrored`` record what was done (height and width are the
+displayed ones).
+
+DICOM pixel data is decoded by pydicom with the plugin measured fastest for its transfer syntax
+(``PREFERRED_PLUGINS``; docs/formats.md), falling back to any other installed one. Multi-frame
+objects: the first frame is used, and ``ImageMeta.frames`` says how many there were.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from raysegment.io import names
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -50,6 +61,9 @@ class ImageMeta:
     channels: int  # channels in the file before conversion to gray (1, 3, 4)
     pixel_spacing_mm: tuple[float, float] | None  # (row, col) when known
     photometric: str | None = None  # DICOM PhotometricInterpretation
+    exif_rotation: int = 0  # degrees clockwise applied from the EXIF orientation (after the mirror, if any)
+    exif_mirrored: bool = False  # the EXIF orientation also mirrored the image left-right (codes 2, 4, 5, 7)
+    frames: int = 1  # DICOM NumberOfFrames; only the first is decoded
 
 
 @dataclass(frozen=True)
@@ -82,12 +96,6 @@ def _check_pixel_count(height: int, width: int, max_pixels: int, name: str) -> N
 # --------------------------------------------------------------------------- sniffing
 
 
-def _may_be_bare_dicom(name: str) -> bool:
-    """Preamble-less DICOM is only tried for *.dcm / *.dicom, no extension, or a numeric one
-    (DICOM files are often named by UID, e.g. ``1.2.840.113619.2.55.3``)."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    ext = base.rsplit(".", 1)[-1].lower() if "." in base else ""
-    return ext in ("", "dcm", "dicom") or ext.isdigit()
 
 
 def _read_bare_dicom_header(data: bytes):
@@ -119,7 +127,7 @@ def sniff_format(data: bytes, name: str = "") -> str | None:
         return "tiff"
     if data[128:132] == b"DICM":
         return "dicom"
-    if _may_be_bare_dicom(name) and _read_bare_dicom_header(data) is not None:
+    if names.may_be_dicom_name(name) and _read_bare_dicom_header(data) is not None:
         return "dicom"
     return None
 
@@ -260,13 +268,51 @@ def _to_unit_float(arr: np.ndarray) -> np.ndarray:
     return _minmax(arr)
 
 
+# EXIF orientation code -> (mirror left-right first, then rotate clockwise by degrees); checked against
+# PIL.ImageOps.exif_transpose by a test.
+EXIF_ORIENTATIONS = {1: (False, 0), 2: (True, 0), 3: (False, 180), 4: (True, 180), 5: (True, 270),
+                     6: (False, 90), 7: (True, 90), 8: (False, 270)}
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+def _exif_orientation(pil_image) -> int:
+    """EXIF orientation code 1-8 of a header-parsed PIL image (1 when absent or unreadable)."""
+    try:
+        code = int(pil_image.getexif().get(_EXIF_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not fail the decode: no orientation
+        return 1
+    return code if code in EXIF_ORIENTATIONS else 1
+
+
+def _png_orientation(data: bytes) -> int:
+    """EXIF orientation of a PNG with an eXIf chunk (rare; PIL parses it only when present)."""
+    if b"eXIf" not in data[: data.find(b"IDAT") if b"IDAT" in data else len(data)]:
+        return 1
+    from PIL import PngImagePlugin
+
+    try:
+        return _exif_orientation(PngImagePlugin.PngImageFile(io.BytesIO(data)))
+    except Exception:  # noqa: BLE001 - unreadable eXIf: no orientation
+        return 1
+
+
+def apply_orientation(arr: np.ndarray, code: int) -> np.ndarray:
+    """Stored HxW[xC] pixels -> as displayed for EXIF orientation `code` (mirror, then rotate clockwise)."""
+    mirror, degrees = EXIF_ORIENTATIONS.get(code, (False, 0))
+    if mirror:
+        arr = arr[:, ::-1]
+    return np.ascontiguousarray(np.rot90(arr, -(degrees // 90)) if degrees else arr)
+
+
 def _decode_raster(data: bytes, fmt: str, name: str, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
-    """PNG/JPEG/TIFF -> (gray HxW array in the file's dtype, meta). Header checks come first."""
+    """PNG/JPEG/TIFF -> (gray HxW array in the file's dtype, as displayed: EXIF orientation applied, meta).
+    Header checks come first."""
     depth = 0
     if fmt == "png":
         h, w, depth = _png_header(data, name)
         _check_pixel_count(h, w, max_pixels, name)
         _check_png_complete(data, name)
+        orientation = _png_orientation(data)
     else:
         pil_image = _pil_open(data, fmt, name)
         w, h = pil_image.size
@@ -275,8 +321,10 @@ def _decode_raster(data: bytes, fmt: str, name: str, max_pixels: int) -> tuple[n
             _check_jpeg_complete(data, name)
         else:
             _check_tiff_complete(pil_image, data, name)
+        orientation = _exif_orientation(pil_image)
     try:
-        # IMREAD_UNCHANGED keeps 16 bit and float; cv2 returns None on failure.
+        # IMREAD_UNCHANGED keeps 16 bit and float, ignores JPEG/PNG EXIF orientation (applied below);
+        # cv2 returns None on failure.
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as e:
         raise _error(f"cannot decode {fmt.upper()}: {e}", name) from e
@@ -284,6 +332,9 @@ def _decode_raster(data: bytes, fmt: str, name: str, max_pixels: int) -> tuple[n
         raise _error(f"corrupt {fmt.upper()}: the decoder rejected the pixel data; the file is damaged", name)
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     gray = _to_gray(arr)
+    if fmt != "tiff":  # cv2's TIFF reader applies it itself (even with IMREAD_IGNORE_ORIENTATION)
+        gray = apply_orientation(gray, orientation)
+    mirrored, degrees = EXIF_ORIENTATIONS[orientation]
     meta = ImageMeta(
         height=gray.shape[0],
         width=gray.shape[1],
@@ -291,6 +342,8 @@ def _decode_raster(data: bytes, fmt: str, name: str, max_pixels: int) -> tuple[n
         format=fmt,
         channels=channels,
         pixel_spacing_mm=None,
+        exif_rotation=degrees,
+        exif_mirrored=mirrored,
     )
     return gray, meta
 
@@ -316,6 +369,46 @@ def _ensure_transfer_syntax(ds) -> None:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
+# Fastest permissively licensed plugin first, per transfer syntax, measured by bench/dicom_decoders.py
+# (docs/formats.md); pydicom's own order would pick GDCM for JPEG baseline (3x slower than Pillow),
+# GDCM for JPEG-LS (1.7x slower than pyjpegls) and its pure-numpy RLE (10x slower than pylibjpeg-rle).
+PREFERRED_PLUGINS = {
+    "1.2.840.10008.1.2.4.50": ("pillow", "gdcm", "pylibjpeg"),  # JPEG baseline (process 1)
+    "1.2.840.10008.1.2.4.51": ("pillow", "gdcm", "pylibjpeg"),  # JPEG extended (12 bit: pylibjpeg only)
+    "1.2.840.10008.1.2.4.57": ("gdcm", "pylibjpeg"),  # JPEG lossless (process 14)
+    "1.2.840.10008.1.2.4.70": ("gdcm", "pylibjpeg"),  # JPEG lossless, first-order prediction (SV1)
+    "1.2.840.10008.1.2.4.80": ("pyjpegls", "gdcm", "pylibjpeg"),  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": ("pyjpegls", "gdcm", "pylibjpeg"),  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": ("gdcm", "pillow", "pylibjpeg"),  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": ("gdcm", "pillow", "pylibjpeg"),  # JPEG 2000
+    "1.2.840.10008.1.2.5": ("pylibjpeg", "pydicom", "gdcm"),  # RLE lossless
+}
+
+
+def _preferred_plugin(uid) -> str | None:
+    """The first installed plugin of PREFERRED_PLUGINS for this syntax, or None (pydicom's default)."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        available = get_decoder(uid).available_plugins
+    except (NotImplementedError, ValueError):
+        return None
+    return next((p for p in PREFERRED_PLUGINS.get(str(uid), ()) if p in available), None)
+
+
+def _first_frame(ds) -> np.ndarray:
+    """Pixels of the first frame, with the preferred plugin; any other installed one when that fails."""
+    plugin = _preferred_plugin(ds.file_meta.get("TransferSyntaxUID"))
+    if plugin:
+        try:
+            ds.pixel_array_options(index=0, decoding_plugin=plugin)
+            return ds.pixel_array
+        except Exception as e:  # noqa: BLE001 - e.g. a bit depth this plugin refuses: let pydicom try others
+            logging.getLogger(__name__).debug("DICOM plugin %s failed (%s); trying the others", plugin, e)
+    ds.pixel_array_options(index=0, decoding_plugin="")
+    return ds.pixel_array
+
+
 def _dicom_pixel_error(ds, exc: Exception, name: str) -> DecodeError:
     """Name the transfer syntax, and the missing decoder packages when that is the cause."""
     from pydicom.pixels import get_decoder
@@ -335,13 +428,14 @@ def _dicom_pixel_error(ds, exc: Exception, name: str) -> DecodeError:
         if not available:
             return _error(
                 f"cannot decode DICOM pixel data: no decoder installed for transfer syntax {ts}; "
-                "install pylibjpeg with its plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg) or python-gdcm",
+                "the default decoders (python-gdcm, pyjpegls, pylibjpeg, pylibjpeg-rle) are missing: "
+                "reinstall raysegment, or `pip install raysegment[jpeg-gpl]` for 12-bit JPEG Extended",
                 name,
             )
         return _error(
             f"cannot decode DICOM pixel data with transfer syntax {ts} ({reason}); either the data "
-            "is corrupt or the installed decoders cannot handle it: try pylibjpeg "
-            "(pylibjpeg-libjpeg, pylibjpeg-openjpeg) or python-gdcm",
+            "is corrupt or the installed decoders (python-gdcm, pyjpegls, pylibjpeg + pylibjpeg-rle, Pillow) "
+            "cannot handle it; 12-bit JPEG Extended needs `pip install raysegment[jpeg-gpl]` (GPLv3)",
             name,
         )
     return _error(f"cannot decode DICOM pixel data with transfer syntax {ts} ({reason})", name)
@@ -458,8 +552,7 @@ def _dicom_image(ds, name: str, max_pixels: int) -> DecodedImage:
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper() or None
     _ensure_transfer_syntax(ds)
     try:
-        ds.pixel_array_options(index=0)  # decode the first frame only
-        arr = ds.pixel_array
+        arr = _first_frame(ds)
     except Exception as e:
         raise _dicom_pixel_error(ds, e, name) from e
     if arr.ndim == 3:  # colour (pydicom converts YBR to RGB): no modality/VOI for colour
@@ -474,6 +567,7 @@ def _dicom_image(ds, name: str, max_pixels: int) -> DecodedImage:
         channels=int(ds.get("SamplesPerPixel") or 1),
         pixel_spacing_mm=_pixel_spacing(ds),
         photometric=photometric,
+        frames=int(ds.get("NumberOfFrames") or 1),
     )
     return DecodedImage(image=image, meta=meta)
 

@@ -1,28 +1,32 @@
 """What to segment: the input images of a bulk inference run, listed from a folder / s3:// prefix or read
 from a manifest, each with its identity (size, mtime or ETag) so a resumed run can tell changed files.
 
-- A folder or prefix is listed recursively (storage.list_files) and filtered by name: the image extensions
-  of datasets.IMAGE_EXTENSIONS, no extension, or a numeric one (DICOM files are often named by UID,
-  e.g. 1.2.840.113619.2.55.3). Hidden files (".name") are skipped; so is anything under `exclude`
-  (our own output, when it lies inside the input folder).
+- A folder or prefix is listed recursively and filtered by name (names.is_input_name: an image extension,
+  none, or a numeric one, as DICOM files are often named by UID, e.g. 1.2.840.113619.2.55.3). Hidden
+  files (".name") are skipped; so is anything under `exclude` (our own output, when it lies inside the
+  input folder). A local folder is listed by name bytes (storage.list_local_tree), so every entry `ls`
+  shows with such a name becomes an input, whatever it is: names that are not UTF-8 (stored escaped,
+  see names.py), dangling symlinks, FIFOs, unreadable files and folders named like images (e.g. x.png/)
+  are inputs too, and the read stage turns each into an error row with the reason.
 - A manifest is a .csv or .parquet file with a column of URIs (`image_uri`, `image`, `uri` or `path`, or
   the one named); relative entries are relative to the manifest's folder. Optional identity columns:
   `size`, `mtime_ns`, `etag`. Use one for archives too large to list.
 
 Every input gets a `key`: its path relative to the input folder (or to the manifest entries' common
-folder), sanitized, used to mirror the archive layout under --masks-out.
+folder), sanitized and unique within the run, used to mirror the archive layout under --masks-out.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
-import re
 from dataclasses import dataclass
+from urllib.parse import quote
 
-from raysegment.data.datasets import IMAGE_EXTENSIONS, _resolve, read_table
-from raysegment.io import storage
+from raysegment.data.datasets import read_table
+from raysegment.io import names, storage
+from raysegment.io.names import mask_key, sanitize_key  # noqa: F401 - re-exported: older imports
 
-MANIFEST_EXTENSIONS = (".csv", ".parquet")
 MANIFEST_COLUMNS = ("image_uri", "image", "uri", "path")
 
 
@@ -37,42 +41,11 @@ class InputItem:
     @property
     def image_id(self) -> str:
         """File stem: how inputs are matched to ground truth (as datasets.discover names pairs)."""
-        name = posixpath.basename(self.key)
-        return name.rsplit(".", 1)[0] if "." in name else name
+        return names.stem(self.key)
 
 
 def is_manifest(uri: str) -> bool:
-    return uri.lower().endswith(MANIFEST_EXTENSIONS) and not storage.is_dir(uri)
-
-
-def is_image_name(name: str) -> bool:
-    """Image extension, no extension, or a numeric one (UID-named DICOM); hidden files are not images."""
-    base = posixpath.basename(name.replace("\\", "/"))
-    if not base or base.startswith("."):
-        return False
-    if "." not in base:
-        return True
-    ext = base.rsplit(".", 1)[1].lower()
-    return "." + ext in IMAGE_EXTENSIONS or ext.isdigit()
-
-
-def sanitize_key(key: str) -> str:
-    """A relative, normalized '/'-path that cannot leave its prefix: no scheme, drive, '..', '.' or
-    empty parts, no leading '/'. Returns "unnamed" when nothing is left."""
-    key = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", key.replace("\\", "/"))  # s3://, file://
-    parts = [p for p in key.split("/") if p not in ("", ".", "..")]
-    if parts and re.fullmatch(r"[a-zA-Z]:", parts[0]):  # Windows drive letter
-        parts = parts[1:]
-    return "/".join(parts) or "unnamed"
-
-
-def mask_key(key: str) -> str:
-    """Where the mask of input `key` goes under --masks-out: same folders, name + ".mask.png".
-
-    The whole input name is kept (a.png and a.jpg in one folder must not share a mask), and the suffix
-    cannot collide with another input's mask.
-    """
-    return sanitize_key(key) + ".mask.png"
+    return names.is_manifest_name(uri) and not storage.is_dir(uri)
 
 
 def _strip_scheme(uri: str) -> str:
@@ -87,7 +60,19 @@ def _relative_keys(uris: list[str]) -> list[str]:
         common = posixpath.commonpath(list(folders)) if folders else ""
     except ValueError:  # mixed absolute and relative paths
         common = ""
-    return [sanitize_key(posixpath.relpath(p, common) if common else p) for p in paths]
+    keys = [sanitize_key(posixpath.relpath(p, common) if common else p) for p in paths]
+    return names.unique_keys(keys, uris)
+
+
+def _is_input_entry(entry: storage.FileEntry) -> bool:
+    """Files (and whatever is not a folder: links, FIFOs, ...) with an input name; folders only when named
+    like an image file (x.png/), which is surely a mistake worth a row; UID-named DICOM series folders
+    ("1.2.840...") are not. A folder that could not be listed is always a row: its images would be lost."""
+    if entry.kind == "unlistable dir":
+        return True
+    if entry.kind != "dir":
+        return names.is_input_name(entry.uri)
+    return names.is_image_name(entry.uri)
 
 
 def list_folder(uri: str, exclude: tuple[str, ...] = (),
@@ -95,18 +80,35 @@ def list_folder(uri: str, exclude: tuple[str, ...] = (),
     """Images under a local folder or s3:// prefix, sorted by URI."""
 
     def inner(u: str) -> str:  # path inside its filesystem: absolute local path, or bucket/key
+        if not storage.is_s3(u):
+            return os.path.abspath(os.path.expanduser(u)).replace("\\", "/").rstrip("/")
         return storage.filesystem(u, s3)[1].replace("\\", "/").rstrip("/")
 
-    root = inner(uri)
+    local = not storage.is_s3(uri)
+    root_path = names.uri_to_path(uri) if local else uri
+    root = inner(root_path) if isinstance(root_path, str) else uri.rstrip("/")  # bytes: an escaped root
     skip = tuple(inner(e) + "/" for e in exclude if e and storage.is_s3(e) == storage.is_s3(uri))
-    items = []
-    for entry in storage.list_files(uri, recursive=True, s3=s3):
-        path = inner(entry.uri)
-        if not is_image_name(path) or path.startswith(skip):
+    entries = (storage.list_local_tree(uri) if local
+               else storage.list_files(uri, recursive=True, s3=s3, include_dirs=True))
+    uris, rels, found = [], [], []
+    for entry in entries:
+        path = entry.uri if entry.uri.startswith(names.FILE_SCHEME) else inner(entry.uri)
+        if not _is_input_entry(entry) or path.startswith(skip):
             continue
-        rel = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
-        items.append(InputItem(entry.uri, sanitize_key(rel), entry.size, entry.mtime_ns, entry.etag))
-    return items
+        rel = _relative(path, root)
+        uris.append(entry.uri)
+        rels.append(sanitize_key(rel))
+        found.append(entry)
+    keys = names.unique_keys(rels, uris)
+    return [InputItem(e.uri, k, e.size, e.mtime_ns, e.etag) for e, k in zip(found, keys, strict=True)]
+
+
+def _relative(path: str, root: str) -> str:
+    """`path` relative to `root`; escaped (file://) paths compare on their percent-encoded text."""
+    if path.startswith(names.FILE_SCHEME):
+        path = path[len(names.FILE_SCHEME):]
+        root = root[len(names.FILE_SCHEME):] if root.startswith(names.FILE_SCHEME) else quote(root, safe="/")
+    return posixpath.relpath(path, root) if path != root else posixpath.basename(path)
 
 
 def _optional_int(value) -> int | None:
@@ -128,7 +130,7 @@ def read_manifest(uri: str, column: str | None = None) -> list[InputItem]:
         )
     base = storage.parent(uri)
     rows = table.to_dict("records")
-    uris = [_resolve(str(r[column]), base) for r in rows]
+    uris = [names.resolve(str(r[column]), base) for r in rows]
     keys = _relative_keys(uris)
     items, seen = [], set()
     for row, image_uri, key in zip(rows, uris, keys, strict=False):

@@ -21,14 +21,20 @@ driver does: the AWS chain on their own node (instance profile, ~/.aws, or env i
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import posixpath
 import re
+import secrets
+import stat
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+from raysegment.io import names
 
 ANONYMOUS_ENV = "RAYSEGMENT_S3_ANONYMOUS"
 # Non-secret S3 settings every Ray worker must share with the driver.
@@ -141,10 +147,13 @@ class FileEntry:
     size: int
     mtime_ns: int | None = None  # None on stores that do not report it
     etag: str | None = None
+    kind: str = "file"  # "file", "dir", "unlistable dir", "symlink" (dangling), "fifo", "socket", ...
 
 
-def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None) -> list[FileEntry]:
-    """Every file under `uri` (a folder or prefix), sorted by URI. A missing folder is an error."""
+def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None,
+               include_dirs: bool = False) -> list[FileEntry]:
+    """Every file under `uri` (a folder or prefix), sorted by URI. A missing folder is an error.
+    `include_dirs`: folders (prefixes, "x/" marker objects) too, as kind "dir"."""
     fs, path = filesystem(uri, s3)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
@@ -158,11 +167,96 @@ def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None) ->
             to_uri(i.path, uri),
             int(i.size or 0),
             int(i.mtime_ns) if i.mtime_ns is not None else None,
+            kind="file" if i.type == pafs.FileType.File else "dir",
         )
         for i in infos
-        if i.type == pafs.FileType.File
+        if i.type == pafs.FileType.File or (include_dirs and i.type == pafs.FileType.Directory)
     ]
     return sorted(entries, key=lambda e: e.uri)
+
+
+_KINDS = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"),
+          (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def list_local_tree(uri: str) -> list[FileEntry]:
+    """Every entry under a local folder, recursively, as `ls -R` shows them, sorted by URI: regular files,
+    folders (kind "dir"), dangling symlinks (kind "symlink"), FIFOs, sockets and devices (nothing is opened).
+
+    Names are handled as bytes, so a name that is not valid UTF-8 is listed too; its URI is the escaped
+    form of names.path_to_uri. Symlinks are followed (folders once each: a link loop ends there). A
+    sub-folder that cannot be listed is itself an entry (kind "unlistable dir"), so the caller can report it.
+    """
+    root = os.fsencode(os.path.abspath(os.path.expanduser(names.uri_to_path(uri))))
+    if not os.path.exists(root):
+        raise FileNotFoundError(f"no such folder or prefix: {uri}")
+    entries, stack, seen = [], [root], set()
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                children = list(it)
+        except OSError as e:
+            _log_listing_problem(folder, e)
+            if folder != root:
+                entries.append(FileEntry(names.path_to_uri(folder), 0, None, None, "unlistable dir"))
+            continue
+        for child in children:
+            try:
+                st = child.stat()  # follows symlinks
+            except OSError:  # dangling symlink (or gone since scandir)
+                entries.append(FileEntry(names.path_to_uri(child.path), 0, None, None, "symlink"))
+                continue
+            kind = _kind(st.st_mode)
+            if kind == "dir":
+                stack.append(child.path)
+            entries.append(FileEntry(names.path_to_uri(child.path), int(st.st_size) if kind == "file" else 0,
+                                     int(st.st_mtime_ns), None, kind))
+    return sorted(entries, key=lambda e: e.uri)
+
+
+def _log_listing_problem(folder: bytes, error: OSError) -> None:
+    logging.getLogger(__name__).warning("cannot list %s: %s", names.path_to_uri(folder), error.strerror)
+
+
+class NotRegularFileError(OSError):
+    """A local path that is not a regular file (FIFO, socket, device): it is never read."""
+
+
+def _read_local(path: str | bytes) -> bytes:
+    """Read a local file without ever blocking on a FIFO: open non-blocking, then require a regular file.
+    Errors name the reason in words (dangling symlink, directory, FIFO, permission) and are OSErrors."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as e:
+        if os.path.islink(path):
+            target = names.path_to_uri(os.readlink(path))
+            raise FileNotFoundError(f"dangling symbolic link: its target {target} does not exist") from e
+        raise FileNotFoundError(f"no such file: {names.path_to_uri(path)}") from e
+    except PermissionError as e:
+        raise PermissionError(f"permission denied: not readable by this process (uid {os.getuid()})") from e
+    except IsADirectoryError as e:  # platforms that refuse to open folders
+        raise IsADirectoryError("is a directory, not an image file") from e
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError("is a directory, not an image file")
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"not a regular file but a {_kind(mode)}: not read (it could block)")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1  # the file object owns it now
+            return f.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def exists(uri: str, s3: S3Options | None = None) -> bool:
@@ -176,9 +270,18 @@ def is_dir(uri: str, s3: S3Options | None = None) -> bool:
 
 
 def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
+    """Whole file. Local paths (and file:// URIs of names that are not UTF-8) never block on a FIFO and
+    fail with an OSError naming the reason; see _read_local."""
+    if not is_s3(uri):
+        return _read_local(os.path.abspath(os.path.expanduser(names.uri_to_path(uri))))
     fs, path = filesystem(uri, s3)
-    with fs.open_input_stream(path) as f:
-        return f.read()
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except OSError as e:  # say so when the key is a "folder" (a prefix or an "x.png/" marker object)
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            raise IsADirectoryError("is a folder (an S3 prefix), not an image file") from e
+        raise
 
 
 def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
@@ -189,10 +292,16 @@ def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
             f.write(data)
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    # A short temp name beside the target (path + ".tmp-PID" would break a 250-byte name's 255-byte limit).
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def read_text(uri: str, s3: S3Options | None = None) -> str:

@@ -24,7 +24,8 @@ from raysegment.data.datasets import discover, load_mask
 from raysegment.errors import InputError, UserError
 from raysegment.infer.results import read_results, result_files
 from raysegment.io import storage
-from raysegment.io.decode import decode_image, decode_mask_png, encode_png
+from raysegment.io.decode import decode_image, decode_mask_png, encode_mask_png, encode_png
+from raysegment.io.rle import decode_rle
 from raysegment.viz import figures as viz
 
 # Measurements read to choose and caption rows (mask_png is read only for the chosen ones).
@@ -91,18 +92,23 @@ def select_rows(table, worst: int | None = None, qc_flagged: bool = False, uris:
 
 
 def read_masks(results: str, rows: list[dict]) -> dict[str, bytes]:
-    """image_uri -> mask_png of the given rows, reading only those rows' masks from the Parquet files."""
+    """image_uri -> mask PNG of the given rows, reading only those rows' masks from the Parquet files
+    (mask_png, or mask_rle re-encoded when the run dropped mask_png)."""
     wanted = {(r["image_uri"], r["run_id"]) for r in rows}
     uris = sorted({u for u, _ in wanted})
     found: dict[str, bytes] = {}
     for uri in result_files(results):
         fs, path = storage.filesystem(uri)
         try:
-            part = pq.read_table(path, filesystem=fs, columns=["image_uri", "run_id", "mask_png"],
+            present = pq.read_schema(path, filesystem=fs).names
+            rle = [c for c in ("mask_rle", "height", "width") if c in present]
+            part = pq.read_table(path, filesystem=fs, columns=["image_uri", "run_id", "mask_png", *rle],
                                  filters=[("image_uri", "in", uris)])
         except (OSError, pa.ArrowException):  # a partial file of a killed run; read_results skipped it too
             continue
         for r in part.to_pylist():
+            if r["mask_png"] is None and r.get("mask_rle"):  # written with --no-mask-png
+                r["mask_png"] = encode_mask_png(decode_rle(r["mask_rle"], r["height"], r["width"]))
             if (r["image_uri"], r["run_id"]) in wanted and r["mask_png"] is not None:
                 found.setdefault(r["image_uri"], r["mask_png"])
     return found
