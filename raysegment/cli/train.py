@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from raysegment.cli.infer import add_capacity_arguments, retryable
 from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.errors import RetryableError
 
 # flag dest -> config key
 FLAG_KEYS = {
@@ -56,6 +58,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-failures", type=int, help="run.max_failures: worker deaths to recover from")
     p.add_argument("--seed", type=int, help="run.seed")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    add_capacity_arguments(p)
     p.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     add_s3_arguments(p)
     p.set_defaults(func=run)
@@ -84,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
     from raysegment.train.driver import train
 
     try:
-        result = train(config, address=args.address)
+        result = train(config, address=args.address, wait_for_capacity=args.wait_for_capacity,
+                       no_wait=args.no_wait)
+    except RetryableError as e:
+        return retryable("train", e)
     except ConfigError as e:
         print(f"raysegment train: config error: {e}", file=sys.stderr)
         return 2

@@ -169,10 +169,16 @@ class InferPlan:
     use_gpu: bool
     cpus_per_actor: float
     decode_cpus: float  # CPUs left for decode/preprocess/postprocess tasks
+    max_actors: int | None = None  # autoscaling pool: grows up to this many as nodes join (None: fixed)
+
+    @property
+    def pool_max(self) -> int:
+        return max(self.num_actors, self.max_actors or self.num_actors)
 
     def describe(self) -> str:
         device = "1 GPU + " if self.use_gpu else ""
-        return (f"{self.num_actors} inference actor(s) x ({device}{self.cpus_per_actor:g} CPU), "
+        count = f"{self.num_actors}" if self.pool_max == self.num_actors else f"{self.num_actors}-{self.pool_max}"
+        return (f"{count} inference actor(s) x ({device}{self.cpus_per_actor:g} CPU), "
                 f"{self.decode_cpus:g} CPU for decode and postprocess")
 
 
