@@ -128,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     env.pop("RAY_ADDRESS", None)
 
     rows = []
+
+    def save() -> None:  # after every case: a long run cut short still leaves its figures
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows}, f, indent=2)
+
     for n in args.sizes:
         archive = make_archive(args.work, n, sources)
         output = os.path.join(args.work, f"out_{n}")
@@ -141,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary = json.load(f)
         rows.append({"case": f"infer {n}", "inputs": n, **r, "images_per_s": summary.get("images_per_s"),
                      "ok": summary.get("ok"), "missing": summary.get("missing")})
+        save()
     if args.manifest_rows:
         largest = max(args.sizes)
         manifest = make_manifest(os.path.join(args.work, f"manifest_{args.manifest_rows}.parquet"),
@@ -157,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         r["rss_vs_first"] = round(r["peak_rss_mb"] / base, 3) if base else None
         print(f"{r['case']:<20} {r['rc']:>3} {r['peak_rss_mb']:>12.1f} {r['rss_vs_first'] or 0:>8.3f} "
               f"{r.get('first_row_s') or 0:>12.2f} {r.get('images_per_s') or 0:>9.1f} {r['command_s']:>8.1f}")
-    report = {"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    save()
     print(f"-> {args.out}")
     return 0 if all(r["rc"] == 0 for r in rows) else 1
 

@@ -229,3 +229,35 @@ def test_cli_capacity_timeout_is_one_line_exit_3(monkeypatch, capsys):
     assert main(["infer", "--input", "x", "--checkpoint", "y", "--output", "z", "--wait-for-capacity", "5"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["raysegment infer: error: gave up after 0m05s waiting for 1 CPU: 0 up (1 node(s))"]
+
+
+def test_image_reads_are_one_get_each_retried_and_bounded(s3_endpoint):
+    """Bulk reads (storage.get_object): one GET per object and no HEAD (latency counts once), the S3
+    client's retries, a missing object as FileNotFoundError, a stalled endpoint as an error in bounded time."""
+    import time
+
+    from raysegment.io import storage
+    from raysegment.testing.faulty_proxy import FaultyProxy
+
+    bucket = s3_endpoint.create_bucket("scale-get")
+    s3_endpoint.client().put_object(Bucket=bucket[5:], Key="a/x.png", Body=b"pixels")
+    with FaultyProxy("127.0.0.1", s3_endpoint.port) as proxy:
+        options = storage.S3Options(endpoint_url=proxy.url, max_attempts=3, connect_timeout_s=1,
+                                    request_timeout_s=1)
+        assert storage.get_object(f"{bucket}/a/x.png", options) == b"pixels"
+        assert [h.split(b" ", 1)[0] for h in proxy.heads] == [b"GET"]
+        proxy.fail_next(2, mode="http500")
+        assert storage.get_object(f"{bucket}/a/x.png", options) == b"pixels" and proxy.faults == 2
+        with pytest.raises(FileNotFoundError, match="no such object"):
+            storage.get_object(f"{bucket}/a/missing.png", options)
+        proxy.fail_next(10**6, mode="stall")
+        start = time.monotonic()
+        with pytest.raises(Exception) as info:
+            storage.get_object(f"{bucket}/a/x.png", options)
+        assert time.monotonic() - start < 20
+        assert s3_endpoint.secret_access_key not in str(info.value)
+        proxy.fail_next(0)
+        proxy.delay_ms = 200  # latency mode: every request held, none failed
+        start = time.monotonic()
+        assert storage.get_object(f"{bucket}/a/x.png", options) == b"pixels"
+        assert time.monotonic() - start >= 0.2

@@ -578,6 +578,9 @@ def format_summary(s: dict) -> str:
         parts = [f"{name} mean {m[name]['mean']:.4f} median {m[name]['median']:.4f}"
                  for name in ("dice", "iou", "hd95") if m[name]["n"]]
         lines.append(f"  vs ground truth ({m['n_scored']} images): " + "; ".join(parts))
+    if s.get("duplicates_resolved"):
+        lines.append(f"  {s['duplicates_resolved']} rows written twice (tasks retried after a node loss): "
+                     "read_results keeps one per input")
     if s["missing"]:
         lines.append(f"  WARNING: {s['missing']} inputs have no row; run the same command again to resume")
     lines.append(f"  results: {s['output']}")
