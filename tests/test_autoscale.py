@@ -3,6 +3,7 @@
 The head advertises 0 CPU (as cluster.yaml's does) and starts without worker nodes. The test plays the
 autoscaler: it adds a worker node when the job says it is waiting, and kills one mid-inference like a
 spot interruption. Drivers are `raysegment infer/train --address ...` processes joining the cluster.
+0. --dry-run on the empty cluster: counts and what a run would wait for, nothing written;
 1. no node ever comes, short timeout: one line, exit 3, within the timeout plus a few seconds;
 2. infer waits with a visible message, a node is added, every input gets one row;
 3. train likewise (after the node of 2. is gone again);
@@ -101,6 +102,15 @@ def _infer(cluster, data, out: str, *extra: str, source: str = "cxr") -> Driver:
                             "--batch-size", "4", *extra], str(data["root"]))
 
 
+def test_dry_run_lists_resumes_plans_and_runs_nothing(cluster, data):
+    out = str(data["root"] / "out_dry")
+    driver = _infer(cluster, data, out, "--dry-run")
+    assert driver.wait(180) == 0, driver.output[-3000:]
+    line = next(x for x in driver.lines if x.startswith("dry run:"))
+    assert "would process 12 of 12 inputs" in line and "a run would wait up to 900 s for 1.5 CPU" in line, line
+    assert not os.path.exists(out)  # nothing written, no model run
+
+
 def test_no_capacity_ever_is_one_line_exit_3_in_time(cluster, data):
     driver = _infer(cluster, data, str(data["root"] / "out_never"), "--wait-for-capacity", "6")
     rc = driver.wait(180)
@@ -180,6 +190,7 @@ def test_node_killed_mid_inference_every_input_exactly_once(cluster, data):
         while time.monotonic() < deadline and driver.proc.poll() is None:
             if glob.glob(os.path.join(out, "runs", "*", "*.parquet")):  # the event: first file written
                 killed = cluster.kill_node(victim)
+                at_kill = read_results(out, columns=["image_uri"], all_rows=True).num_rows
                 break
             time.sleep(0.05)
     finally:
@@ -191,5 +202,6 @@ def test_node_killed_mid_inference_every_input_exactly_once(cluster, data):
     assert sorted(rows.column("image_uri").to_pylist()) == sorted(glob.glob(os.path.join(data["many"], "*.png")))
     every = read_results(out, columns=["image_uri"], all_rows=True)
     summary = next(x for x in driver.lines if "inputs:" in x)
-    print(f"killed {killed} processes of worker node {victim} (survivor {survivor}) after the first file; "
-          f"{every.num_rows} rows written for 60 inputs; {summary}")
+    print(f"killed {killed} processes of worker node {victim} (survivor {survivor}) after the first file, "
+          f"{at_kill} rows written then; {every.num_rows} rows written for 60 inputs; {summary}")
+    assert at_kill < 60  # the kill came mid-inference
