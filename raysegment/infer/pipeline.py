@@ -138,6 +138,9 @@ def _ms(t0: float) -> float:
 # --- stage 1: read + decode + preprocess (CPU tasks) ----------------------------------------------
 
 READ_AHEAD = 16  # concurrent object reads per decode task: hides per-request latency (40 ms on S3)
+# Rows per block between stages (decode yields blocks this size; actor calls still take batch_size rows).
+# Every block is an object the driver owns and tracks: 8-row blocks made driver memory grow with the archive.
+BLOCK_ROWS = 64
 
 
 def _read_row(row: dict, s3: storage.S3Options) -> tuple[bytes | None, BaseException | None, float]:
@@ -405,7 +408,7 @@ def build_dataset(todo_files: list[str], config: InferConfig, plan_: InferPlan, 
     ds = ray.data.from_items([{"part": uri} for uri in todo_files], override_num_blocks=len(todo_files))
     ds = ds.map_batches(decode_parts, batch_size=1, batch_format="pyarrow", num_cpus=task_cpus,
                         fn_kwargs={"preprocess": job.preprocess, "spacing_mm": config.pixel_spacing_mm,
-                                   "s3": config.s3, "out_rows": batch_size})
+                                   "s3": config.s3, "out_rows": max(batch_size, BLOCK_ROWS)})
     ds = ds.map_batches(
         InferActor, batch_size=batch_size, batch_format="pyarrow",
         # min..max: Ray Data adds actors as nodes join (and the autoscaler adds nodes for pending ones).
@@ -441,9 +444,10 @@ def _plan_run(config: InferConfig, wait_s: float, dry_run: bool) -> tuple[InferP
 
 
 def _todo_rows_per_file(n_inputs: int, batch_size: int) -> int:
-    """Rows per todo part: ~64 parts (blocks) for a large run, >= 1 batch each, <= 1024 (node loss costs a
-    part in flight)."""
-    return int(min(1024, max(batch_size, math.ceil(n_inputs / 64))))
+    """Rows per todo part (one decode task each): ~64 parts for a small run so every actor is fed from the
+    start, >= 1 batch each, <= 256 (a part in flight is what a node loss costs; smaller parts finish, and
+    reach the output, sooner)."""
+    return int(min(256, max(batch_size, math.ceil(n_inputs / 64))))
 
 
 def run_inference(config: InferConfig) -> dict:
