@@ -58,9 +58,12 @@ def test_mask_keys_fit_255_bytes_and_stay_unique():
     assert ka.endswith(".mask.png") and ka.startswith("site/éé")
     assert names.mask_key("a.png") == "a.png.mask.png" and names.mask_key("x/" + LONG).endswith(".mask.png")
     assert names.mask_key("p/" + "d" * 300 + "/x.png").split("/")[1].startswith("ddd")  # long folders too
-    keys = names.unique_keys(["b/x.png", "b/x.png", "c.png"], ["s3://b/x.png", "/b/x.png", "/c.png"])
-    assert keys[0] == "b/x.png" and keys[1].startswith("b/x~") and keys[1].endswith(".png")
-    assert len(set(keys)) == 3
+    # Keys are made unique without state (a stream of 10^7 inputs): a name sanitizing changed gets a digest.
+    keys = [names.stable_key(r, u) for r, u in (("b/x.png", "s3://b/x.png"), ("/b/x.png", "/b/x.png"),
+                                                 ("../b/x.png", "/up/b/x.png"), ("c.png", "/c.png"))]
+    assert keys[0] == "b/x.png" and keys[3] == "c.png"
+    assert all(k.startswith("b/x~") and k.endswith(".png") for k in keys[1:3])
+    assert len(set(keys)) == 4 and names.stable_key("../b/x.png", "/up/b/x.png") == keys[2]  # stable
 
 
 def test_name_rules_live_in_one_module():

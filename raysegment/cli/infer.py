@@ -8,6 +8,16 @@ import argparse
 from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
 
 
+def add_capacity_arguments(p: argparse.ArgumentParser) -> None:
+    """--wait-for-capacity / --no-wait (shared by infer and train; see cluster/capacity.py)."""
+    wait = p.add_mutually_exclusive_group()
+    wait.add_argument("--wait-for-capacity", type=float, metavar="SECONDS",
+                      help="wait up to SECONDS for nodes to join when the plan does not fit yet (default: 900 "
+                      "when joining a cluster with --address/$RAY_ADDRESS, 0 on a local Ray)")
+    wait.add_argument("--no-wait", action="store_true",
+                      help="never wait for nodes: fail at once when the plan does not fit what is up")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the `infer` subcommand."""
     p: argparse.ArgumentParser = subparsers.add_parser(
@@ -33,7 +43,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="images per actor call (default 8 CPU / 32 GPU)")
     p.add_argument("--num-actors", type=int, metavar="N",
                    help="inference actors (default: one per GPU, or one per CPU minus a decode share)")
-    p.add_argument("--no-gpu", action="store_true", help="run on CPU even when the cluster has GPUs")
+    p.add_argument("--min-actors", type=int, metavar="N",
+                   help="autoscaling pool: start with (and on a growing cluster wait for) N actors (default 1)")
+    p.add_argument("--max-actors", type=int, metavar="N",
+                   help="autoscaling pool: grow to N actors as nodes join (default: what the cluster can grow to)")
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu", action="store_true",
+                     help="one GPU per actor, even when no GPU node is up yet (the autoscaler adds them)")
+    gpu.add_argument("--no-gpu", action="store_true", help="run on CPU even when the cluster has GPUs")
     p.add_argument("--torch-threads", type=int, metavar="N",
                    help="intra-op threads per CPU actor (default 1; results then match predict() bit for "
                    "bit)")
@@ -56,6 +73,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="write a DICOM Segmentation (SEG) per DICOM input here, mirroring input paths")
     p.add_argument("--dicom-seg-sides", action="store_true",
                    help="DICOM SEG with right and left lung as two segments (default: one 'Lung' segment)")
+    add_capacity_arguments(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="list, apply resume and plan, print how many inputs would be processed; run nothing")
     add_s3_arguments(p)
     p.set_defaults(func=run)
     return p
@@ -72,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
     config = InferConfig(
         input=args.input, checkpoint=args.checkpoint, output=args.output, masks_out=args.masks_out,
         ground_truth=args.ground_truth, manifest_column=args.manifest_column, limit=args.limit,
-        batch_size=args.batch_size, num_actors=args.num_actors, use_gpu=False if args.no_gpu else None,
+        batch_size=args.batch_size, num_actors=args.num_actors,
+        use_gpu=False if args.no_gpu else (True if args.gpu else None),
+        min_actors=args.min_actors, max_actors=args.max_actors, wait_for_capacity=args.wait_for_capacity,
+        no_wait=args.no_wait, dry_run=args.dry_run,
         torch_threads=args.torch_threads, threshold=args.threshold,
         postprocess=PostprocessConfig(keep_largest=args.keep_largest, fill_holes=not args.no_fill_holes),
         pixel_spacing_mm=args.pixel_spacing, resume=not args.no_resume, rows_per_file=args.rows_per_file,
@@ -80,8 +103,13 @@ def run(args: argparse.Namespace) -> int:
         mask_png=not args.no_mask_png, dicom_seg_out=args.dicom_seg_out, dicom_seg_sides=args.dicom_seg_sides,
     )
     summary = run_inference(config)
+    if summary.get("dry_run"):
+        return 0
     print(summary_header(summary))
     print(format_summary(summary))
+    if summary.get("duplicates_resolved"):
+        print(f"  {summary['duplicates_resolved']} rows written twice (tasks retried after a node loss): "
+              "read_results keeps one per input")
     if summary["missing"]:
         print(f"  WARNING: {summary['missing']} inputs have no row; run the same command again to resume")
     print(f"  results: {summary['output']}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from raysegment.cli.infer import add_capacity_arguments
 from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
 
 # flag dest -> config key
@@ -56,6 +57,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-failures", type=int, help="run.max_failures: worker deaths to recover from")
     p.add_argument("--seed", type=int, help="run.seed")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    add_capacity_arguments(p)
     p.add_argument("--print-config", action="store_true", help="print the effective config and exit")
     add_s3_arguments(p)
     p.set_defaults(func=run)
@@ -79,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from raysegment.io.storage import join
     from raysegment.train.driver import train
 
-    result = train(config, address=args.address)
+    result = train(config, address=args.address, wait_for_capacity=args.wait_for_capacity,
+                   no_wait=args.no_wait)
     test = result.test_metrics
     if test:
         print(f"test split, best checkpoint (epoch {test['epoch']}), scored as `raysegment evaluate` does:")

@@ -119,7 +119,7 @@ def _pack(demand_cpu: float, demand_gpu: float, count: int, nodes: tuple[NodeRes
     return placed
 
 
-def _bundles(count: int, name: str, use_gpu: bool, cpus: float) -> str:
+def _bundles(count: int | str, name: str, use_gpu: bool, cpus: float) -> str:
     """e.g. "2 worker(s) x (1 GPU + 4 CPU)": what a plan asks for, in the words of its errors."""
     return f"{count} {name}(s) x ({'1 GPU + ' if use_gpu else ''}{cpus:g} CPU)"
 
@@ -181,9 +181,15 @@ class InferPlan:
     use_gpu: bool
     cpus_per_actor: float
     decode_cpus: float  # CPUs left for decode/preprocess/postprocess tasks
+    max_actors: int | None = None  # autoscaling pool: grows up to this many as nodes join (None: fixed)
+
+    @property
+    def pool_max(self) -> int:
+        return max(self.num_actors, self.max_actors or self.num_actors)
 
     def describe(self) -> str:
-        return (f"{_bundles(self.num_actors, 'inference actor', self.use_gpu, self.cpus_per_actor)}, "
+        count = self.num_actors if self.pool_max == self.num_actors else f"{self.num_actors}-{self.pool_max}"
+        return (f"{_bundles(count, 'inference actor', self.use_gpu, self.cpus_per_actor)}, "
                 f"{self.decode_cpus:g} CPU for decode and postprocess")
 
 

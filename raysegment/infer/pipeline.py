@@ -1,7 +1,7 @@
 """Bulk inference on Ray Data: an X-ray archive (folder, s3:// prefix or manifest) -> masks and measurements
 in Parquet, one row per input, resumable.
 
-    inputs table (uri, identity, key, truth)                               driver: inputs.list_inputs
+    todo parts (uri, identity, key, truth)           listing + resume, per partition: infer.worklist
       -> read + decode + preprocess      CPU tasks    -> uint8 SxS bytes   decode_batch
       -> forward                         actor pool   -> uint8 SxS prob    InferActor (model loaded once)
       -> postprocess + encode + metrics  CPU tasks    -> SCHEMA rows       postprocess_batch
@@ -14,6 +14,11 @@ gets status "error", the stage and the reason, skips the later stages and still 
 Resume: inputs whose latest ok row has the same model id, the same ground truth and unchanged identity
 (size, mtime, ETag) are skipped; error rows are retried. Each run writes under its own prefix and
 results.read_results dedupes.
+Listing, resume and the summary go a partition at a time (worklist.py): no per-input state in the driver.
+
+Capacity (cluster.capacity): on a cluster that can grow (joined with --address/$RAY_ADDRESS, or
+--wait-for-capacity) the plan is an autoscaling actor pool (min..max actors) and the run waits, visibly and
+for a bounded time, until the minimum fits; on a local Ray an impossible plan fails at once.
 
 Sizing (cluster.plan_inference): one actor per GPU when there are GPUs (bf16 autocast, channels_last);
 on CPU one single-threaded actor per CPU minus a decode share (max(0.5, CPUs/8)): the forward is ~95% of
@@ -24,13 +29,16 @@ so they can never be starved by the actors (the 2-CPU hang).
 
 from __future__ import annotations
 
+import collections
 import datetime
+import itertools
 import json
 import logging
 import math
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -38,27 +46,28 @@ import pyarrow.compute as pc
 
 import raysegment
 from raysegment import logs
-from raysegment.cluster.plan import ClusterResources, InferPlan, cluster_resources, connect, plan_inference
+from raysegment.cluster import capacity
+from raysegment.cluster.plan import (
+    ClusterResources,
+    InferPlan,
+    PlanError,
+    cluster_resources,
+    connect,
+    plan_inference,
+)
 from raysegment.data.datasets import discover
 from raysegment.data.preprocess import PreprocessConfig, geometry, preprocess_image
 from raysegment.errors import InputError
 from raysegment.evaluation.metrics import json_safe
 from raysegment.evaluation.scoring import score
+from raysegment.infer import worklist
 from raysegment.infer.archive import prepare_image, write_dicom_seg
 from raysegment.infer.postprocess import PostprocessConfig
-from raysegment.infer.results import (
-    SCHEMA,
-    SCHEMA_VERSION,
-    SUMMARY_COLUMNS,
-    done_inputs,
-    is_done,
-    read_results,
-    run_uri,
-    summarize_results,
-)
+from raysegment.infer.results import SCHEMA, SCHEMA_VERSION, SummaryAccumulator, run_uri
+from raysegment.infer.worklist import INPUT_SCHEMA
 from raysegment.io import preflight, storage
 from raysegment.io.decode import decode_image, encode_mask_png
-from raysegment.io.inputs import InputItem, list_inputs, mask_key
+from raysegment.io.inputs import mask_key
 from raysegment.io.rle import encode_rle
 from raysegment.progress import Progress, poll, remote_counter
 
@@ -82,6 +91,11 @@ class InferConfig:
     limit: int | None = None  # only the first N inputs (trials)
     batch_size: int | None = None  # images per actor call (default CPU_BATCH on CPU, GPU_MICRO_BATCH on GPU)
     num_actors: int | None = None  # default: one per GPU, or one per CPU minus the decode share
+    min_actors: int | None = None  # autoscaling pool: start with (and wait for) this many (default 1)
+    max_actors: int | None = None  # ... and grow up to this many as nodes join (default: what can exist)
+    wait_for_capacity: float | None = None  # seconds to wait for nodes; None: 900 when joining a cluster, else 0
+    no_wait: bool = False  # never wait: fail at once when the plan does not fit what is up
+    dry_run: bool = False  # list, resume, plan and print; run nothing
     use_gpu: bool | None = None  # None: when the cluster has GPUs
     torch_threads: int | None = None  # intra-op threads per CPU actor (default 1; see predict.py)
     threshold: float | None = None  # default: the checkpoint's
@@ -106,10 +120,6 @@ def new_run_id() -> str:
 
 # --- stage schemas: what travels between stages ---------------------------------------------------
 
-INPUT_SCHEMA = pa.schema([
-    ("image_uri", pa.string()), ("image_id", pa.string()), ("key", pa.string()), ("input_size", pa.int64()),
-    ("input_mtime_ns", pa.int64()), ("input_etag", pa.string()), ("truth_uri", pa.string()),
-])
 _STATUS_FIELDS = [("status", pa.string()), ("error_stage", pa.string()), ("error_type", pa.string()),
                   ("error", pa.string())]
 DECODED_SCHEMA = pa.schema([
@@ -140,15 +150,27 @@ def _ms(t0: float) -> float:
 
 # --- stage 1: read + decode + preprocess (CPU tasks) ----------------------------------------------
 
-def _decode_row(row: dict, preprocess: PreprocessConfig, spacing_mm: float | None,
-                s3: storage.S3Options, fix_inversion: bool = True) -> None:
-    row.update(status="ok", image=None)
+READ_AHEAD = 16  # concurrent object reads per decode task: hides per-request latency (40 ms on S3)
+# Rows per block between stages (decode yields blocks this size; actor calls still take batch_size rows).
+# Every block is an object the driver owns and tracks: 8-row blocks made driver memory grow with the archive.
+BLOCK_ROWS = 64
+
+
+def _read_row(row: dict, s3: storage.S3Options) -> tuple[bytes | None, BaseException | None, float]:
     t0 = time.perf_counter()
     try:
-        data = storage.read_bytes(row["image_uri"], s3)
+        return storage.get_object(row["image_uri"], s3), None, _ms(t0)
     except Exception as e:  # noqa: BLE001 - any per-row failure becomes an error row
-        return _fail(row, "read", e)
-    row["read_ms"] = _ms(t0)
+        return None, e, _ms(t0)
+
+
+def _decode_row(row: dict, read: tuple, preprocess: PreprocessConfig, spacing_mm: float | None,
+                fix_inversion: bool = True) -> None:
+    row.update(status="ok", image=None)
+    data, error, read_ms = read
+    if error is not None:
+        return _fail(row, "read", error)
+    row["read_ms"] = read_ms
     if row["input_size"] is None:  # manifests may not say; record what we read
         row["input_size"] = len(data)
     t0 = time.perf_counter()
@@ -169,13 +191,45 @@ def _decode_row(row: dict, preprocess: PreprocessConfig, spacing_mm: float | Non
 
 
 def decode_batch(batch: pa.Table, preprocess: PreprocessConfig, spacing_mm: float | None,
-                 s3: storage.S3Options, fix_inversion: bool = True) -> pa.Table:
-    """INPUT_SCHEMA rows -> DECODED_SCHEMA rows (image = uint8 SxS model input, or null on error)."""
+                 s3: storage.S3Options, out_rows: int = CPU_BATCH, fix_inversion: bool = True
+                 ) -> Iterator[pa.Table]:
+    """INPUT_SCHEMA rows -> DECODED_SCHEMA tables of `out_rows` (image = uint8 SxS model input, or null on
+    error). Up to READ_AHEAD reads are in flight while rows decode, one GET per object (no HEAD)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     _single_threaded_cv2()
     rows = batch.to_pylist()
-    for row in rows:
-        _decode_row(row, preprocess, spacing_mm, s3, fix_inversion)
-    return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
+    done: list[dict] = []
+    with ThreadPoolExecutor(READ_AHEAD) as pool:
+        pending: collections.deque = collections.deque()
+        ahead = iter(rows)
+        for row in itertools.islice(ahead, READ_AHEAD):
+            pending.append(pool.submit(_read_row, row, s3))
+        for row in rows:
+            read = pending.popleft().result()
+            nxt = next(ahead, None)
+            if nxt is not None:
+                pending.append(pool.submit(_read_row, nxt, s3))
+            _decode_row(row, read, preprocess, spacing_mm, fix_inversion)
+            done.append(row)
+            if len(done) >= out_rows:
+                yield pa.Table.from_pylist(done, schema=DECODED_SCHEMA)
+                done = []
+    if done:
+        yield pa.Table.from_pylist(done, schema=DECODED_SCHEMA)
+
+
+def decode_parts(batch: pa.Table, preprocess: PreprocessConfig, spacing_mm: float | None,
+                 s3: storage.S3Options, out_rows: int = CPU_BATCH, fix_inversion: bool = True
+                 ) -> Iterator[pa.Table]:
+    """Todo part URIs ("part" column) -> DECODED_SCHEMA tables of `out_rows` (see decode_batch)."""
+    import pyarrow.parquet as pq
+
+    for uri in batch.column("part").to_pylist():
+        fs, path = storage.filesystem(uri, s3)
+        with fs.open_input_file(path) as f:
+            inputs = pq.read_table(f).select(INPUT_SCHEMA.names)
+        yield from decode_batch(inputs, preprocess, spacing_mm, s3, out_rows, fix_inversion)
 
 
 def _single_threaded_cv2() -> None:
@@ -231,7 +285,7 @@ class InferActor:
                         _fail(row, "infer", e)
                         probs.append(None)
             per_row = _ms(t0) / len(todo)
-            for row, prob in zip(todo, probs, strict=False):
+            for row, prob in zip(todo, probs, strict=True):
                 row["prob"] = None if prob is None else prob.tobytes()
                 row["infer_ms"] = per_row
         for row in rows:
@@ -316,16 +370,45 @@ def postprocess_batch(batch: pa.Table, job: PostprocessJob) -> pa.Table:
 # --- driver ---------------------------------------------------------------------------------------
 
 def plan(config: InferConfig, resources: ClusterResources) -> InferPlan:
-    """Actors and CPUs for this run (raises cluster.PlanError when it cannot be scheduled)."""
+    """Actors and CPUs for this run on a cluster of fixed size (raises cluster.PlanError when it cannot be
+    scheduled)."""
     use_gpu = resources.gpus >= 1 if config.use_gpu is None else config.use_gpu
+    wanted = config.num_actors or config.max_actors
     if use_gpu:
-        return plan_inference(resources, config.num_actors, use_gpu=True)
-    decode_share = max(0.5, resources.cpus / 8)
-    num_actors = config.num_actors or max(1, int(resources.cpus - decode_share + 0.5))
-    cpus_per_actor = max(resources.cpus - decode_share, 0.5) / num_actors
-    if cpus_per_actor >= 1:
-        cpus_per_actor = float(int(cpus_per_actor))
-    return plan_inference(resources, num_actors, use_gpu=False, cpus_per_actor=cpus_per_actor)
+        fixed = plan_inference(resources, wanted, use_gpu=True)
+    else:
+        decode_share = max(0.5, resources.cpus / 8)
+        num_actors = wanted or max(1, int(resources.cpus - decode_share + 0.5))
+        cpus_per_actor = max(resources.cpus - decode_share, 0.5) / num_actors
+        if cpus_per_actor >= 1:
+            cpus_per_actor = float(int(cpus_per_actor))
+        fixed = plan_inference(resources, num_actors, use_gpu=False, cpus_per_actor=cpus_per_actor)
+    if config.min_actors and config.min_actors < fixed.num_actors:  # a pool that may shrink to min_actors
+        return replace(fixed, num_actors=config.min_actors, max_actors=fixed.num_actors)
+    return fixed
+
+
+def elastic_plan(config: InferConfig, resources: ClusterResources):
+    """(make_plan, minimum bundles) for a cluster that can grow: an autoscaling pool of min..max actors.
+
+    GPUs: the user's --gpu/--no-gpu, else whether the cluster can have GPUs (some up, or GPU node types in its
+    autoscaling config), never a snapshot with no GPU node up yet. One GPU (+1 CPU) or one CPU per actor,
+    so the autoscaler adds nodes of the right type. max: --max-actors, else as many as the cluster can grow to.
+    """
+    use_gpu = capacity.gpus_possible(resources) if config.use_gpu is None else config.use_gpu
+    low = config.min_actors or config.num_actors or 1
+    grow_to = capacity.max_resources()
+
+    def make_plan(res: ClusterResources) -> InferPlan:
+        if use_gpu:
+            high = config.max_actors or config.num_actors or int(max(grow_to.get("GPU", 0), res.gpus))
+            return replace(plan_inference(res, low, use_gpu=True), max_actors=max(low, high))
+        cpus = max(grow_to.get("CPU", 0), res.cpus)
+        high = config.max_actors or config.num_actors or int(cpus - max(0.5, cpus / 8))
+        return replace(plan_inference(res, low, use_gpu=False, cpus_per_actor=1.0), max_actors=max(low, high))
+
+    bundles = [{"CPU": 1.0, "GPU": 1.0} if use_gpu else {"CPU": 1.0}] * low + [{"CPU": 1.0 if use_gpu else 0.5}]
+    return make_plan, bundles
 
 
 def _truth_index(uri: str) -> dict[str, str]:
@@ -333,35 +416,27 @@ def _truth_index(uri: str) -> dict[str, str]:
     return {p.image_id: "|".join(p.mask_uris) for p in discover(uri).pairs}
 
 
-def _inputs_table(items: list[InputItem], truth: dict[str, str]) -> pa.Table:
-    return pa.Table.from_pylist(
-        [{"image_uri": i.uri, "image_id": i.image_id, "key": i.key, "input_size": i.size,
-          "input_mtime_ns": i.mtime_ns, "input_etag": i.etag,
-          "truth_uri": truth.get(i.image_id)} for i in items],
-        schema=INPUT_SCHEMA,
-    )
-
-
-def build_dataset(inputs: pa.Table, config: InferConfig, plan_: InferPlan, job: PostprocessJob,
+def build_dataset(todo_files: list[str], config: InferConfig, plan_: InferPlan, job: PostprocessJob,
                   batch_size: int):
-    """The lazy Ray Dataset of output rows (results.SCHEMA) for the inputs table."""
+    """The lazy Ray Dataset of output rows (results.SCHEMA) for the todo parts (worklist.TodoWriter)."""
     import ray
 
     from raysegment.infer.predict import CPU_THREADS
 
-    # Enough blocks to keep every actor fed from the start, few enough to keep per-block overhead low.
-    rows_per_block = max(batch_size, min(512, math.ceil(inputs.num_rows / (plan_.num_actors * 4))))
-    blocks = [inputs.slice(i, rows_per_block) for i in range(0, inputs.num_rows, rows_per_block)]
     task_cpus = min(1.0, plan_.decode_cpus / 2)  # two stage tasks fit in the decode share
     threads = config.torch_threads or (max(1, int(plan_.cpus_per_actor)) if plan_.use_gpu else CPU_THREADS)
-    ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=task_cpus,
+    # One row per todo part (its URI), one part per decode task: the task reads the part, keeps READ_AHEAD
+    # image reads in flight while it decodes, and yields batches. (Not read_parquet: its file-listing task
+    # takes a whole CPU that the actors may already hold, the 2-CPU hang.)
+    ds = ray.data.from_items([{"part": uri} for uri in todo_files], override_num_blocks=len(todo_files))
+    ds = ds.map_batches(decode_parts, batch_size=1, batch_format="pyarrow", num_cpus=task_cpus,
                         fn_kwargs={"preprocess": job.preprocess, "spacing_mm": config.pixel_spacing_mm,
-                                   "s3": config.s3, "fix_inversion": config.correct_inversion},
-                        udf_modifying_row_count=False)
+                                   "s3": config.s3, "out_rows": max(batch_size, BLOCK_ROWS),
+                                   "fix_inversion": config.correct_inversion})
     ds = ds.map_batches(
         InferActor, batch_size=batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=plan_.num_actors),
+        # min..max: Ray Data adds actors as nodes join (and the autoscaler adds nodes for pending ones).
+        compute=ray.data.ActorPoolStrategy(min_size=plan_.num_actors, max_size=plan_.pool_max),
         num_cpus=plan_.cpus_per_actor, num_gpus=1 if plan_.use_gpu else 0,
         fn_constructor_kwargs={"checkpoint": config.checkpoint, "model_id": job.model_id,
                                "use_gpu": plan_.use_gpu,
@@ -370,13 +445,34 @@ def build_dataset(inputs: pa.Table, config: InferConfig, plan_: InferPlan, job: 
         udf_modifying_row_count=False,
     )
     return ds.map_batches(postprocess_batch, batch_size=batch_size, batch_format="pyarrow",
-                          num_cpus=task_cpus,
-                          fn_kwargs={"job": job}, udf_modifying_row_count=False), task_cpus
+                          num_cpus=task_cpus, fn_kwargs={"job": job}, udf_modifying_row_count=False), task_cpus
 
 
 def _json(obj) -> str:
     return json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n"
 
+
+def _plan_run(config: InferConfig, wait_s: float, dry_run: bool) -> tuple[InferPlan | None, str]:
+    """(plan, note). Waits for capacity when wait_s > 0 (not in a dry run, which only says what it would
+    wait for)."""
+    resources = cluster_resources()
+    if wait_s <= 0:
+        return plan(config, resources), ""
+    make_plan, bundles = elastic_plan(config, resources)
+    if dry_run:
+        try:
+            return make_plan(resources), ""
+        except PlanError:
+            return None, (f"not up yet: a run would wait up to {wait_s:g} s for {capacity.describe_need(bundles)} "
+                          f"({capacity.describe_up(bundles, resources)} now)")
+    return capacity.wait_for_plan(make_plan, bundles, wait_s, what="the minimum of this plan"), ""
+
+
+def _todo_rows_per_file(n_inputs: int, batch_size: int) -> int:
+    """Rows per todo part (one decode task each): ~64 parts for a small run so every actor is fed from the
+    start, >= 1 batch each, <= 256 (a part in flight is what a node loss costs; smaller parts finish, and
+    reach the output, sooner)."""
+    return int(min(256, max(batch_size, math.ceil(n_inputs / 64))))
 
 
 def run_inference(config: InferConfig) -> dict:
@@ -394,65 +490,117 @@ def run_inference(config: InferConfig) -> dict:
     if config.ground_truth:
         preflight.require_exists(config.ground_truth, "--ground-truth")
     loaded = load_model(config.checkpoint)
+    wait_s = capacity.wait_timeout(config.address, config.wait_for_capacity, config.no_wait)
     run_id = config.run_id or new_run_id()
     threshold = loaded.spec.threshold if config.threshold is None else config.threshold
-    items = list_inputs(config.input, config.manifest_column, config.limit,
-                        exclude=(config.output, config.masks_out or "", config.dicom_seg_out or ""),
-                        s3=config.s3)
-    if not items:
-        raise InputError(f"--input {config.input}: no images found (PNG, JPEG, TIFF, DICOM)")
     truth = _truth_index(config.ground_truth) if config.ground_truth else {}
-    done = done_inputs(config.output) if config.resume else {}
-    todo = [i for i in items if not is_done(done.get(i.uri), loaded.model_id, i.size, i.mtime_ns, i.etag,
-                                            truth.get(i.image_id))]
-    connect(config.address)
-    plan_ = plan(config, cluster_resources())
-    use_gpu = plan_.use_gpu
-    batch_size = config.batch_size or (GPU_MICRO_BATCH if use_gpu else CPU_BATCH)
     out_uri = run_uri(config.output, run_id)
-    print(f"raysegment infer {run_id}: {len(items)} inputs, {len(todo)} to do, {len(items) - len(todo)} done "
-          f"earlier (resume); model {loaded.model_id}; {plan_.describe()}; batch {batch_size}; -> {out_uri}",
-          flush=True)
-    logs.set_destination(out_uri)
-    counter = remote_counter() if todo else None
-    job = PostprocessJob(run_id, loaded.model_id, threshold, loaded.spec.preprocess, config.postprocess,
-                         config.masks_out, config.s3, counter, config.mask_png, config.dicom_seg_out,
-                         config.dicom_seg_sides)
-    storage.write_text(storage.join(out_uri, "run.json"), _json({
-        "run_id": run_id, "config": asdict(config), "model_id": loaded.model_id, "threshold": threshold,
-        "plan": asdict(plan_), "batch_size": batch_size, "inputs": len(items), "todo": len(todo),
-        "schema_version": SCHEMA_VERSION, "versions": versions(),
-    }))
+    todo_uri = storage.join(config.output, "todo", run_id)
+    t_start = time.perf_counter()
+    with worklist.Scratch() as scratch:
+        # 1. listing and earlier results, into partitions (local scratch, bounded memory)
+        listing = worklist.Partitioner(worklist.LISTING_SCHEMA, scratch.path("listing"))
+        for chunk in worklist.iter_listing(config.input, config.manifest_column, config.limit,
+                                           exclude=(config.output, config.masks_out or "",
+                                                    config.dicom_seg_out or ""), s3=config.s3,
+                                           truth=truth):
+            listing.add(chunk)
+        listing.close()
+        earlier = worklist.Partitioner(worklist.INDEX_SCHEMA, scratch.path("earlier"))
+        next_seq = worklist.index_files(worklist.earlier_files(config.output), earlier)
+        earlier.close()
 
-    t0 = time.perf_counter()
-    if todo:
-        ds, task_cpus = build_dataset(_inputs_table(todo, truth), config, plan_, job, batch_size)
-        fs, path = storage.filesystem(out_uri, config.s3)
-        def rows_done() -> tuple[int, str]:
-            return ray.get(counter.get.remote()), ""
+        # 2. resume, a partition at a time -> todo parts in the output (workers read them)
+        batch_guess = config.batch_size or CPU_BATCH
+        writer = None if config.dry_run else worklist.TodoWriter(
+            todo_uri, _todo_rows_per_file(listing.rows, batch_guess), config.s3)
+        n_inputs = n_todo = 0
+        for p in range(listing.nparts):
+            part = worklist.dedupe(listing.part(p))
+            n_inputs += part.num_rows
+            left = worklist.todo(part, worklist.latest(earlier.part(p)), loaded.model_id) if config.resume else part
+            n_todo += left.num_rows
+            if writer is not None and left.num_rows:
+                writer.add(left)
+        if writer is not None:
+            writer.close()
+        t_listed = time.perf_counter() - t_start
+        if n_inputs == 0:
+            raise InputError(f"--input {config.input}: no images found (PNG, JPEG, TIFF, DICOM)")
+        print(f"raysegment infer {run_id}: {n_inputs} inputs, {n_todo} to do, {n_inputs - n_todo} done "
+              f"earlier (resume); model {loaded.model_id} ({t_listed:.1f} s to list and resume)", flush=True)
 
-        with Progress(len(todo), "infer", "images") as bar, poll(rows_done, bar):
-            ds.write_parquet(path, filesystem=fs, min_rows_per_file=config.rows_per_file,
-                             ray_remote_args={"num_cpus": task_cpus})
-    wall = time.perf_counter() - t0
+        # 3. plan (waiting for capacity on a cluster that can grow)
+        try:
+            connect(config.address)
+            plan_, note = _plan_run(config, wait_s, config.dry_run) if n_todo or config.dry_run else (None, "")
+        except BaseException:
+            storage.delete_dir(todo_uri, config.s3)
+            raise
+        use_gpu = bool(plan_ and plan_.use_gpu)
+        batch_size = config.batch_size or (GPU_MICRO_BATCH if use_gpu else CPU_BATCH)
+        plan_text = plan_.describe() if plan_ else (note or "nothing to run")
+        if config.dry_run:
+            summary = {"run_id": run_id, "dry_run": True, "output": config.output, "model_id": loaded.model_id,
+                       "inputs_seen": n_inputs, "to_process": n_todo, "skipped_resume": n_inputs - n_todo,
+                       "plan": plan_text, "batch_size": batch_size, "list_s": round(t_listed, 3),
+                       "wait_for_capacity_s": wait_s}
+            print(f"dry run: would process {n_todo} of {n_inputs} inputs ({n_inputs - n_todo} done earlier); "
+                  f"plan: {plan_text}; batch {batch_size}; nothing was run", flush=True)
+            return summary
+        print(f"  plan: {plan_text}; batch {batch_size}; -> {out_uri}", flush=True)
+        logs.set_destination(out_uri)
+        counter = remote_counter() if n_todo else None
+        job = PostprocessJob(run_id, loaded.model_id, threshold, loaded.spec.preprocess, config.postprocess,
+                             config.masks_out, config.s3, counter, config.mask_png, config.dicom_seg_out,
+                             config.dicom_seg_sides)
+        storage.write_text(storage.join(out_uri, "run.json"), _json({
+            "run_id": run_id, "config": asdict(config), "model_id": loaded.model_id, "threshold": threshold,
+            "plan": asdict(plan_) if plan_ else None, "batch_size": batch_size, "inputs": n_inputs,
+            "todo": n_todo, "schema_version": SCHEMA_VERSION, "versions": versions(),
+        }))
 
-    # The summary describes every input of this invocation as the output now stands (this run's rows
-    # and the rows of earlier runs that resume kept), read back deduplicated, masks left out.
-    table = read_results(config.output, columns=["image_uri", *SUMMARY_COLUMNS])
-    table = table.filter(pc.is_in(table.column("image_uri"), value_set=pa.array([i.uri for i in items],
-                                                                                 pa.string())))
-    written = read_results(config.output, columns=["run_id"], all_rows=True)
-    written_now = 0
-    if written.num_rows:
-        written_now = int(pc.sum(pc.equal(written.column("run_id"), run_id)).as_py() or 0)
+        # 4. run
+        t0 = time.perf_counter()
+        try:
+            if n_todo:
+                ds, task_cpus = build_dataset(writer.files, config, plan_, job, batch_size)
+                fs, path = storage.filesystem(out_uri, config.s3)
+
+                def rows_done() -> tuple[int, str]:
+                    return ray.get(counter.get.remote()), ""
+
+                with Progress(n_todo, "infer", "images") as bar, poll(rows_done, bar):
+                    ds.write_parquet(path, filesystem=fs, min_rows_per_file=config.rows_per_file,
+                                     ray_remote_args={"num_cpus": task_cpus})
+        finally:
+            storage.delete_dir(todo_uri, config.s3)
+        wall = time.perf_counter() - t0
+
+        # 5. summary of every input of this invocation as the output now stands (this run's rows and the
+        # earlier rows resume kept), a partition at a time; files written twice (retried tasks) resolved
+        # as read_results does and counted.
+        new = worklist.Partitioner(worklist.INDEX_SCHEMA, scratch.path("new"))
+        worklist.index_files([f for f in worklist.earlier_files(config.output) if f.startswith(out_uri)], new,
+                             first_seq=next_seq)
+        new.close()
+        acc, missing, written, duplicates = SummaryAccumulator(), 0, 0, 0
+        for p in range(listing.nparts):
+            part = worklist.dedupe(listing.part(p))
+            mine = new.part(p)
+            written += mine.num_rows
+            duplicates += mine.num_rows - len(pc.unique(mine.column("image_uri")))
+            rows = worklist.latest(pa.concat_tables([earlier.part(p), mine]))
+            rows = rows.filter(pc.is_in(rows.column("image_uri"), value_set=part.column("image_uri")))
+            missing += part.num_rows - rows.num_rows  # inputs without any row: must be 0
+            acc.add(rows)
     summary = {
         "run_id": run_id, "output": config.output, "model_id": loaded.model_id,
-        "inputs_seen": len(items), "processed": len(todo), "rows_written": written_now,
-        "skipped_resume": len(items) - len(todo),
-        "missing": len(items) - table.num_rows,  # inputs without any row: must be 0
-        **summarize_results(table),
-        "wall_s": round(wall, 3), "images_per_s": round(len(todo) / wall, 3) if todo and wall > 0 else None,
-        "plan": plan_.describe(), "batch_size": batch_size,
+        "inputs_seen": n_inputs, "processed": n_todo, "rows_written": written,
+        "skipped_resume": n_inputs - n_todo, "missing": missing, "duplicates_resolved": duplicates,
+        **acc.result(),
+        "wall_s": round(wall, 3), "images_per_s": round(n_todo / wall, 3) if n_todo and wall > 0 else None,
+        "plan": plan_text, "batch_size": batch_size,
     }
     summary = json_safe(summary)
     storage.write_text(storage.join(out_uri, "summary.json"), _json(summary))

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raysegment.evaluation.metrics import METRICS, MetricSums, summarize
+from raysegment.evaluation.metrics import METRICS, summarize
 from raysegment.io import storage
 
 log = logging.getLogger(__name__)
@@ -216,36 +216,164 @@ def _example(row: dict) -> str:
     return error if name in error else f"{name}: {error}"
 
 
-def summarize_results(table: pa.Table, examples: int = 5) -> dict:
-    """Counts, QC, and aggregate metrics of a deduplicated results table (SUMMARY_COLUMNS suffice)."""
-    rows = table.to_pylist()
-    ok = [r for r in rows if r["status"] == "ok"]
-    errors = [r for r in rows if r["status"] != "ok"]
-    by_reason = Counter(f"{r['error_stage']}/{r['error_type']}" for r in errors)
-    qc = Counter(reason for r in ok for reason in (r["qc_reasons"] or []))
-    out = {
-        "images": len(rows),
-        "ok": len(ok),
-        "errors": len(errors),
-        "errors_by_reason": dict(by_reason.most_common()),
-        "error_examples": [_example(r) for r in errors[:examples]],
-        "qc_flagged": sum(1 for r in ok if r["qc_flag"]),
-        "qc_reasons": dict(qc.most_common()),
-        "lung_fraction": summarize(np.array([r["lung_fraction"] for r in ok], dtype=np.float64)),
-        "mean_confidence": summarize(np.array([r["mean_confidence"] for r in ok], dtype=np.float64)),
-    }
-    scored = [r for r in ok if r.get("dice") is not None]
-    if scored or any(r.get("truth_uri") for r in rows):
-        sums = MetricSums()
-        for r in scored:
-            sums.add({name: r[name] if r[name] is not None else float("nan")
-                      for name in (*GT_METRICS, "tp", "fp", "fn")})
-        out["metrics"] = {
-            "n_scored": len(scored),
-            "n_without_truth": sum(1 for r in ok if not r.get("truth_uri")),
-            "truth_errors": sum(1 for r in ok if r.get("truth_error")),
-            "micro_dice": sums.means()["micro_dice"],
-            **{name: summarize(np.array([r[name] if r[name] is not None else np.nan for r in scored],
-                                        dtype=np.float64)) for name in GT_METRICS},
+SAMPLE = 100_000  # values per measurement kept for quantiles (medians); exact below this many rows
+
+
+class SummaryAccumulator:
+    """Mergeable aggregates of deduplicated result rows, added a table (a partition) at a time.
+
+    Counts, sums, means, sd, min and max are exact at any scale. Medians come from a bottom-k sample:
+    per measurement, the values of the SAMPLE rows with the smallest hash of their image_uri (a uniform
+    random sample, the same on every run); exact up to SAMPLE rows, beyond that a median of 10^5
+    uniformly chosen values (about +-0.3 percentile points). Memory is O(SAMPLE), not O(rows).
+    """
+
+    MEASURES = ("lung_fraction", "mean_confidence")
+
+    def __init__(self, examples: int = 5) -> None:
+        self.examples = examples
+        self.images = self.ok = self.qc_flagged = 0
+        self.by_reason: Counter = Counter()
+        self.qc: Counter = Counter()
+        self.error_examples: list[str] = []
+        self.stats: dict[str, _Stat] = {}
+        self.any_truth = False
+        self.n_scored = self.n_without_truth = self.truth_errors = 0
+        self.tp = self.fp = self.fn = 0
+        self._rows = 0  # rows seen: sample key when a table has no image_uri
+
+    def add(self, table: pa.Table) -> None:
+        n = table.num_rows
+        if n == 0:
+            return
+        col = table.column
+        ok = pc.fill_null(pc.equal(col("status"), "ok"), False)
+        self.images += n
+        n_ok = int(pc.sum(ok).as_py() or 0)
+        self.ok += n_ok
+        if "image_uri" in table.column_names:
+            keys = _hash(col("image_uri"))
+        else:
+            keys = _hash(pa.array([str(i) for i in range(self._rows, self._rows + n)]))
+        self._rows += n
+        errors = table.filter(pc.invert(ok))
+        if errors.num_rows:
+            reasons = pc.binary_join_element_wise(
+                pc.cast(pc.fill_null(errors.column("error_stage"), "None"), pa.string()), "/",
+                pc.cast(pc.fill_null(errors.column("error_type"), "None"), pa.string()), "")
+            self.by_reason.update(dict(zip(*_value_counts(reasons))))
+            for row in errors.slice(0, max(0, self.examples - len(self.error_examples))).to_pylist():
+                self.error_examples.append(_example(row) if "image_uri" in row else (row.get("error") or ""))
+        good = table.filter(ok)
+        good_keys = keys[np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)]
+        self.qc_flagged += int(pc.sum(pc.fill_null(good.column("qc_flag"), False)).as_py() or 0)
+        reasons = pc.list_flatten(good.column("qc_reasons"))
+        if len(reasons):
+            self.qc.update(dict(zip(*_value_counts(reasons))))
+        for name in self.MEASURES:
+            self.stats.setdefault(name, _Stat()).add(good.column(name), good_keys)
+        truth = col("truth_uri") if "truth_uri" in table.column_names else pa.nulls(n, pa.string())
+        has_truth = pc.invert(pc.is_null(truth))
+        if "dice" not in table.column_names:
+            self.any_truth |= bool(pc.any(has_truth).as_py())
+            return
+        scored_mask = pc.invert(pc.is_null(good.column("dice")))
+        scored = good.filter(scored_mask)
+        self.any_truth |= bool(pc.any(has_truth).as_py()) or scored.num_rows > 0
+        self.n_scored += scored.num_rows
+        self.n_without_truth += int(pc.sum(pc.is_null(good.column("truth_uri"))).as_py() or 0)
+        if "truth_error" in good.column_names:
+            self.truth_errors += int(pc.sum(pc.invert(pc.is_null(good.column("truth_error")))).as_py() or 0)
+        scored_keys = good_keys[np.asarray(scored_mask.to_numpy(zero_copy_only=False), dtype=bool)]
+        for name in GT_METRICS:
+            if name in scored.column_names:
+                self.stats.setdefault(name, _Stat()).add(scored.column(name), scored_keys)
+        for name in ("tp", "fp", "fn"):
+            if name in scored.column_names:
+                setattr(self, name, getattr(self, name) + int(pc.sum(scored.column(name)).as_py() or 0))
+
+    def result(self) -> dict:
+        empty = _Stat()
+        out = {
+            "images": self.images,
+            "ok": self.ok,
+            "errors": self.images - self.ok,
+            "errors_by_reason": dict(self.by_reason.most_common()),
+            "error_examples": self.error_examples[: self.examples],
+            "qc_flagged": self.qc_flagged,
+            "qc_reasons": dict(self.qc.most_common()),
+            **{name: self.stats.get(name, empty).summary() for name in self.MEASURES},
         }
-    return out
+        if self.n_scored or self.any_truth:
+            from raysegment.evaluation.metrics import scores_from_counts
+
+            out["metrics"] = {
+                "n_scored": self.n_scored,
+                "n_without_truth": self.n_without_truth,
+                "truth_errors": self.truth_errors,
+                "micro_dice": float(scores_from_counts(self.tp, self.fp, self.fn)["dice"]),
+                **{name: self.stats.get(name, empty).summary() for name in GT_METRICS},
+            }
+        return out
+
+
+class _Stat:
+    """Exact n, sum, sum of squares, min, max of finite values, and a bottom-k sample for the median."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0  # merged per table (Chan et al.), numerically stable
+        self.low, self.high = np.inf, -np.inf
+        self.keys = np.empty(0, np.uint64)
+        self.values = np.empty(0, np.float64)
+
+    def add(self, column: pa.ChunkedArray, keys: np.ndarray) -> None:
+        values = np.asarray(pc.fill_null(pc.cast(column, pa.float64()), np.nan).to_numpy(), dtype=np.float64)
+        finite = np.isfinite(values)
+        values, keys = values[finite], keys[finite]
+        if values.size == 0:
+            return
+        n_b, mean_b = values.size, float(values.mean())
+        m2_b = float(np.square(values - mean_b).sum())
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean = mean_b if self.n == 0 else self.mean + delta * n_b / n
+        self.m2 += m2_b + (delta * delta * self.n * n_b / n if self.n else 0.0)
+        self.n = n
+        self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
+        self.keys = np.concatenate([self.keys, keys])
+        self.values = np.concatenate([self.values, values])
+        if self.keys.size > 2 * SAMPLE:
+            self._trim()
+
+    def _trim(self) -> None:
+        if self.keys.size > SAMPLE:
+            keep = np.argpartition(self.keys, SAMPLE - 1)[:SAMPLE]
+            self.keys, self.values = self.keys[keep], self.values[keep]
+
+    def summary(self) -> dict:
+        if self.n == 0:
+            return summarize(np.empty(0))
+        self._trim()
+        sd = float(np.sqrt(self.m2 / (self.n - 1))) if self.n > 1 else 0.0
+        return {"mean": self.mean, "sd": sd, "median": float(np.median(self.values)),
+                "min": self.low, "max": self.high, "n": self.n}
+
+
+def _hash(strings) -> np.ndarray:
+    import pandas as pd
+
+    return pd.util.hash_array(np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object), categorize=False)
+
+
+def _value_counts(array) -> tuple[list, list]:
+    counts = pc.value_counts(array)
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+
+
+def summarize_results(table: pa.Table, examples: int = 5) -> dict:
+    """Counts, QC, and aggregate metrics of a deduplicated results table (SUMMARY_COLUMNS suffice).
+
+    For archives too large for one table, add partitions to a SummaryAccumulator (this is one add)."""
+    acc = SummaryAccumulator(examples)
+    acc.add(table)
+    return acc.result()

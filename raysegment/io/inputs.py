@@ -4,7 +4,7 @@ from a manifest, each with its identity (size, mtime or ETag) so a resumed run c
 - A folder or prefix is listed recursively and filtered by name (names.is_input_name: an image extension,
   none, or a numeric one, as DICOM files are often named by UID, e.g. 1.2.840.113619.2.55.3). Hidden
   files (".name") are skipped; so is anything under `exclude` (our own output, when it lies inside the
-  input folder). A local folder is listed by name bytes (storage.list_local_tree), so every entry `ls`
+  input folder). A local folder is listed by name bytes (storage.iter_local_tree), so every entry `ls`
   shows with such a name becomes an input, whatever it is: names that are not UTF-8 (stored escaped,
   see names.py), dangling symlinks, FIFOs, unreadable files and folders named like images (e.g. x.png/)
   are inputs too, and the read stage turns each into an error row with the reason.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -53,15 +54,15 @@ def _strip_scheme(uri: str) -> str:
 
 
 def _relative_keys(uris: list[str]) -> list[str]:
-    """Keys relative to the deepest folder all URIs share."""
+    """Keys relative to the deepest folder all URIs share (names.stable_key)."""
     paths = [_strip_scheme(u) for u in uris]
     folders = {posixpath.dirname(p) for p in paths}
     try:
         common = posixpath.commonpath(list(folders)) if folders else ""
     except ValueError:  # mixed absolute and relative paths
         common = ""
-    keys = [sanitize_key(posixpath.relpath(p, common) if common else p) for p in paths]
-    return names.unique_keys(keys, uris)
+    rels = [posixpath.relpath(p, common) if common else p for p in paths]
+    return [names.stable_key(r, u) for r, u in zip(rels, uris, strict=True)]
 
 
 def _is_input_entry(entry: storage.FileEntry) -> bool:
@@ -75,9 +76,10 @@ def _is_input_entry(entry: storage.FileEntry) -> bool:
     return names.is_image_name(entry.uri)
 
 
-def list_folder(uri: str, exclude: tuple[str, ...] = (),
-                s3: storage.S3Options | None = None) -> list[InputItem]:
-    """Images under a local folder or s3:// prefix, sorted by URI."""
+def iter_folder(uri: str, exclude: tuple[str, ...] = (), s3: storage.S3Options | None = None
+                ) -> Iterator[InputItem]:
+    """Images under a local folder or s3:// prefix, one folder at a time in the order of their full paths
+    (a stream: memory does not grow with the archive)."""
 
     def inner(u: str) -> str:  # path inside its filesystem: absolute local path, or bucket/key
         if not storage.is_s3(u):
@@ -88,19 +90,17 @@ def list_folder(uri: str, exclude: tuple[str, ...] = (),
     root_path = names.uri_to_path(uri) if local else uri
     root = inner(root_path) if isinstance(root_path, str) else uri.rstrip("/")  # bytes: an escaped root
     skip = tuple(inner(e) + "/" for e in exclude if e and storage.is_s3(e) == storage.is_s3(uri))
-    entries = (storage.list_local_tree(uri) if local
-               else storage.list_files(uri, recursive=True, s3=s3, include_dirs=True))
-    uris, rels, found = [], [], []
-    for entry in entries:
+    for entry in storage.iter_files(uri, s3):
         path = entry.uri if entry.uri.startswith(names.FILE_SCHEME) else inner(entry.uri)
         if not _is_input_entry(entry) or path.startswith(skip):
             continue
-        rel = _relative(path, root)
-        uris.append(entry.uri)
-        rels.append(sanitize_key(rel))
-        found.append(entry)
-    keys = names.unique_keys(rels, uris)
-    return [InputItem(e.uri, k, e.size, e.mtime_ns, e.etag) for e, k in zip(found, keys, strict=True)]
+        key = names.stable_key(_relative(path, root), entry.uri)
+        yield InputItem(entry.uri, key, entry.size, entry.mtime_ns, entry.etag)
+
+
+def list_folder(uri: str, exclude: tuple[str, ...] = (), s3: storage.S3Options | None = None) -> list[InputItem]:
+    """Images under a local folder or s3:// prefix, sorted by URI."""
+    return sorted(iter_folder(uri, exclude, s3), key=lambda item: item.uri)
 
 
 def _relative(path: str, root: str) -> str:
@@ -111,7 +111,7 @@ def _relative(path: str, root: str) -> str:
     return posixpath.relpath(path, root) if path != root else posixpath.basename(path)
 
 
-def _optional_int(value) -> int | None:
+def optional_int(value) -> int | None:
     try:
         return None if value in (None, "") else int(float(value))
     except (TypeError, ValueError):
@@ -138,8 +138,8 @@ def read_manifest(uri: str, column: str | None = None) -> list[InputItem]:
             continue
         seen.add(image_uri)
         etag = row.get("etag")
-        items.append(InputItem(image_uri, key, _optional_int(row.get("size")),
-                               _optional_int(row.get("mtime_ns")),
+        items.append(InputItem(image_uri, key, optional_int(row.get("size")),
+                               optional_int(row.get("mtime_ns")),
                                str(etag) if etag not in (None, "") else None))
     return items
 

@@ -20,7 +20,7 @@ produce absolute paths ("/...") for valid names, and reversible: `uri_to_path` p
 `file://` URI back to the original bytes. S3 keys are always valid UTF-8 and stay as they are.
 
 Keys: every input gets a relative `key` (its path under the input folder, `sanitize_key`), mirrored under
---masks-out by `mask_key`. Keys are unique within a run (`unique_keys`) and every part of a mask key fits
+--masks-out by `mask_key`. Keys are unique within a run (`stable_key`) and every part of a mask key fits
 the usual 255-byte file-name limit (`fit_name`).
 """
 
@@ -155,16 +155,16 @@ def mask_key(key: str, suffix: str = MASK_SUFFIX) -> str:
     return "/".join([*(fit_name(p) for p in parts[:-1]), fit_name(parts[-1], suffix)])
 
 
-def unique_keys(keys: list[str], uris: list[str]) -> list[str]:
-    """The keys, made unique: the second and later inputs sharing a key (names that sanitize alike, e.g.
-    s3://b/x.png and /b/x.png in one manifest) get "~<digest of their URI>" before the extension."""
-    seen: set[str] = set()
-    out = []
-    for key, uri in zip(keys, uris, strict=True):
-        if key in seen:
-            folder, name = posixpath.split(key)
-            base, dot, ext = name.rpartition(".") if "." in name else (name, "", "")
-            key = posixpath.join(folder, f"{base}~{_digest(uri)}{dot}{ext}")
-        seen.add(key)
-        out.append(key)
-    return out
+def stable_key(relative: str, uri: str) -> str:
+    """The key of an input at `relative` (its path under the input folder or the manifest's common folder).
+
+    A name that sanitize_key leaves as it is keeps it (two inputs cannot share such a path). A name it had to
+    change (a scheme, drive, '..', '//', a leading '/') could then collide with another input's key, so it
+    gets "~<digest of its URI>" before the extension: unique without remembering earlier keys, so a listing
+    of 10^7 inputs can be keyed in a stream."""
+    key = sanitize_key(relative)
+    if key == relative:
+        return key
+    folder, name = posixpath.split(key)
+    base, dot, ext = name.rpartition(".") if "." in name else (name, "", "")
+    return posixpath.join(folder, f"{base}~{_digest(uri)}{dot}{ext}")

@@ -29,6 +29,7 @@ import posixpath
 import re
 import secrets
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -150,10 +151,8 @@ class FileEntry:
     kind: str = "file"  # "file", "dir", "unlistable dir", "symlink" (dangling), "fifo", "socket", ...
 
 
-def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None,
-               include_dirs: bool = False) -> list[FileEntry]:
-    """Every file under `uri` (a folder or prefix), sorted by URI. A missing folder is an error.
-    `include_dirs`: folders (prefixes, "x/" marker objects) too, as kind "dir"."""
+def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None) -> list[FileEntry]:
+    """Every file under `uri` (a folder or prefix), sorted by URI. A missing folder is an error."""
     fs, path = filesystem(uri, s3)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
@@ -167,10 +166,9 @@ def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None,
             to_uri(i.path, uri),
             int(i.size or 0),
             int(i.mtime_ns) if i.mtime_ns is not None else None,
-            kind="file" if i.type == pafs.FileType.File else "dir",
         )
         for i in infos
-        if i.type == pafs.FileType.File or (include_dirs and i.type == pafs.FileType.Directory)
+        if i.type == pafs.FileType.File
     ]
     return sorted(entries, key=lambda e: e.uri)
 
@@ -183,9 +181,11 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "special file")
 
 
-def list_local_tree(uri: str) -> list[FileEntry]:
-    """Every entry under a local folder, recursively, as `ls -R` shows them, sorted by URI: regular files,
-    folders (kind "dir"), dangling symlinks (kind "symlink"), FIFOs, sockets and devices (nothing is opened).
+def iter_local_tree(uri: str) -> Iterator[FileEntry]:
+    """Every entry under a local folder, recursively, as `ls -R` shows them, one folder at a time in the
+    order of their full paths (memory bounded by one folder's entries, whatever the archive's size):
+    regular files, folders (kind "dir"), dangling symlinks (kind "symlink"), FIFOs, sockets and devices
+    (nothing is opened).
 
     Names are handled as bytes, so a name that is not valid UTF-8 is listed too; its URI is the escaped
     form of names.path_to_uri. Symlinks are followed (folders once each: a link loop ends there). A
@@ -194,33 +194,66 @@ def list_local_tree(uri: str) -> list[FileEntry]:
     root = os.fsencode(os.path.abspath(os.path.expanduser(names.uri_to_path(uri))))
     if not os.path.exists(root):
         raise FileNotFoundError(f"no such folder or prefix: {uri}")
-    entries, stack, seen = [], [root], set()
-    while stack:
-        folder = stack.pop()
+    seen: set[tuple[int, int]] = set()
+
+    def walk(folder: bytes) -> Iterator[FileEntry]:
         try:
             st = os.stat(folder)
             if (st.st_dev, st.st_ino) in seen:
-                continue
+                return
             seen.add((st.st_dev, st.st_ino))
             with os.scandir(folder) as it:
-                children = list(it)
+                children = sorted(it, key=lambda c: c.name)
         except OSError as e:
             _log_listing_problem(folder, e)
             if folder != root:
-                entries.append(FileEntry(names.path_to_uri(folder), 0, None, None, "unlistable dir"))
-            continue
+                yield FileEntry(names.path_to_uri(folder), 0, None, None, "unlistable dir")
+            return
         for child in children:
             try:
                 st = child.stat()  # follows symlinks
             except OSError:  # dangling symlink (or gone since scandir)
-                entries.append(FileEntry(names.path_to_uri(child.path), 0, None, None, "symlink"))
+                yield FileEntry(names.path_to_uri(child.path), 0, None, None, "symlink")
                 continue
             kind = _kind(st.st_mode)
+            yield FileEntry(names.path_to_uri(child.path), int(st.st_size) if kind == "file" else 0,
+                            int(st.st_mtime_ns), None, kind)
             if kind == "dir":
-                stack.append(child.path)
-            entries.append(FileEntry(names.path_to_uri(child.path), int(st.st_size) if kind == "file" else 0,
-                                     int(st.st_mtime_ns), None, kind))
-    return sorted(entries, key=lambda e: e.uri)
+                yield from walk(child.path)
+
+    yield from walk(root)
+
+
+def iter_files(uri: str, s3: S3Options | None = None) -> Iterator[FileEntry]:
+    """Files and folders (kind "dir": prefixes, "x/" marker objects) under a folder or s3:// prefix, one
+    directory level at a time in the order of their full paths. Local folders: iter_local_tree."""
+    if not is_s3(uri):
+        yield from iter_local_tree(uri)
+        return
+    fs, path = filesystem(uri, s3)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no such folder or prefix: {uri}")
+    if info.type == pafs.FileType.File:
+        yield FileEntry(to_uri(info.path, uri), int(info.size or 0), _mtime(info))
+        return
+
+    def walk(folder: str) -> Iterator[FileEntry]:
+        infos = fs.get_file_info(pafs.FileSelector(folder, recursive=False))
+        # Sorting folders as "name/" gives exactly the global order of full paths.
+        infos.sort(key=lambda i: i.base_name + ("/" if i.type == pafs.FileType.Directory else ""))
+        for i in infos:
+            if i.type == pafs.FileType.Directory:
+                yield FileEntry(to_uri(i.path, uri), 0, None, kind="dir")
+                yield from walk(i.path)
+            elif i.type == pafs.FileType.File:
+                yield FileEntry(to_uri(i.path, uri), int(i.size or 0), _mtime(i))
+
+    yield from walk(path)
+
+
+def _mtime(info: pafs.FileInfo) -> int | None:
+    return int(info.mtime_ns) if info.mtime_ns is not None else None
 
 
 def _log_listing_problem(folder: bytes, error: OSError) -> None:
@@ -282,6 +315,35 @@ def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
         if fs.get_file_info(path).type == pafs.FileType.Directory:
             raise IsADirectoryError("is a folder (an S3 prefix), not an image file") from e
         raise
+
+
+@functools.lru_cache(maxsize=16)
+def _boto3_client(options: S3Options):
+    """A boto3 S3 client (thread-safe) with the same endpoint, region, retries and timeouts as pyarrow's."""
+    import boto3
+    import botocore
+    import botocore.config
+
+    config = botocore.config.Config(
+        retries={"max_attempts": options.max_attempts, "mode": "standard"},
+        connect_timeout=options.connect_timeout_s, read_timeout=options.request_timeout_s,
+        max_pool_connections=64, signature_version=botocore.UNSIGNED if options.anonymous else None)
+    return boto3.session.Session().client("s3", endpoint_url=options.endpoint_url, region_name=options.region,
+                                          config=config)
+
+
+def get_object(uri: str, s3: S3Options | None = None) -> bytes:
+    """A whole file in ONE request: pyarrow's S3 open sends a HEAD (for the size) before every GET, which
+    doubles the per-object latency of bulk reads; boto3's get_object does not. Local paths: read_bytes (it
+    never blocks on a FIFO). Use it for many small objects (inference inputs); read_bytes for the rest."""
+    if not is_s3(uri):
+        return read_bytes(uri, s3)
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    client = _boto3_client((s3 or _default_s3).resolved())
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return read_bytes(uri, s3)  # rare: let it say why (a "folder" key, or no such object)
 
 
 def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:

@@ -14,6 +14,9 @@ contains `match` (every request when `match` is None):
   "drop"     close the connection without any answer (the client sees an empty reply / a reset);
   "stall"    never answer until the proxy stops (the client's request timeout must fire).
 
+Latency: `delay_ms` holds every forwarded request that long before passing it on (a first-byte latency
+like AWS S3's, for bench/s3_latency.py); it can be changed while the proxy runs.
+
 The head of every request is kept in `heads`, so a test can check what the client sent (e.g. whether a
 request was signed).
 """
@@ -42,6 +45,7 @@ class FaultyProxy:
     mode: str = "http500"
     match: str | None = None  # only requests whose request line contains this (e.g. an object key)
     port: int = 0  # 0: pick a free port on start()
+    delay_ms: float = 0.0  # added to every forwarded request (latency mode)
     faults: int = 0  # requests failed so far
     requests: int = 0  # requests seen so far (failed or forwarded)
     heads: list[bytes] = field(default_factory=list)  # every request head, in arrival order
@@ -139,6 +143,8 @@ class FaultyProxy:
             if fail:
                 self._fail(client, mode, head, rest)
                 return
+            if self.delay_ms > 0 and self._stop.wait(self.delay_ms / 1000.0):
+                return  # stopping
             upstream = self._track(socket.create_connection((self.target_host, self.target_port), timeout=10))
             upstream.settimeout(None)
             client.settimeout(None)

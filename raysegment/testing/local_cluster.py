@@ -137,30 +137,60 @@ class LocalCluster:
             timeout_s)
         if head.returncode != 0:
             raise RuntimeError(f"ray start --head failed ({head.returncode}):\n{head.stdout}\n{head.stderr}")
-        for i in range(self.worker_nodes):
-            # Its own temp dir, as on a separate machine: nodes sharing one would share (and garbage-collect)
-            # each other's runtime_env folders, e.g. delete the working_dir a job's driver runs in.
-            worker = self._run(
-                ["start", f"--address={self.address}", f"--node-ip-address={self.node_ip}",
-                 f"--num-cpus={self.worker_cpus}", "--num-gpus=0",
-                 f"--temp-dir={os.path.join(self.root, f'w{i}')}", *self._agent_ports()], timeout_s)
-            if worker.returncode != 0:
-                raise RuntimeError(f"ray start (worker) failed ({worker.returncode}):\n{worker.stdout}\n"
-                                   f"{worker.stderr}")
+        for _ in range(self.worker_nodes):
+            self.add_worker(timeout_s=timeout_s, wait=False)
         self.wait_for_nodes(1 + self.worker_nodes, timeout_s)
         return self
+
+    def add_worker(self, cpus: int | None = None, timeout_s: float = 120.0, wait: bool = True) -> str:
+        """Start one more worker node (what an autoscaler does); returns its temp dir (its identity for
+        kill_node). `wait`: until the GCS lists it alive."""
+        self._started = getattr(self, "_started", 0) + 1
+        temp_dir = os.path.join(self.root, f"w{self._started - 1}")
+        alive = self.alive_nodes() if wait else 0
+        # Its own temp dir, as on a separate machine: nodes sharing one would share (and garbage-collect)
+        # each other's runtime_env folders, e.g. delete the working_dir a job's driver runs in.
+        worker = self._run(
+            ["start", f"--address={self.address}", f"--node-ip-address={self.node_ip}",
+             f"--num-cpus={self.worker_cpus if cpus is None else cpus}", "--num-gpus=0",
+             f"--temp-dir={temp_dir}", *self._agent_ports()], timeout_s)
+        if worker.returncode != 0:
+            raise RuntimeError(f"ray start (worker) failed ({worker.returncode}):\n{worker.stdout}\n"
+                               f"{worker.stderr}")
+        if wait:
+            self.wait_for_nodes(alive + 1, timeout_s)
+        return temp_dir
+
+    def kill_node(self, temp_dir: str) -> int:
+        """SIGKILL one worker node (raylet, its agents and workers), as a spot interruption would; by PID.
+        Returns how many processes were killed."""
+        psutil = _psutil()
+        procs = self._processes(temp_dir)
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        return len(procs)
+
+    def alive_nodes(self) -> int:
+        """Alive nodes as `ray status` reports them (0 when it cannot tell)."""
+        text = self.status()
+        return text.split("Active:", 1)[-1].split("Pending:", 1)[0].count("node_") if "Active:" in text else 0
 
     def status(self, timeout_s: float = 60.0) -> str:
         """`ray status` (needs the token like every other client)."""
         out = self._run(["status", f"--address={self.address}"], timeout_s)
         return out.stdout + out.stderr
 
-    def wait_for_nodes(self, n: int, timeout_s: float) -> None:
+    def wait_for_nodes(self, n: int, timeout_s: float, exactly: bool = False) -> None:
+        """Until `ray status` lists at least (`exactly`: exactly) n alive nodes."""
         deadline, text = time.monotonic() + timeout_s, ""
         while time.monotonic() < deadline:
             text = self.status()
             active = text.split("Active:", 1)[-1].split("Pending:", 1)[0] if "Active:" in text else ""
-            if active.count("node_") >= n:
+            if active.count("node_") == n or (active.count("node_") > n and not exactly):
                 return
             time.sleep(1)
         raise TimeoutError(f"{n} nodes not up within {timeout_s:g} s; last `ray status`:\n{text}")
@@ -196,14 +226,16 @@ class LocalCluster:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
-    def _processes(self) -> list:
-        """This cluster's processes: those naming our temp dir, and all their descendants."""
+    def _processes(self, root: str | None = None) -> list:
+        """This cluster's processes (or one node's, by its temp dir): those naming the dir, and all their
+        descendants."""
         psutil = _psutil()
 
+        root = root or self.root
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
             try:
-                if any(self.root in part for part in (proc.info["cmdline"] or [])):
+                if any(root in part for part in (proc.info["cmdline"] or [])):
                     found[proc.pid] = proc
                     for child in proc.children(recursive=True):
                         found[child.pid] = child

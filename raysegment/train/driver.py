@@ -92,8 +92,13 @@ def _check_resumable(config: TrainConfig, previous_uri: str) -> None:
                 f"Use a new run.name for a new model.")
 
 
-def train(config: TrainConfig, address: str | None = None) -> TrainResult:
-    """Train per `config` on the connected (or started) Ray cluster; see the module docstring for outputs."""
+def train(config: TrainConfig, address: str | None = None, wait_for_capacity: float | None = None,
+          no_wait: bool = False) -> TrainResult:
+    """Train per `config` on the connected (or started) Ray cluster; see the module docstring for outputs.
+
+    On a cluster that can grow (joined with `address`/$RAY_ADDRESS, or `wait_for_capacity` seconds given) a
+    plan that does not fit yet is waited for (cluster.capacity: bounded, visible; RetryableError at the end).
+    """
     if not config.data.path:
         raise ConfigError("data.path: required (a dataset folder, s3:// prefix or manifest); pass --data DIR")
     # Everything that can be wrong with the request fails here, in seconds, before Ray starts.
@@ -103,6 +108,7 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from raysegment.cluster import capacity
     from raysegment.cluster.plan import cluster_resources, connect, plan_training
     from raysegment.data.datasets import load_split_dataset, write_manifest
     from raysegment.train.data import build_dataset, key_checksum
@@ -115,7 +121,14 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
     t_ray = time.perf_counter()
     s = config.scaling
     # Checked before anything is submitted: an impossible plan fails now, naming what is missing.
-    plan = plan_training(cluster_resources(), s.num_workers, s.use_gpu, s.cpus_per_worker, s.data_cpus)
+    wait_s = capacity.wait_timeout(address, wait_for_capacity, no_wait)
+    use_gpu = s.use_gpu
+    if wait_s > 0 and use_gpu is None:  # from the cluster's config, not from which nodes happen to be up
+        use_gpu = capacity.gpus_possible(cluster_resources())
+    worker = {"CPU": s.cpus_per_worker or (1.0 if use_gpu else 0.5), **({"GPU": 1.0} if use_gpu else {})}
+    plan = capacity.wait_for_plan(
+        lambda res: plan_training(res, s.num_workers, use_gpu, s.cpus_per_worker, s.data_cpus),
+        [worker] * s.num_workers + [{"CPU": 0.5}], wait_s, what=f"{s.num_workers} training worker(s)")
     threads = s.torch_threads or max(1, int(plan.cpus_per_worker))
     fs, fs_path = storage.filesystem(config.run.storage_path)
     storage_uri = storage.to_uri(fs_path, config.run.storage_path)  # absolute: workers have another cwd
