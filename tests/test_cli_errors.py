@@ -98,6 +98,17 @@ def test_unreachable_s3_fails_in_seconds(checkpoint, tmp_path, capsys, monkeypat
     os.environ.pop("AWS_ENDPOINT_URL_S3", None)  # the flag exported it; monkeypatch restores the rest
 
 
+def test_preflight_names_a_missing_bucket(s3_endpoint, monkeypatch):
+    from raysegment.errors import InputError
+    from raysegment.io import preflight, storage
+
+    monkeypatch.setattr(storage, "_default_s3", storage.S3Options())
+    bucket = s3_endpoint.create_bucket("preflight-ok")
+    preflight.check_reachable(f"{bucket}/data", None, "/local/path")  # exists: passes
+    with pytest.raises(InputError, match="s3://no-such-bucket-x: no such bucket"):
+        preflight.check_reachable(f"{bucket}/data", "s3://no-such-bucket-x/out")
+
+
 def test_unschedulable_plan_and_retryable_errors_use_their_exit_codes(capsys):
     def plan_fails(args):
         raise PlanError("8 worker(s) x (1 GPU, 1 CPU) requested; the cluster has 0 GPU, 2 CPU")

@@ -1,9 +1,9 @@
 """Checks that run BEFORE Ray starts or anything is written: a wrong path or a dead endpoint should cost
 the user seconds and one line, not a cluster start-up and a traceback.
 
-- `check_reachable(*uris)`: every S3 bucket named answers within a short connect timeout (2 attempts,
-  `TIMEOUT_S` each), so an unreachable endpoint fails in seconds instead of after the full retry budget
-  that real reads get.
+- `check_reachable(*uris)`: every S3 bucket named exists and answers within a short connect timeout
+  (2 attempts, `TIMEOUT_S` each), so an unreachable endpoint fails in seconds instead of after the full
+  retry budget that real reads get. Access denied on the bucket itself passes (reads decide).
 - `require_exists(uri, what)`: an input (image folder, manifest, data set, ground truth) exists.
 
 Both raise errors.InputError (a UserError: exit 2) naming the URI and what to do.
@@ -32,13 +32,18 @@ def check_reachable(*uris: str | None) -> None:
     if not buckets:
         return
     options = _probe_options()
+    where = options.endpoint_url or "AWS S3"
     for bucket in buckets:
         try:
-            storage.exists(f"s3://{bucket}", options)
+            found = storage.exists(f"s3://{bucket}", options)
         except OSError as e:
-            where = options.endpoint_url or "AWS S3"
-            raise InputError(f"cannot reach s3://{bucket} at {where}: {' '.join(str(e).split())}",
-                             hint=S3_HINT) from e
+            text = " ".join(str(e).split())
+            if "ACCESS_DENIED" in text or "403" in text:
+                continue  # it answered; whether these keys may read the objects is for the real reads to say
+            raise InputError(f"cannot reach s3://{bucket} at {where}: {text}", hint=S3_HINT) from e
+        if not found:  # also what an endpoint without a network route looks like to the S3 client
+            raise InputError(f"s3://{bucket}: no such bucket at {where}, or the endpoint does not answer",
+                             hint=S3_HINT)
 
 
 def require_exists(uri: str, what: str, hint: str | None = None) -> None:
