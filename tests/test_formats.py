@@ -320,7 +320,8 @@ def test_show_draws_from_mask_rle_when_mask_png_was_dropped(tmp_path):
     mask[5:25, 3:9] = True
     row = {name: None for name in SCHEMA.names}
     row.update(schema_version=2, run_id="20260101T000000Z-bbbbbb", model_id="m1", package_version="0.1.0",
-               image_uri="/data/b.png", image_id="b", status="ok", height=30, width=20, mask_rle=encode_rle(mask))
+               image_uri="/data/b.png", image_id="b", status="ok", height=30, width=20,
+               mask_rle=encode_rle(mask))
     folder = tmp_path / "runs" / row["run_id"]
     folder.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), folder / "part-0.parquet")

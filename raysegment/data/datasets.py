@@ -22,7 +22,7 @@ import numpy as np
 
 from raysegment.io import names, storage
 from raysegment.io.decode import DecodeError, decode_image, decode_mask
-from raysegment.io.names import IMAGE_EXTENSIONS  # noqa: F401 - re-exported: the file-name rules live in names
+from raysegment.io.names import IMAGE_EXTENSIONS  # noqa: F401 - re-exported; the name rules live in names
 
 IMAGE_DIRS = ("CXR_png", "cxr", "images", "image", "imgs")
 MASK_DIRS = ("masks", "mask", "labels")
@@ -124,7 +124,8 @@ def _discover_manifest(uri: str) -> tuple[Discovery, dict[str, str]]:
     pairs, lonely, splits = [], [], {}
     for row in table.to_dict("records"):
         image = names.resolve(str(row["image"]), base)
-        masks = tuple(names.resolve(m, base) for m in str(row.get("mask") or "").split("|") if m and m != "nan")
+        masks = tuple(names.resolve(m, base) for m in str(row.get("mask") or "").split("|")
+                      if m and m != "nan")
         image_id = str(row["image_id"]) if "image_id" in columns else names.stem(image)
         if not masks:
             lonely.append(image)
