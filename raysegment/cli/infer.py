@@ -68,7 +68,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-inversion-check", action="store_true",
                    help="do not detect and correct inverted PNG/JPEG/TIFF exports (white air; see docs)")
     p.add_argument("--no-mask-png", action="store_true",
-                   help="leave the mask_png column empty: masks only as mask_rle (about 5x smaller)")
+                   help="leave mask_png empty: masks only as mask_rle (about 7x smaller in Parquet)")
     p.add_argument("--dicom-seg-out", metavar="URI",
                    help="write a DICOM Segmentation (SEG) per DICOM input here, mirroring input paths")
     p.add_argument("--dicom-seg-sides", action="store_true",

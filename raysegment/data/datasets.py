@@ -22,7 +22,7 @@ import numpy as np
 
 from raysegment.io import names, storage
 from raysegment.io.decode import DecodeError, decode_image, decode_mask
-from raysegment.io.names import IMAGE_EXTENSIONS  # noqa: F401 - re-exported: the file-name rules live in names
+from raysegment.io.names import IMAGE_EXTENSIONS  # noqa: F401 - re-exported; the name rules live in names
 
 IMAGE_DIRS = ("CXR_png", "cxr", "images", "image", "imgs")
 MASK_DIRS = ("masks", "mask", "labels")
@@ -124,8 +124,8 @@ def _discover_manifest(uri: str) -> tuple[Discovery, dict[str, str]]:
     pairs, lonely, splits = [], [], {}
     for row in table.to_dict("records"):
         image = names.resolve(str(row["image"]), base)
-        mask_field = str(row.get("mask") or "")
-        masks = tuple(names.resolve(m, base) for m in mask_field.split("|") if m and m != "nan")
+        masks = tuple(names.resolve(m, base) for m in str(row.get("mask") or "").split("|")
+                      if m and m != "nan")
         image_id = str(row["image_id"]) if "image_id" in columns else names.stem(image)
         if not masks:
             lonely.append(image)
@@ -152,8 +152,7 @@ def discover(uri: str) -> Discovery:
     if names.is_manifest_name(uri):
         return _discover_manifest(uri)[0]
     if not storage.is_dir(uri):
-        raise FileNotFoundError(f"dataset not found: {uri} (expected a folder, s3:// prefix or manifest "
-                                "file)")
+        raise FileNotFoundError(f"dataset not found: {uri} (expected a folder, s3:// prefix or manifest file)")
     subdirs = _subdirs(uri)
     if "CXR_png" in subdirs and "ManualMask" in subdirs:
         found = _discover_montgomery(uri, subdirs)
@@ -242,8 +241,7 @@ def load_split_dataset(
         found, given = discover(uri), {}
     ids = [p.image_id for p in found.pairs]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"image ids (file stems) are not unique in {uri}; rename or use a manifest with "
-                         "image_id")
+        raise ValueError(f"image ids (file stems) are not unique in {uri}; rename or use a manifest with image_id")
     splits = assign_splits(ids, fractions, seed)
     splits.update(given)
     return SplitDataset(found, splits)

@@ -311,7 +311,7 @@ def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
     try:
         with fs.open_input_stream(path) as f:
             return f.read()
-    except OSError as e:  # say so when the key is a "folder" (a prefix or an "x.png/" marker object)
+    except FileNotFoundError as e:  # say so when the key is a "folder" (a prefix or an "x.png/" marker)
         if fs.get_file_info(path).type == pafs.FileType.Directory:
             raise IsADirectoryError("is a folder (an S3 prefix), not an image file") from e
         raise
