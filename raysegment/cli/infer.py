@@ -32,6 +32,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-actors", type=int, metavar="N",
                    help="inference actors (default: one per GPU, or one per CPU minus a decode share)")
     p.add_argument("--no-gpu", action="store_true", help="run on CPU even when the cluster has GPUs")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="where the actors run the model (default: cuda on GPU actors, else cpu). "
+                   "--device cpu keeps the GPU plan (actors ask for GPUs; micro-batches, bf16, "
+                   "channels_last) but runs the model on the node's CPU: to check a GPU plan without GPUs")
     p.add_argument("--torch-threads", type=int, metavar="N",
                    help="intra-op threads per CPU actor (default 1; results then match predict() bit for bit)")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's)")
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         input=args.input, checkpoint=args.checkpoint, output=args.output, masks_out=args.masks_out,
         ground_truth=args.ground_truth, manifest_column=args.manifest_column, limit=args.limit,
         batch_size=args.batch_size, num_actors=args.num_actors, use_gpu=False if args.no_gpu else None,
-        torch_threads=args.torch_threads, threshold=args.threshold,
+        device=args.device, torch_threads=args.torch_threads, threshold=args.threshold,
         postprocess=PostprocessConfig(keep_largest=args.keep_largest, fill_holes=not args.no_fill_holes),
         pixel_spacing_mm=args.pixel_spacing, resume=not args.no_resume, rows_per_file=args.rows_per_file,
         s3=s3, address=args.address,

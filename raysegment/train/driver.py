@@ -98,7 +98,7 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
         raise ConfigError("data.path: required (a dataset folder, s3:// prefix or manifest); pass --data DIR")
     t_start = time.perf_counter()
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from raysegment.cluster.plan import cluster_resources, connect, plan_training
     from raysegment.data.datasets import load_split_dataset, write_manifest
@@ -111,7 +111,8 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
     t_ray = time.perf_counter()
     s = config.scaling
     # Checked before anything is submitted: an impossible plan fails now, naming what is missing.
-    plan = plan_training(cluster_resources(), s.num_workers, s.use_gpu, s.cpus_per_worker, s.data_cpus)
+    use_gpu = True if s.device == "cuda" and s.use_gpu is None else s.use_gpu
+    plan = plan_training(cluster_resources(), s.num_workers, use_gpu, s.cpus_per_worker, s.data_cpus)
     threads = s.torch_threads or max(1, int(plan.cpus_per_worker))
     fs, fs_path = storage.filesystem(config.run.storage_path)
     storage_uri = storage.to_uri(fs_path, config.run.storage_path)  # absolute: workers have another cwd
@@ -143,7 +144,10 @@ def train(config: TrainConfig, address: str | None = None) -> TrainResult:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "run_dir": run_dir, "torch_threads": threads,
-                           "split_digest": digest, "val_check": (len(val_keys), key_checksum(val_keys))},
+                           "split_digest": digest, "val_check": (len(val_keys), key_checksum(val_keys)),
+                           "use_gpu": plan.use_gpu},
+        # GPU workers computing on the CPU (scaling.device=cpu) need gloo: NCCL only moves CUDA tensors.
+        torch_config=TorchConfig(backend="gloo") if plan.use_gpu and s.device == "cpu" else None,
         scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
