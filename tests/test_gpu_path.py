@@ -25,7 +25,8 @@ import pytest
 import torch
 
 from raysegment.cluster.plan import ClusterResources, NodeResources, PlanError
-from raysegment.infer.predict import forward_probabilities, gpu_recipe
+from raysegment.data.preprocess import to_tensor
+from raysegment.infer.predict import GPU_MICRO_BATCH, forward_probabilities, gpu_recipe
 from raysegment.model.unet import UNet
 from raysegment.train.config import ConfigError, load_config
 
@@ -73,6 +74,9 @@ def test_bf16_forward_on_cpu_is_close_to_fp32():
     model = structured_model()
     images = phantom_inputs(4)
     fp32 = forward_probabilities(model, images)  # the CPU default: fp32, micro-batch 1
+    with torch.no_grad():  # the model input is preprocess.to_tensor's, whatever the device it is made on
+        reference = (torch.sigmoid(model(to_tensor(images[:1])))[0, 0] * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(fp32[0], reference)
     assert forward_probabilities(model, images, bf16=False).tobytes() == fp32.tobytes()
     model = model.to(memory_format=torch.channels_last)
     bf16 = forward_probabilities(model, images, micro_batch=4, bf16=True)
@@ -176,6 +180,7 @@ def test_gpu_check_quick_runs_end_to_end_on_cpu_with_a_fake_gpu(tmp_path):
         r = parts[key]["result"]
         assert r["ok"] == r["images"] > 0 and r["errors"] == 0
         assert "1 GPU" in r["plan"]  # the actors asked for a GPU ...
+        assert r["batch_size"] == GPU_MICRO_BATCH  # ... and ran the GPU micro-batch path (default size)
     assert set(parts["pipeline_originals"]["result"]["stage_costs_single_cpu"]) == {"png", "jpg", "dcm"}
     train = parts["train"]["result"]
     assert train["images_per_s_last_epoch"] > 0
