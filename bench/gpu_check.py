@@ -130,7 +130,7 @@ def _tflops(flops_per_image: int, images_per_s: float, peak: float | None) -> di
 
 # --- part 1: forward -------------------------------------------------------------------------------
 
-def part_forward(args, device: torch.device, peak: float | None) -> dict:
+def part_forward(out: dict, args, device: torch.device, peak: float | None) -> None:
     torch.manual_seed(0)
     model = UNet(base_channels=args.base_channels, depth=args.depth).to(device).eval()
     model = model.to(memory_format=torch.channels_last)
@@ -139,9 +139,8 @@ def part_forward(args, device: torch.device, peak: float | None) -> dict:
         x1, precision = gpu_recipe(torch.rand(1, 1, s, s, device=device), True)
         with precision:
             flops = count_flops(lambda: model(x1))
-    out = {"model": {"base_channels": args.base_channels, "depth": args.depth, "size": s,
-                     "parameters": count_parameters(model)},
-           "flops_per_image": flops, "sweep": []}
+    out.update(model={"base_channels": args.base_channels, "depth": args.depth, "size": s,
+                      "parameters": count_parameters(model)}, flops_per_image=flops, sweep=[])
     best = None
     for batch in args.batches:
         row = {"batch": batch}
@@ -181,20 +180,19 @@ def part_forward(args, device: torch.device, peak: float | None) -> dict:
         x, precision = gpu_recipe(torch.rand(b, 1, s, s, device=device), True)
         compiled = torch.compile(model)
         t0 = time.perf_counter()
-        with torch.inference_mode(), precision:
+        with torch.no_grad(), precision:
             compiled(x)
         sync(device)
         compile_s = time.perf_counter() - t0
 
         def step_compiled():
-            with torch.inference_mode(), precision:
+            with torch.no_grad(), precision:
                 compiled(x)
 
         r = rate(step_compiled, device, b, args.min_seconds)
         out["compiled"] = {"batch": b, "compile_s": round(compile_s, 1), "images_per_s": round(r, 2),
                            **_tflops(flops, r, peak)}
         print(f"  torch.compile batch {b}: {r:.1f} images/s (compile {compile_s:.0f} s)", flush=True)
-    return out
 
 
 # --- part 2: pipeline ------------------------------------------------------------------------------
@@ -301,7 +299,7 @@ def run_pipeline(args, checkpoint: str, manifest: str, output: str) -> dict:
             "batch_size": summary["batch_size"], "median_stage_ms_per_row": stages}
 
 
-def part_pipeline(args, work: str, report: dict, which: str) -> dict:
+def part_pipeline(out: dict, args, work: str, report: dict, which: str) -> None:
     from raysegment.data.synth import make_phantom
     from raysegment.io.decode import encode_png
     from raysegment.model.checkpoint import ModelSpec, save_checkpoint
@@ -319,6 +317,7 @@ def part_pipeline(args, work: str, report: dict, which: str) -> dict:
     else:
         files = original_images(max(1, args.distinct_files // 3), *args.original_hw)
     costs = stage_costs(files, preprocess, args.min_seconds)
+    out["stage_costs_single_cpu"] = costs
     forward_part = (report["parts"].get("forward") or {}).get("result") or {}
     forward_rate = (forward_part.get("best") or {}).get("images_per_s")
     actor_rate = (forward_part.get("forward_probabilities") or {}).get("images_per_s")
@@ -326,15 +325,14 @@ def part_pipeline(args, work: str, report: dict, which: str) -> dict:
     cpu_rate = (os.cpu_count() or 1) / statistics.mean(c["cpu_s_per_image"] for c in costs.values())
     expected = min(forward_rate or cpu_rate, cpu_rate)
     n = int(min(args.max_inputs, max(args.min_inputs, expected * args.pipeline_seconds)))
+    if forward_rate:  # CPUs one GPU needs, per format (before the pipeline: a timeout keeps it)
+        out["cpus_per_gpu"] = {fmt: round(forward_rate * c["cpu_s_per_image"], 2) for fmt, c in costs.items()}
     manifest = write_repeated(os.path.join(work, which), files, n)
     print(f"  pipeline {which}: {n} inputs ({len(files)} distinct files)", flush=True)
-    out = run_pipeline(args, checkpoint, manifest, os.path.join(work, which + "_out"))
-    out["stage_costs_single_cpu"] = costs
+    out.update(run_pipeline(args, checkpoint, manifest, os.path.join(work, which + "_out")))
     if forward_rate:
         out["vs_forward"] = round(out["images_per_s"] / forward_rate, 3)  # model alone, eager
         out["vs_forward_probabilities"] = round(out["images_per_s"] / actor_rate, 3) if actor_rate else None
-        out["cpus_per_gpu"] = {fmt: round(forward_rate * c["cpu_s_per_image"], 2) for fmt, c in costs.items()}
-    return out
 
 
 # --- part 3: training ------------------------------------------------------------------------------
@@ -362,7 +360,7 @@ def train_flops_per_image(config, device: torch.device) -> int:
     return flops
 
 
-def part_train(args, work: str, device: torch.device, peak: float | None) -> dict:
+def part_train(out: dict, args, work: str, device: torch.device, peak: float | None) -> None:
     from raysegment.data.synth import write_dataset
     from raysegment.train.config import load_config
     from raysegment.train.driver import train
@@ -380,17 +378,16 @@ def part_train(args, work: str, device: torch.device, peak: float | None) -> dic
     config = load_config(os.path.join(ROOT, "configs", "montgomery-gpu.yaml"), overrides)
     batch, size = config.optim.batch_size, config.preprocess.size
     flops = train_flops_per_image(config, device)
+    n_train = round(args.train_images * config.data.split[0])
+    out.update({"config": "configs/montgomery-gpu.yaml", "base_channels": config.model.base_channels,
+                "size": size, "batch_per_worker": batch, "workers": config.scaling.num_workers,
+                "steps_per_epoch_approx": math.ceil(n_train / batch), "train_flops_per_image": flops})
     result = train(config)
     last = result.history[-1]
-    n_train = round(args.train_images * config.data.split[0])
-    out = {"config": "configs/montgomery-gpu.yaml", "base_channels": config.model.base_channels,
-           "size": size, "batch_per_worker": batch, "workers": config.scaling.num_workers,
-           "epochs": len(result.history), "steps_per_epoch_approx": math.ceil(n_train / batch),
-           "train_flops_per_image": flops, "images_per_s_last_epoch": round(last["images_per_s"], 2),
-           "images_per_s_per_epoch": [round(r["images_per_s"], 2) for r in result.history],
-           "timings_s": {k: round(v, 1) for k, v in result.timings.items()}}
+    out.update({"epochs": len(result.history), "images_per_s_last_epoch": round(last["images_per_s"], 2),
+                "images_per_s_per_epoch": [round(r["images_per_s"], 2) for r in result.history],
+                "timings_s": {k: round(v, 1) for k, v in result.timings.items()}})
     out.update(_tflops(flops, last["images_per_s"], peak))
-    return out
 
 
 # --- driver ----------------------------------------------------------------------------------------
@@ -431,17 +428,17 @@ def print_table(report: dict) -> None:
                 line(f"1 torch.compile batch {r['compiled']['batch']}", status, r["compiled"],
                      f"compile {r['compiled']['compile_s']} s")
         elif name.startswith("pipeline") and r:
-            line(f"2 {name}", status, r, f"{r.get('vs_forward', '-')}x forward; {r['plan']}")
-            for fmt, c in r["stage_costs_single_cpu"].items():
+            line(f"2 {name}", status, r, f"{r.get('vs_forward', '-')}x forward; {r.get('plan', '')}")
+            for fmt, c in r.get("stage_costs_single_cpu", {}).items():
                 need = (r.get("cpus_per_gpu") or {}).get(fmt, "-")
                 print(f"    {fmt:5s} decode+preprocess {c['decode_preprocess_ms']:8.2f} ms/img/CPU "
                       f"({c['decode_images_per_s_per_cpu']} img/s per CPU), "
                       f"postprocess {c['postprocess_ms']:.2f} ms"
                       f" -> {need} CPUs per GPU")
-        elif name == "train" and r:
+        elif name == "train" and "batch_per_worker" in r:
             line("3 train (montgomery-gpu.yaml)", status, r,
-                 f"{r['epochs']} epochs x ~{r['steps_per_epoch_approx']} steps, "
-                 f"batch {r['batch_per_worker']}")
+                 f"{r.get('epochs', '-')} epochs x ~{r.get('steps_per_epoch_approx')} steps, "
+                 f"batch {r.get('batch_per_worker')}")
         else:
             line(name, status, None, part.get("error", ""))
 
@@ -455,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="/tmp/raysegment-gpu-check", help="scratch folder (data, outputs)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "gpu_check.json"))
     p.add_argument("--cpus", type=int, help="CPUs for Ray (default: all)")
+    p.add_argument("--limit-scale", type=float, default=1.0, help="multiply every part's time limit")
     args = p.parse_args(argv)
     if args.quick:
         args.base_channels, args.depth, args.size, args.batches = 8, 4, 128, [2, 4]
@@ -469,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         args.pipeline_seconds, args.train_images, args.train_epochs = 20, 160, 3
         # 240 s in all: the device lease is ~15 min, start-up included; Ray's start comes on top.
         limits = {"forward": 70, "pipeline_png512": 55, "pipeline_originals": 60, "train": 55}
+    limits = {k: v * args.limit_scale for k, v in limits.items()}
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     label, peak = device_peak(name) if device.type == "cuda" else (None, None)
@@ -487,11 +486,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_part(key: str, fn, *fn_args) -> None:
         t0 = time.perf_counter()
-        entry = {"status": "ok"}
+        entry = {"status": "ok", "result": {}}  # the part fills result as it goes: a cut keeps what it has
         print(f"part {key} (limit {limits[key]} s)", flush=True)
         try:
             with time_limit(limits[key]):
-                entry["result"] = fn(*fn_args)
+                fn(entry["result"], *fn_args)
         except PartTimeout as e:
             entry.update(status="timeout", error=str(e))
         except Exception as e:  # noqa: BLE001 - a broken part must not cost the others
@@ -520,7 +519,10 @@ def main(argv: list[str] | None = None) -> int:
         run_part("pipeline_originals", part_pipeline, args, work, report, "originals")
     if "train" in parts:
         run_part("train", part_train, args, work, device, peak)
-    print_table(report)
+    try:
+        print_table(report)
+    except Exception:  # noqa: BLE001 - the JSON is written; a table bug must not hide it
+        traceback.print_exc()
     print(f"total {report['total_s']} s; wrote {args.out}")
     return 0 if all(p["status"] == "ok" for p in report["parts"].values()) else 1
 

@@ -158,15 +158,28 @@ def test_train_device_flag_and_validation(capsys):
 
 # --- the prepared device check, on CPU ---------------------------------------------------------------
 
-@pytest.mark.slow
-def test_gpu_check_quick_runs_end_to_end_on_cpu_with_a_fake_gpu(tmp_path):
-    out = tmp_path / "gpu_check.json"
+def _gpu_check(tmp_path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--device", "cpu", "--quick",
-               "--work", str(tmp_path / "work"), "--out", str(out), "--cpus", "2"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path),
+               "--work", str(tmp_path / "work"), "--out", str(tmp_path / "gpu_check.json"), *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path),
                           check=False)
+
+
+def test_gpu_check_part_cut_short_still_reports(tmp_path):
+    """A part that runs out of its time limit is recorded as such, the JSON is written, the run goes on."""
+    proc = _gpu_check(tmp_path, "--parts", "forward", "--limit-scale", "0.001")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    forward = json.loads((tmp_path / "gpu_check.json").read_text())["parts"]["forward"]
+    assert forward["status"] == "timeout" and "time limit" in forward["error"]
+    assert "GPU check on" in proc.stdout  # the table is still printed
+
+
+@pytest.mark.slow
+def test_gpu_check_quick_runs_end_to_end_on_cpu_with_a_fake_gpu(tmp_path):
+    proc = _gpu_check(tmp_path, "--cpus", "2")
+    out = tmp_path / "gpu_check.json"
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     report = json.loads(out.read_text())
