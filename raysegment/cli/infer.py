@@ -51,6 +51,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     gpu.add_argument("--gpu", action="store_true",
                      help="one GPU per actor, even when no GPU node is up yet (the autoscaler adds them)")
     gpu.add_argument("--no-gpu", action="store_true", help="run on CPU even when the cluster has GPUs")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="where the actors run the model (default: cuda on GPU actors, else cpu). "
+                   "--device cpu keeps the GPU plan (actors ask for GPUs; micro-batches, bf16, "
+                   "channels_last) but runs the model on the node's CPU: to check a GPU plan without GPUs")
     p.add_argument("--torch-threads", type=int, metavar="N",
                    help="intra-op threads per CPU actor (default 1; results then match predict() bit for "
                    "bit)")
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, num_actors=args.num_actors,
         use_gpu=False if args.no_gpu else (True if args.gpu else None),
         min_actors=args.min_actors, max_actors=args.max_actors, wait_for_capacity=args.wait_for_capacity,
-        no_wait=args.no_wait, dry_run=args.dry_run,
+        no_wait=args.no_wait, dry_run=args.dry_run, device=args.device,
         torch_threads=args.torch_threads, threshold=args.threshold,
         postprocess=PostprocessConfig(keep_largest=args.keep_largest, fill_holes=not args.no_fill_holes),
         pixel_spacing_mm=args.pixel_spacing, resume=not args.no_resume, rows_per_file=args.rows_per_file,

@@ -26,6 +26,7 @@ FLAG_KEYS = {
     "size": "preprocess.size",
     "num_workers": "scaling.num_workers",
     "use_gpu": "scaling.use_gpu",
+    "device": "scaling.device",
     "name": "run.name",
     "storage": "run.storage_path",
     "max_failures": "run.max_failures",
@@ -52,6 +53,10 @@ def add_parser(subparsers) -> None:
     gpu = p.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="require GPUs")
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False, help="train on CPUs")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="scaling.device: where workers run the model (default: cuda on GPU workers). "
+                   "cpu keeps the GPU plan (workers ask for GPUs; bf16, channels_last) but computes on "
+                   "the CPU")
     p.add_argument("--name", help="run.name (the same name resumes that run)")
     p.add_argument("--storage", metavar="URI", help="run.storage_path: local folder or s3:// prefix")
     p.add_argument("--max-failures", type=int, help="run.max_failures: worker deaths to recover from")

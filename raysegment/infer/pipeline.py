@@ -97,6 +97,7 @@ class InferConfig:
     no_wait: bool = False  # never wait: fail at once when the plan does not fit what is up
     dry_run: bool = False  # list, resume, plan and print; run nothing
     use_gpu: bool | None = None  # None: when the cluster has GPUs
+    device: str | None = None  # where actors run the model: None = cuda on GPU actors; "cpu" forces the CPU
     torch_threads: int | None = None  # intra-op threads per CPU actor (default 1; see predict.py)
     threshold: float | None = None  # default: the checkpoint's
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
@@ -245,27 +246,34 @@ class InferActor:
     """Holds the model (loaded once per actor) and turns model inputs into uint8 probabilities."""
 
     def __init__(self, checkpoint: str, model_id: str, use_gpu: bool, threads: int, micro_batch: int,
-                 s3: storage.S3Options) -> None:
+                 s3: storage.S3Options, device: str | None = None) -> None:
         import torch
 
         from raysegment.model.checkpoint import load_model
 
         storage.set_default_s3_options(s3)  # load_model reads with the process-wide options
         torch.set_num_threads(threads)  # once, so forward_probabilities never has to switch
-        self.loaded = load_model(checkpoint, "cuda" if use_gpu else "cpu")
+        # A GPU actor keeps the GPU recipe (micro-batches, bf16, channels_last) even on device "cpu".
+        self.loaded = load_model(checkpoint, device or ("cuda" if use_gpu else "cpu"))
         if self.loaded.model_id != model_id:
             raise RuntimeError(f"checkpoint {checkpoint} changed during the run: weights "
                                f"{self.loaded.model_id}, expected {model_id}")
         if use_gpu:
             self.loaded.model.to(memory_format=torch.channels_last)
+            if device == "cpu":  # say so: the GPU this actor holds sits idle
+                import ray
+
+                print(f"inference actor holds GPU(s) {ray.get_gpu_ids()} but runs the model on cpu "
+                      "(--device cpu)", flush=True)
         self.size = self.loaded.spec.preprocess.size
         self.threads = threads
         self.micro_batch = micro_batch
+        self.bf16 = use_gpu
 
     def _forward(self, images: np.ndarray) -> np.ndarray:
         from raysegment.infer.predict import forward_probabilities
 
-        return forward_probabilities(self.loaded.model, images, self.micro_batch, self.threads)
+        return forward_probabilities(self.loaded.model, images, self.micro_batch, self.threads, self.bf16)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -373,6 +381,9 @@ def plan(config: InferConfig, resources: ClusterResources) -> InferPlan:
     """Actors and CPUs for this run on a cluster of fixed size (raises cluster.PlanError when it cannot be
     scheduled)."""
     use_gpu = resources.gpus >= 1 if config.use_gpu is None else config.use_gpu
+    if config.device == "cuda" and not use_gpu:
+        raise PlanError("--device cuda needs GPU actors: " + ("drop --no-gpu" if config.use_gpu is False else
+                        f"the cluster has {resources.describe()}"))
     wanted = config.num_actors or config.max_actors
     if use_gpu:
         fixed = plan_inference(resources, wanted, use_gpu=True)
@@ -441,7 +452,7 @@ def build_dataset(todo_files: list[str], config: InferConfig, plan_: InferPlan, 
         fn_constructor_kwargs={"checkpoint": config.checkpoint, "model_id": job.model_id,
                                "use_gpu": plan_.use_gpu,
                                "threads": threads, "micro_batch": batch_size if plan_.use_gpu else 1,
-                               "s3": config.s3},
+                               "s3": config.s3, "device": config.device},
         udf_modifying_row_count=False,
     )
     return ds.map_batches(postprocess_batch, batch_size=batch_size, batch_format="pyarrow",

@@ -12,7 +12,8 @@ Schema (defaults in the dataclasses below; `configs/train-small.yaml` is a tiny 
     augment:    AugmentConfig (enabled, rotation_deg, scale, shift, brightness, contrast, gamma, noise_std)
     optim:      epochs, batch_size (per worker), lr, weight_decay, loss, lr_factor, lr_patience, min_lr,
                 early_stopping_patience
-    scaling:    num_workers, use_gpu (null = auto), cpus_per_worker (null = auto), data_cpus, torch_threads
+    scaling:    num_workers, use_gpu (null = auto), cpus_per_worker (null = auto), data_cpus, torch_threads,
+                device (null = auto, cpu, cuda)
     run:        name (null = train-<timestamp>), storage_path (local or s3://), seed, max_failures,
                 checkpoints_to_keep, prefetch_batches, evaluate_test
     debug:      kill_worker_at_epoch (fault-injection for tests)
@@ -69,6 +70,9 @@ class ScalingSection:
     cpus_per_worker: float | None = None  # None: share the CPUs left after data_cpus
     data_cpus: float = 1.0  # CPUs kept free for Ray Data tasks
     torch_threads: int | None = None  # None: the worker's whole-CPU share (at least 1)
+    # Where workers run the model: None = Ray Train's device (cuda on GPU workers); "cpu" keeps a GPU plan
+    # (workers hold GPUs, bf16 autocast, channels_last) but computes on the CPU (checks without a GPU).
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,9 @@ def validate(config: TrainConfig) -> None:
     _check(s.cpus_per_worker is None or s.cpus_per_worker > 0, "scaling.cpus_per_worker",
            "must be > 0 or null (auto)", s.cpus_per_worker)
     _check(s.data_cpus >= 0, "scaling.data_cpus", "must be >= 0", s.data_cpus)
+    _check(s.device in (None, "cpu", "cuda"), "scaling.device", "must be cpu, cuda or null (auto)", s.device)
+    _check(not (s.device == "cuda" and s.use_gpu is False), "scaling.device",
+           "cuda needs GPU workers (scaling.use_gpu is false)", s.device)
     _check(s.torch_threads is None or s.torch_threads >= 1, "scaling.torch_threads", "must be >= 1 or null",
            s.torch_threads)
     _check(r.name is None or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", r.name) is not None, "run.name",

@@ -106,7 +106,7 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
     preflight.require_exists(config.data.path, "data.path")
     t_start = time.perf_counter()
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from raysegment.cluster import capacity
     from raysegment.cluster.plan import cluster_resources, connect, plan_training
@@ -122,7 +122,7 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
     s = config.scaling
     # Checked before anything is submitted: an impossible plan fails now, naming what is missing.
     wait_s = capacity.wait_timeout(address, wait_for_capacity, no_wait)
-    use_gpu = s.use_gpu
+    use_gpu = True if s.device == "cuda" and s.use_gpu is None else s.use_gpu
     if wait_s > 0 and use_gpu is None:  # from the cluster's config, not from which nodes happen to be up
         use_gpu = capacity.gpus_possible(cluster_resources())
     worker = {"CPU": s.cpus_per_worker or (1.0 if use_gpu else 0.5), **({"GPU": 1.0} if use_gpu else {})}
@@ -165,7 +165,10 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "run_dir": run_dir, "torch_threads": threads,
-                           "split_digest": digest, "val_check": (len(val_keys), key_checksum(val_keys))},
+                           "split_digest": digest, "val_check": (len(val_keys), key_checksum(val_keys)),
+                           "use_gpu": plan.use_gpu},
+        # GPU workers computing on the CPU (scaling.device=cpu) need gloo: NCCL only moves CUDA tensors.
+        torch_config=TorchConfig(backend="gloo") if plan.use_gpu and s.device == "cpu" else None,
         scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

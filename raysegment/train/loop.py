@@ -79,14 +79,15 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _autocast(device: torch.device):
-    # bf16 on GPU (no loss scaling needed); fp32 on CPU, where bf16 convs are slower and less exact.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _autocast(device: torch.device, bf16: bool):
+    # bf16 on GPU workers (no loss scaling needed), also when scaling.device=cpu runs them on the CPU (CPU
+    # autocast supports bf16: the GPU recipe stays testable without a GPU); fp32 on CPU workers, where
+    # bf16 convs are slower and less exact.
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def train_epoch(model, shard, optimizer, loss_fn, config: TrainConfig, epoch: int, device: torch.device):
+def train_epoch(model, shard, optimizer, loss_fn, config: TrainConfig, epoch: int, device: torch.device,
+                bf16: bool = False):
     """One pass over this worker's shard.
 
     Returns global (mean loss, mean dice, images, process CPU seconds summed over workers) and this
@@ -101,12 +102,12 @@ def train_epoch(model, shard, optimizer, loss_fn, config: TrainConfig, epoch: in
     batches = shard.iter_torch_batches(
         batch_size=config.optim.batch_size, collate_fn=collate, prefetch_batches=config.run.prefetch_batches,
         local_shuffle_buffer_size=max(64, 8 * config.optim.batch_size),
-        local_shuffle_seed=config.run.seed * 100_003 + epoch,
+        local_shuffle_seed=config.run.seed * 100_003 + epoch, device=device,
     )
     for x, y in batches:
-        if device.type == "cuda":
+        if bf16:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device):
+        with _autocast(device, bf16):
             logits = model(x)
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -126,7 +127,7 @@ def train_epoch(model, shard, optimizer, loss_fn, config: TrainConfig, epoch: in
 
 @torch.no_grad()
 def validate(model, shard, loss_fn, config: TrainConfig, device: torch.device, rank: int, world: int,
-             expected: tuple[int, int]) -> dict:
+             expected: tuple[int, int], bf16: bool = False) -> dict:
     """Loss and METRICS (means over images) on the whole val set, identical on every worker.
 
     Every worker iterates the (unsplit, ordered) val set and evaluates batches i with i % world == rank.
@@ -140,14 +141,14 @@ def validate(model, shard, loss_fn, config: TrainConfig, device: torch.device, r
     net.eval()
     loss_sum, sums, n, checksum = 0.0, [0.0] * len(METRICS), 0, 0
     batches = shard.iter_torch_batches(batch_size=config.optim.batch_size, collate_fn=EvalCollate(),
-                                       prefetch_batches=config.run.prefetch_batches)
+                                       prefetch_batches=config.run.prefetch_batches, device=device)
     for i, (x, y, keys) in enumerate(batches):
         if i % world != rank:
             continue
         checksum += int(keys.sum())
-        if device.type == "cuda":
+        if bf16:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device):
+        with _autocast(device, bf16):
             logits = net(x)
         loss_sum += float(loss_fn(logits, y)) * len(x)
         batch_sums = _score_sums(confusion_counts(predict_masks(logits, config.threshold), y))
@@ -254,7 +255,9 @@ def train_loop_per_worker(params: dict) -> dict:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(params["torch_threads"])
     torch.manual_seed(config.run.seed)
-    device = ray.train.torch.get_device()
+    # GPU workers use the GPU recipe (bf16 autocast, channels_last) whatever device computes (scaling.device).
+    bf16 = bool(params.get("use_gpu"))
+    device = torch.device("cpu") if config.scaling.device == "cpu" else ray.train.torch.get_device()
 
     model = UNet.from_config(config.model)
     state = TrainState()
@@ -265,9 +268,17 @@ def train_loop_per_worker(params: dict) -> dict:
         state = TrainState(**saved["state"])
         if rank == 0 and info.get("split_digest") != params["split_digest"]:
             say("warning: the data split differs from the checkpoint's (the data set changed since)")
-    if device.type == "cuda":
+    if bf16:
         model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
+    if config.scaling.device == "cpu":
+        if rank == 0 and bf16:  # say so: the GPUs the workers hold sit idle
+            say(f"worker 0 holds GPU(s) {ray.get_gpu_ids()} but runs the model on cpu (scaling.device=cpu)")
+        # Not prepare_model: on a GPU worker it would pin the model to the worker's CUDA device.
+        model = model.to(device)
+        if world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model)
+    else:
+        model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr,
                                  weight_decay=config.optim.weight_decay)
     scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=config.optim.lr_factor,
@@ -289,9 +300,10 @@ def train_loop_per_worker(params: dict) -> dict:
         _maybe_kill(config, run_dir, epoch, rank, world)
         start = time.perf_counter()
         train_loss, train_dice, images, cpu_s, train_s, first_step_at = train_epoch(
-            model, train_shard, optimizer, loss_fn, config, epoch, device)
+            model, train_shard, optimizer, loss_fn, config, epoch, device, bf16)
         first_step_time = first_step_time or first_step_at
-        val = validate(model, val_shard, loss_fn, config, device, rank, world, tuple(params["val_check"]))
+        val = validate(model, val_shard, loss_fn, config, device, rank, world, tuple(params["val_check"]),
+                       bf16)
         scheduler.step(val["val_loss"])
         row = {"epoch": epoch, "train_loss": train_loss, "train_dice": train_dice, **val,
                "lr": optimizer.param_groups[0]["lr"], "images_per_s": images / max(train_s, 1e-9),
