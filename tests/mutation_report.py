@@ -21,7 +21,7 @@ import sys
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DETECTED = {1, 3, 36, 24, -24, 152, 255}  # mutmut exit codes: killed, pytest internal error, timeouts
+DETECTED = {1, 3, 36, 24, -24, 152, 255, -11}  # mutmut exit codes: killed, pytest error, timeouts, segfault
 SURVIVED = {0, 5, 33}  # survived, no tests
 
 

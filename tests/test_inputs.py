@@ -33,7 +33,7 @@ def _touch(root, *rels: str, data: bytes = b"x") -> None:
     ("a.png", True), ("A.PNG", True), ("x.jpeg", True), ("x.tif", True), ("x.dcm", True),
     ("IM0001", True), ("1.2.840.10008.5", True), ("dir/sub/x.png", True), ("dir\\sub\\x.png", True),
     ("x.csv", False), ("notes.txt", False), (".hidden.png", False), ("dir/.DS_Store", False), ("", False),
-    ("dir/", False), ("x.png.txt", False), ("x.12a", False),
+    ("dir/", False), ("x.png.txt", False), ("x.12a", False), ("dir\\.hidden.png", False),
 ])
 def test_is_image_name(name, expected):
     assert is_image_name(name) is expected
@@ -49,7 +49,7 @@ def test_image_id_is_the_stem():
     ("../../etc/passwd", "etc/passwd"),
     ("/abs/dir/./x.png", "abs/dir/x.png"),
     ("s3://bucket/a/../b.dcm", "bucket/a/b.dcm"),
-    ("file:///data/x.png", "data/x.png"),
+    ("file:///data/x.png", "data/x.png"), ("HTTPS://host/x.png", "host/x.png"),
     ("C:\\scans\\..\\p1\\img.png", "scans/p1/img.png"),
     ("c:/x.png", "x.png"),
     ("a//b///c.png", "a/b/c.png"),
@@ -157,3 +157,41 @@ def test_manifest_keys_are_relative_to_the_common_folder(tmp_path):
     assert [i.key for i in read_manifest(str(tmp_path / "one.csv"))] == ["x.dcm"]
     (tmp_path / "mixed.csv").write_text("image_uri\ns3://bkt/a/x.dcm\n/local/b/y.dcm\n")
     assert [i.key for i in read_manifest(str(tmp_path / "mixed.csv"))] == ["bkt/a/x.dcm", "local/b/y.dcm"]
+
+
+def test_manifest_with_backslash_paths_gets_posix_keys(tmp_path):
+    (tmp_path / "win.csv").write_text("image_uri\nscans\\site1\\a.png\nscans\\site2\\b.png\n")
+    assert [i.key for i in read_manifest(str(tmp_path / "win.csv"))] == ["site1/a.png", "site2/b.png"]
+
+
+def test_empty_exclusion_is_ignored_not_the_working_directory(tmp_path, monkeypatch):
+    _touch(tmp_path, "a.png", "sub/b.png")
+    monkeypatch.chdir(tmp_path)  # "" would resolve to the working directory: it must not exclude it
+    assert [i.key for i in list_folder(str(tmp_path), exclude=("",))] == ["a.png", "sub/b.png"]
+
+
+def test_s3_options_and_manifest_column_are_passed_through(tmp_path, monkeypatch):
+    """list_inputs hands its S3 options to every storage call (workers and driver must agree on the
+    endpoint) and its column to the manifest reader."""
+    from raysegment.io import storage
+
+    _touch(tmp_path, "img/a.png")
+    seen = []
+    real_filesystem, entries = storage.filesystem, storage.list_files(str(tmp_path / "img"))
+
+    def filesystem(uri, s3=None):
+        seen.append(("filesystem", s3))
+        return real_filesystem(uri)
+
+    def list_files(uri, recursive=True, s3=None):
+        seen.append(("list_files", s3, recursive))
+        return entries
+
+    monkeypatch.setattr(storage, "filesystem", filesystem)
+    monkeypatch.setattr(storage, "list_files", list_files)
+    options = storage.S3Options(endpoint_url="http://127.0.0.1:1")
+    assert [i.key for i in list_inputs(str(tmp_path / "img"), s3=options)] == ["a.png"]
+    assert seen and all(call[1] is options for call in seen) and ("list_files", options, True) in seen, seen
+    monkeypatch.undo()
+    (tmp_path / "m.csv").write_text("image_uri,other\nimg/a.png,img/b.png\n")
+    assert [i.key for i in list_inputs(str(tmp_path / "m.csv"), column="other")] == ["b.png"]

@@ -182,6 +182,9 @@ def test_summarize_known_values_and_empty():
     s = summarize(np.array([1.0, 2.0, float("nan"), 6.0]))
     assert s == {"mean": 3.0, "sd": pytest.approx(np.sqrt(7.0)), "median": 2.0, "min": 1.0, "max": 6.0, "n": 3}
     assert summarize([5.0])["sd"] == 0.0 and summarize([5.0])["n"] == 1
+    assert summarize([1.0, 3.0])["sd"] == pytest.approx(np.sqrt(2.0))  # two values: a sample sd already
+    assert summarize([0.5, None, 1.5]) == {"mean": 1.0, "sd": pytest.approx(np.sqrt(0.5)), "median": 1.0,
+                                           "min": 0.5, "max": 1.5, "n": 2}  # None (a Parquet null) is skipped
     empty = summarize([float("nan")])
     assert empty["n"] == 0 and all(math.isnan(empty[k]) for k in ("mean", "sd", "median", "min", "max"))
     assert set(empty) == set(s)

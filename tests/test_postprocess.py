@@ -4,6 +4,7 @@ position, measurements and the exact QC reasons at their threshold edges."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def test_components_counts_areas_and_centroids():
     m[2, 2] = True  # touches the first block diagonally: 8-connected, so one component of 5 px
     n, labels, areas, cx = components(m)
     assert n == 2 and labels.shape == m.shape and labels.max() == 2
-    assert sorted(areas.tolist()) == [5, 12]
+    assert sorted(areas.tolist()) == [5, 12] and areas.dtype.kind == "i"
     by_area = dict(zip(areas.tolist(), cx.tolist()))
     assert by_area[12] == pytest.approx(7.5) and by_area[5] == pytest.approx((0.5 * 4 + 2) / 5)
     assert (labels > 0).sum() == 17 and np.array_equal(labels > 0, m)
@@ -59,6 +60,12 @@ def test_keep_largest_components_k_and_ties():
     two = keep_largest_components(m, 2)
     assert two.sum() == 12 and two[0, 0:5].all() and not two[4].any()  # ties: the first found wins
     assert np.array_equal(keep_largest_components(m, 4), m) and np.array_equal(keep_largest_components(m, 9), m)
+    assert one.dtype == bool and two.dtype == bool
+    # Many equal components (more than a sort's small-array insertion threshold): still the first found.
+    many = np.zeros((3, 200), bool)
+    many[1, ::4] = True  # 50 single pixels, all area 1
+    first_two = keep_largest_components(many, 2)
+    assert first_two.sum() == 2 and first_two[1, 0] and first_two[1, 4]
     kept_all = keep_largest_components(m, 0)
     assert np.array_equal(kept_all, m) and kept_all is not m  # a copy: the caller's mask stays theirs
     assert np.array_equal(keep_largest_components(m, -1), m)
@@ -96,11 +103,28 @@ def test_split_lungs_midline_follows_the_two_largest_components():
     assert right.sum() == 16 * 8 and right[10, 35]
     assert left.sum() == 14 * 8 + 4 and left[10, 50] and left[19, 46]
     assert not (right & left).any() and np.array_equal(right | left, m)
-    # One component: the image centre decides.
-    only = np.zeros((10, 40), bool)
-    only[2:8, 5:12] = True
-    r, lft = split_lungs(only)
-    assert r.sum() == 42 and not lft.any()
+    # The midline uses the TWO largest components only: a speck at x = 44 (just right of 43.5) stays left
+    # even though the mean of all three centroids (44.5) would put it right; a speck found first (top-left
+    # corner) does not shift the midline either.
+    m[18:20, 46:48] = False
+    m[18:20, 44] = True
+    right, left = split_lungs(m)
+    assert right.sum() == 128 and left[19, 44]
+    corner = np.zeros((20, 60), bool)
+    corner[0, 0:2] = True
+    corner[2:18, 32:40] = True
+    corner[2:16, 48:56] = True
+    right, left = split_lungs(corner)
+    assert right.sum() == 130 and right[0, 0] and right[10, 35] and left.sum() == 112
+    # Exactly two components, both right of the image centre: still one per side.
+    right, left = split_lungs(corner & ~np.pad(np.ones((1, 2), bool), ((0, 19), (0, 58))))
+    assert right.sum() == 128 and left.sum() == 112
+    # One component: the image centre decides (x < width / 2 is the patient's right).
+    for cols, is_right in (((5, 12), True), ((14, 18), True), ((18, 23), False), ((21, 30), False)):
+        only = np.zeros((10, 40), bool)
+        only[2:8, cols[0] : cols[1]] = True
+        r, lft = split_lungs(only)
+        assert (r.any(), lft.any()) == (is_right, not is_right), cols
     r, lft = split_lungs(np.zeros((4, 4), bool))
     assert not r.any() and not lft.any()
 
@@ -121,7 +145,9 @@ def test_postprocess_measures_each_side_and_confidence():
     assert seg.fraction == pytest.approx(268 / 600)
     expected = (32 * 0.8 + 96 * 230 / 255 + 140 * 230 / 255) / 268
     assert seg.mean_confidence == pytest.approx(expected, abs=1e-6)
-    empty = postprocess(np.zeros((20, 30), np.uint8), IDENTITY, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty mask must not warn ("mean of empty slice") in the logs
+        empty = postprocess(np.zeros((20, 30), np.uint8), IDENTITY, 0.5)
     assert empty.area_px == 0 and empty.n_components == 0 and math.isnan(empty.mean_confidence)
 
 
@@ -130,7 +156,9 @@ def test_postprocess_threshold_is_strict_and_configurable():
     prob[2:18, 2:4] = 160  # p = 0.627
     assert postprocess(prob, IDENTITY, 0.5).area_px == 268
     assert postprocess(prob, IDENTITY, 0.6).area_px == 32
-    assert postprocess(prob, IDENTITY, 150 / 255 + 1e-6).area_px == 32  # "> threshold", not ">="
+    assert postprocess(prob, IDENTITY, 150 / 255 + 1e-6).area_px == 32
+    exact = float(uint8_to_probability(np.array([160], np.uint8))[0])  # the float32 value of level 160
+    assert postprocess(prob, IDENTITY, exact).area_px == 0  # "> threshold", not ">="
     assert postprocess(prob, IDENTITY, 0.7).area_px == 0
 
 
@@ -151,6 +179,9 @@ def test_postprocess_keep_largest_and_fill_holes_options():
     assert holes.area_px == 264 and not holes.mask[8, 5] and holes.right_area_px == 124
     raw = postprocess(prob, IDENTITY, 0.5, PostprocessConfig(keep_largest=0, fill_holes=False))
     assert raw.area_px == 266 and raw.n_components == 4
+    # Only the cleanup changed the components: the areas are measured on the kept ones.
+    one_raw = postprocess(prob, IDENTITY, 0.5, PostprocessConfig(keep_largest=1, fill_holes=False))
+    assert (one_raw.right_area_px, one_raw.left_area_px) == (0, 140) and one_raw.mask.sum() == 140
 
 
 def test_postprocess_maps_back_to_the_original_resolution():

@@ -107,6 +107,7 @@ def test_geometry_exact_values():
     assert geometry(50, 100, box) == Geometry(50, 100, 8, 0, 16, 32)
     assert geometry(33, 100, box) == Geometry(33, 100, 10, 0, 11, 32)  # 10.56 rounds to 11; (32 - 11) // 2
     assert geometry(1, 1000, box) == Geometry(1, 1000, 15, 0, 1, 32)  # never a 0-pixel side
+    assert geometry(1000, 1, box) == Geometry(1000, 1, 0, 15, 32, 1)
     assert geometry(16, 16, box) == Geometry(16, 16, 0, 0, 32, 32)  # enlarging a square fills the canvas
 
 
@@ -117,10 +118,10 @@ def test_normalize_unit_and_percentile_exact():
     cfg = PreprocessConfig(normalize="percentile", low_percentile=10.0, high_percentile=90.0)
     out = normalize(image, cfg)
     assert out.dtype == np.float32
-    assert out[0, :11].max() == 0.0 and out[0, 90:].min() == 1.0  # clipped below p10 and above p90
+    assert (out[0, :11] == 0.0).all() and (out[0, 90:] == 1.0).all()  # clipped below p10 and above p90
     assert out[0, 50] == pytest.approx(0.5) and out[0, 30] == pytest.approx(0.25)
     flat = normalize(np.full((4, 4), 0.7), PreprocessConfig())
-    assert flat.dtype == np.float32 and not flat.any()  # nothing to stretch: all zeros, no division by 0
+    assert flat.dtype == np.float32 and flat.shape == (4, 4) and not flat.any()  # all zeros, no division by 0
 
 
 def test_preprocess_image_output_contract():
@@ -129,27 +130,58 @@ def test_preprocess_image_output_contract():
     out, geo = preprocess_image(image, cfg)
     assert out.dtype == np.uint8 and out.shape == (16, 16) and geo == Geometry(16, 16, 0, 0, 16, 16)
     assert np.array_equal(out, np.round(image * 255).astype(np.uint8))  # same size: no resampling change
-    # Shrinking averages (area) rather than sampling: a one-pixel checkerboard becomes flat grey.
-    board = (np.indices((64, 64)).sum(axis=0) % 2).astype(np.float32)
-    grey, _ = preprocess_image(board, cfg)
-    assert np.all(np.abs(grey.astype(int) - 128) <= 1)
+    # Shrinking averages (area) rather than sampling: one bright line in four becomes a flat 25 % grey.
+    lines = (np.arange(64) % 4 == 0).astype(np.float32)
+    grey, _ = preprocess_image(np.tile(lines, (64, 1)), cfg)
+    assert np.all(grey == 64)
+    grey, _ = preprocess_image(np.tile(lines[:, None], (1, 16)), cfg)  # only the height shrinks
+    assert np.all(grey == 64)
     # Enlarging interpolates linearly: a ramp stays monotonic and spans the same range.
     up, _ = preprocess_image(np.array([[0.0, 1.0]] * 2, np.float32), cfg)
     assert up[0, 0] == 0 and up[0, -1] == 255 and np.all(np.diff(up[0].astype(int)) >= 0)
     assert len(np.unique(up[0])) > 4
 
 
+@pytest.mark.parametrize("shape, resize", [((64, 16), "stretch"), ((16, 8), "stretch"), ((8, 16), "stretch"),
+                                           ((8, 12), "letterbox"), ((40, 20), "letterbox")])
+def test_area_interpolation_only_when_a_side_shrinks(shape, resize):
+    """The docstring's rule, side by side: INTER_AREA when either side of the image gets smaller, else
+    INTER_LINEAR (both compared, so the test cannot pass with the other one)."""
+    import cv2
+
+    cfg = PreprocessConfig(size=16, resize=resize, normalize="unit")
+    image = np.random.default_rng(sum(shape)).random(shape).astype(np.float32)
+    out, geo = preprocess_image(image, cfg)
+    shrinking = geo.inner_height < shape[0] or geo.inner_width < shape[1]
+    inner = out[geo.top : geo.top + geo.inner_height, geo.left : geo.left + geo.inner_width]
+    results = {}
+    for interp in (cv2.INTER_AREA, cv2.INTER_LINEAR):
+        resized = cv2.resize(image, (geo.inner_width, geo.inner_height), interpolation=interp)
+        results[interp] = np.round(resized * 255.0).astype(np.uint8)
+    assert not np.array_equal(results[cv2.INTER_AREA], results[cv2.INTER_LINEAR])
+    assert np.array_equal(inner, results[cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR])
+
+
+def test_preprocess_mask_is_area_averaged_then_strictly_over_half():
+    cfg = PreprocessConfig(size=16, normalize="unit")
+    mask = np.zeros((64, 64), bool)
+    mask[:, 21:23] = True  # covers exactly half of model column 5 (image columns 20..23)
+    mask[:, 41:44] = True  # three quarters of model column 10
+    small = preprocess_mask(mask, cfg)
+    assert not small[:, 5].any() and small[:, 10].all() and small.sum() == 16
+
+
 def test_invalid_config_names_the_field():
-    with pytest.raises(ValueError, match="resize must be one of"):
+    with pytest.raises(ValueError, match=r"^resize must be one of \('stretch', 'letterbox'\), got 'crop'$"):
         PreprocessConfig(resize="crop")
-    with pytest.raises(ValueError, match="normalize must be one of"):
+    with pytest.raises(ValueError, match=r"^normalize must be one of \('unit', 'percentile'\), got 'zscore'$"):
         PreprocessConfig(normalize="zscore")
     for size in (15, 16.0, "256"):
-        with pytest.raises(ValueError, match="size must be an integer >= 16"):
+        with pytest.raises(ValueError, match=rf"^size must be an integer >= 16, got {size!r}$"):
             PreprocessConfig(size=size)
     assert PreprocessConfig(size=16).size == 16
     for low, high in ((-1.0, 99.0), (50.0, 50.0), (1.0, 100.5)):
-        with pytest.raises(ValueError, match="0 <= low_percentile < high_percentile <= 100"):
+        with pytest.raises(ValueError, match=r"^need 0 <= low_percentile < high_percentile <= 100$"):
             PreprocessConfig(low_percentile=low, high_percentile=high)
     assert PreprocessConfig(low_percentile=0.0, high_percentile=100.0).high_percentile == 100.0
     assert PreprocessConfig().to_dict() == {"size": 256, "resize": "stretch", "normalize": "percentile",

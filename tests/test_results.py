@@ -87,7 +87,33 @@ def test_torn_file_is_skipped_not_fatal(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         table = read_results(str(tmp_path))
     assert table.to_pylist()[0]["image_uri"] == "a" and table.num_rows == 1
-    assert "skipping unreadable result file" in caplog.text and "torn.parquet" in caplog.text
+    [record] = caplog.records
+    message = record.getMessage()
+    assert message.startswith(f"skipping unreadable result file {tmp_path / 'runs' / RUN2 / 'torn.parquet'}: ")
+    assert "Parquet" in message  # the reason follows the file name
+
+
+def test_runs_with_different_columns_are_merged(tmp_path):
+    """An older run (or schema version) without some columns still reads together with newer runs."""
+    _write(tmp_path, RUN1, [{"image_uri": "a", "status": "ok", "lung_area_px": 1}])
+    _write(tmp_path, RUN2, [{"image_uri": "b", "status": "ok", "lung_area_px": 2, "dice": 0.5}])
+    got = {r["image_uri"]: (r["lung_area_px"], r["dice"]) for r in read_results(str(tmp_path)).to_pylist()}
+    assert got == {"a": (1, None), "b": (2, 0.5)}
+
+
+def test_reads_go_through_the_storage_layer(tmp_path, monkeypatch):
+    """Results are read with the filesystem storage.filesystem returns (as for s3://), never by local path."""
+    import pyarrow.fs as pafs
+
+    from raysegment.io import storage
+
+    _write(tmp_path, RUN1, [{"image_uri": "a", "status": "ok", "lung_area_px": 1}])
+    sub = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    monkeypatch.setattr(storage, "filesystem", lambda uri, s3=None: (sub, uri.removeprefix("mem://").strip("/")))
+    monkeypatch.chdir(tmp_path / "runs")  # so a path read without that filesystem cannot be found by luck
+    table = read_results("mem://", columns=["lung_area_px"])
+    assert table.to_pylist() == [{"lung_area_px": 1}]
+    assert done_inputs("mem://") == {"a": {c: None for c in IDENTITY_COLUMNS}}
 
 
 def test_done_inputs_only_ok_rows_with_their_identity(tmp_path):
