@@ -105,6 +105,9 @@ def test_list_folder_filters_and_keys(tmp_path):
     assert [i.key for i in list_folder(str(tmp_path))][-2:] == ["out/x.png", "outside.png"]
     # An exclusion of the other kind (s3 vs local) or empty is ignored.
     assert len(list_folder(str(tmp_path), exclude=("", "s3://b/out"))) == 7
+    # A folder name ending in "X" or a trailing slash changes nothing.
+    _touch(tmp_path, "scanX/in.png")
+    assert [i.key for i in list_folder(str(tmp_path / "scanX") + "/")] == ["in.png"]
     # One file as the input: its name is its key.
     single = list_folder(str(tmp_path / "a" / "1.png"))
     assert [(i.key, i.size) for i in single] == [("1.png", 1)]

@@ -57,7 +57,7 @@ def test_keep_largest_components_k_and_ties():
     m[0:5, 15] = True  # 5 px, a tie again
     one = keep_largest_components(m, 1)
     assert one.sum() == 7 and one[2, 0:7].all()
-    two = keep_largest_components(m, 2)
+    two = keep_largest_components(m)  # default: two lungs
     assert two.sum() == 12 and two[0, 0:5].all() and not two[4].any()  # ties: the first found wins
     assert np.array_equal(keep_largest_components(m, 4), m) and np.array_equal(keep_largest_components(m, 9), m)
     assert one.dtype == bool and two.dtype == bool

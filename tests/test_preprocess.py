@@ -69,7 +69,8 @@ def test_letterbox_keeps_aspect_and_pads(shape, inner, pad_axis):
         assert out[:16].max() == 0 and out[48:].max() == 0  # padded top and bottom
         assert out[16:30, :30].min() == 255 and out[34:48, 34:].max() == 0
     restored = restore_probability(out.astype(np.float32) / 255, geo)
-    assert restored.shape == shape
+    assert restored.shape == shape and restored.dtype == np.float32
+    assert restore_probability(out.astype(np.float64) / 255, geo).dtype == np.float32
     bright = restored > 0.5
     assert _iou(bright, image > 0.5) > 0.9
     assert np.abs(_centroid(bright) - _centroid(image > 0.5)).max() < 1.5

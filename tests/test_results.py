@@ -178,6 +178,12 @@ def test_summarize_results_known_answers():
     assert summarize_results(pa.Table.from_pylist(rows), examples=5)["error_examples"][2] == "x.png: "
 
 
+def test_summarize_results_default_keeps_five_error_examples():
+    rows = [_row(f"/d/{i}.png", "error", error_stage="read", error_type="OSError", error="gone") for i in range(7)]
+    s = summarize_results(pa.Table.from_pylist(rows))
+    assert s["error_examples"] == [f"{i}.png: gone" for i in range(5)] and s["errors_by_reason"] == {"read/OSError": 7}
+
+
 def test_summarize_results_without_any_truth_has_no_metrics():
     s = summarize_results(pa.Table.from_pylist([_row("a.png", lung_fraction=0.3, mean_confidence=0.9)]))
     assert "metrics" not in s and s["errors_by_reason"] == {} and s["error_examples"] == []
