@@ -85,7 +85,7 @@ def test_predict_monochrome1_dicom_is_inverted_before_the_model(monkeypatch):
 
 
 def _run_stages(tmp_path, files: dict[str, bytes], truth: dict[str, str] | None = None, *,
-                threshold: float = 0.5, post: PostprocessConfig = PostprocessConfig(),
+                threshold: float = 0.5, post: PostprocessConfig | None = None,
                 spacing_mm: float | None = None, resize: str = "letterbox") -> dict[str, dict]:
     """decode_batch -> oracle forward -> postprocess_batch on the files; returns {file name: row}."""
     folder = tmp_path / "in"
@@ -102,7 +102,8 @@ def _run_stages(tmp_path, files: dict[str, bytes], truth: dict[str, str] | None 
         row["prob"] = None if image is None else _oracle(None, np.frombuffer(image, np.uint8)).tobytes()
         row["infer_ms"] = 0.0
     inferred = pa.Table.from_pylist(rows, schema=pipeline.INFERRED_SCHEMA)
-    job = pipeline.PostprocessJob("20250101T000000Z-000000", "oracle", threshold, preprocess, post, None,
+    job = pipeline.PostprocessJob("20250101T000000Z-000000", "oracle", threshold, preprocess,
+                                  post or PostprocessConfig(), None,
                                   storage.S3Options())
     out = pipeline.postprocess_batch(inferred, job)
     assert out.schema.equals(SCHEMA)
@@ -191,10 +192,10 @@ def test_stages_errors_are_rows_with_their_stage(tmp_path):
 
 
 @pytest.mark.parametrize("gpus, actors, message", [
-    (0.0, None, "cannot schedule 1 actor(s) x (1 GPU + 1 CPU) and keep CPU for decoding: the cluster has "
-                "1 node(s), 2 CPU, 0 GPU in total"),
-    (1.0, 2, "cannot schedule 2 actor(s) x (1 GPU + 1 CPU) and keep CPU for decoding: the cluster has "
-             "1 node(s), 2 CPU, 1 GPU in total"),
+    (0.0, None, "cannot schedule 1 actor(s) x (1 GPU + 1 CPU) and keep CPU for decoding: "
+                + "the cluster has 1 node(s), 2 CPU, 0 GPU in total"),
+    (1.0, 2, "cannot schedule 2 actor(s) x (1 GPU + 1 CPU) and keep CPU for decoding: "
+             + "the cluster has 1 node(s), 2 CPU, 1 GPU in total"),
 ])
 def test_unschedulable_inference_plan_is_refused_before_any_work(gpus, actors, message):
     resources = ClusterResources((NodeResources(2.0, gpus),))
