@@ -205,3 +205,22 @@ def test_unschedulable_inference_plan_is_refused_before_any_work(gpus, actors, m
     assert str(err.value).startswith(message) and "--num-actors" in str(err.value)
     ok = pipeline.plan(pipeline.InferConfig(input="in", checkpoint="ck", output="out", use_gpu=False), resources)
     assert (ok.num_actors, ok.use_gpu, ok.cpus_per_actor, ok.decode_cpus) == (2, False, 0.75, 0.5)
+
+
+def test_infer_flags_reach_the_config(monkeypatch):
+    """`raysegment infer` flags -> InferConfig (the stages above then honour them); no Ray is started."""
+    from raysegment.cli import main
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_inference", lambda config: seen.append(config) or {"missing": 0})
+    assert main(["infer", "--input", "m.csv", "--checkpoint", "ck", "--output", "out", "--threshold", "0.3",
+                 "--keep-largest", "0", "--no-fill-holes", "--manifest-column", "scan", "--pixel-spacing", "0.7",
+                 "--no-resume", "--limit", "4", "--no-gpu"]) == 0
+    [config] = seen
+    assert (config.threshold, config.manifest_column, config.pixel_spacing_mm, config.resume, config.limit,
+            config.use_gpu) == (0.3, "scan", 0.7, False, 4, False)
+    assert config.postprocess == PostprocessConfig(keep_largest=0, fill_holes=False)
+    assert main(["infer", "--input", "in", "--checkpoint", "ck", "--output", "out"]) == 0
+    defaults = seen[1]
+    assert (defaults.threshold, defaults.resume, defaults.use_gpu, defaults.postprocess) == (
+        None, True, None, PostprocessConfig())
