@@ -26,13 +26,15 @@ SURVIVED = {0, 5, 33}  # survived, no tests
 
 
 def equivalent_mutants(path: str) -> dict[str, str]:
-    """mutant name -> reason, from the `equivalent mutants` table of docs/testing.md."""
-    out = {}
+    """mutant name -> reason, from the table under "### Equivalent mutants" in docs/testing.md."""
+    out, inside = {}, False
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             for line in f:
-                m = re.match(r"\|\s*`([\w.]+__mutmut_\d+)`\s*\|\s*(.+?)\s*\|\s*$", line)
-                if m:
+                if line.startswith("#"):
+                    inside = line.strip().lower() == "### equivalent mutants"
+                m = re.match(r"\|\s*`([\w.]+__mutmut_\d+)`\s*\|\s*([^|]+?)\s*\|\s*$", line)
+                if inside and m:
                     out[m.group(1)] = m.group(2)
     return out
 
