@@ -10,6 +10,24 @@ import pytest
 SHARED_MONTGOMERY = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "montgomery_512")
 
 
+@pytest.fixture(autouse=True)
+def _restore_s3_settings():
+    """`--s3-endpoint` / `--s3-anonymous` (cli.s3_args.apply_s3_arguments) export themselves to os.environ and
+    set process-wide S3 options, on purpose (Ray workers inherit them). In a test process that would leak
+    into every later test: restore both after each test."""
+    from raysegment.io import storage
+
+    names = (*storage.WORKER_ENV_VARS, "AWS_ENDPOINT_URL_S3", storage.ANONYMOUS_ENV)
+    saved_env, saved_options = {k: os.environ.get(k) for k in names}, storage._default_s3
+    yield
+    storage.set_default_s3_options(saved_options)
+    for name, value in saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def ray_local(request):
     """A local 2-CPU Ray for the whole session (CI has 2 cores; plans must fit in them)."""
@@ -110,3 +128,15 @@ def s3_endpoint(tmp_path_factory):
     finally:
         env.undo()
         server.stop()
+
+
+# Property tests (hypothesis) are deterministic here: a fixed derivation of examples (derandomize), no
+# example database on disk, no per-example deadline (the 2-core CI box is shared and noisy).
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("raysegment", derandomize=True, database=None, deadline=None, max_examples=60,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "raysegment"))
+except ImportError:  # hypothesis is a dev extra; the property tests importorskip it
+    pass

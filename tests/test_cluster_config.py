@@ -96,7 +96,7 @@ def test_validation_really_rejects_broken_configs():
     """Guard against a validation that accepts anything: typos and impossible sizes are refused."""
     typo = _load("cluster.yaml")
     typo["idle_timeout_minute"] = 5
-    with pytest.raises(jsonschema.ValidationError):
+    with pytest.raises(jsonschema.ValidationError, match="idle_timeout_minute"):
         _prepared(typo)
     too_small = _load("cluster.yaml")
     too_small["available_node_types"]["infer_1gpu"]["min_workers"] = 20
@@ -104,5 +104,5 @@ def test_validation_really_rejects_broken_configs():
         _prepared(too_small)
     bad_head = _load("cluster.yaml")
     bad_head["head_node_type"] = "nope"
-    with pytest.raises((ValueError, KeyError)):
+    with pytest.raises(ValueError, match="`head_node_type` must be one of `available_node_types`"):
         _prepared(bad_head)

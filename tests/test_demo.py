@@ -7,7 +7,9 @@ import re
 import subprocess
 import sys
 
+import pandas as pd
 import pyarrow.parquet  # noqa: F401  (read_results needs it)
+import pytest
 
 # Ray internals that used to flood the demo (issue #13); none of them may reach the console.
 RAY_NOISE = ("PlacementGroupCleaner", "core_worker.cc", "RayDeprecationWarning", "logging_progress",
@@ -43,16 +45,23 @@ def test_demo_small_end_to_end(tmp_path):
 
     summary = json.loads((out / "results" / "summary.json").read_text())
     table = read_results(str(out / "results"))
+    # The held-out images are exactly the test split the run recorded (read independently of the demo).
+    runs = os.listdir(out / "runs")
+    split = pd.read_csv(out / "runs" / runs[0] / "split_manifest.csv", dtype=str)
+    test_ids = sorted(split.loc[split["split"] == "test", "image_id"])
     held_out = summary["inputs_seen"]
-    assert held_out >= 1 and table.num_rows == held_out and summary["missing"] == 0
+    assert test_ids and held_out == len(test_ids) == table.num_rows and summary["missing"] == 0
+    assert sorted(table.column("image_id").to_pylist()) == test_ids
     assert set(table.column("status").to_pylist()) == {"ok"}
-    assert all(d is not None for d in table.column("dice").to_pylist())  # ground truth was used
+    dice = table.column("dice").to_pylist()
+    assert all(d is not None for d in dice)  # ground truth was used
+    # The printed test dice is the mean of the per-image dice in the results.
+    assert summary["metrics"]["dice"]["mean"] == pytest.approx(sum(dice) / len(dice), abs=1e-12)
     assert float(test_dice[0].split()[1]) == round(summary["metrics"]["dice"]["mean"], 4)
 
     pictures = os.listdir(out / "pictures")
     assert "contact_sheet.png" in pictures and "training_curves.png" in pictures
     assert sum(p.endswith(".png") for p in pictures) >= 3
-    runs = os.listdir(out / "runs")
     assert len(runs) == 1 and os.path.exists(out / "runs" / runs[0] / "metrics.csv")
     assert os.path.exists(out / "runs" / runs[0] / "test_metrics.json")
     assert os.listdir(out / "masks")

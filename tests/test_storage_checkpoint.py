@@ -41,6 +41,11 @@ def test_redact_removes_credentials(monkeypatch):
     for secret in ("abc123", "AKIAABCDEFGHIJKLMNOP", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
                    "s3cr3t-value-that-is-long"):
         assert secret not in clean
+    # ...and nothing else is lost: the message stays readable (an empty string would pass the loop above).
+    assert clean == "aws_secret_access_key=*** failed with *** and *** ***"
+    assert storage.redact("token: 'xyz', retry 3 of 5") == "token: '***', retry 3 of 5"
+    ordinary = "s3://bucket/scans/IM0001.dcm: connection refused after 5 attempts"
+    assert storage.redact(ordinary) == ordinary
 
 
 def test_checkpoint_round_trip_without_ray(tmp_path):
@@ -75,7 +80,9 @@ def test_cli_help_and_version():
         return subprocess.run([sys.executable, "-m", "raysegment", *a], check=False, capture_output=True,
                               text=True, timeout=60)
 
-    assert "raysegment" in run("--version").stdout
+    import raysegment
+
+    assert run("--version").stdout == f"raysegment {raysegment.__version__}\n"
     out = run("--help")
     assert out.returncode == 0 and "synth" in out.stdout
     assert run("synth", "--help").returncode == 0

@@ -203,7 +203,7 @@ def plan_inference(
     if use_gpu is None:
         use_gpu = resources.gpus >= 1
     if use_gpu:
-        num_actors = num_actors or int(resources.gpus)
+        num_actors = num_actors or max(1, int(resources.gpus))  # 0 GPUs: 1 actor, refused below, not 0
         cpus_per_actor = 1.0 if cpus_per_actor is None else cpus_per_actor
         decode_cpus = resources.cpus - num_actors * cpus_per_actor
     else:

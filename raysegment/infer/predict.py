@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from raysegment.data.inversion import correct_inversion
-from raysegment.data.preprocess import Geometry, preprocess_image, to_tensor
+from raysegment.data.preprocess import Geometry, preprocess_image
 from raysegment.infer.postprocess import PostprocessConfig, Segmentation, postprocess
 from raysegment.io.decode import ImageMeta, decode_image
 from raysegment.model.checkpoint import LoadedModel

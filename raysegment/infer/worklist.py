@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from raysegment.errors import InputError
 from raysegment.infer.results import IDENTITY_COLUMNS, KEY_COLUMNS, SCHEMA, SUMMARY_COLUMNS, result_files
-from raysegment.io import storage
+from raysegment.io import names, storage
 from raysegment.io.inputs import MANIFEST_COLUMNS, iter_folder, optional_int
 from raysegment.io.names import stable_key
 

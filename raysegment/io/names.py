@@ -124,8 +124,8 @@ def sanitize_key(key: str) -> str:
     empty parts, no leading '/'. Returns "unnamed" when nothing is left."""
     key = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", key.replace("\\", "/"))  # s3://, file://
     parts = [p for p in key.split("/") if p not in ("", ".", "..")]
-    if parts and re.fullmatch(r"[a-zA-Z]:", parts[0]):  # Windows drive letter
-        parts = parts[1:]
+    while parts and re.fullmatch(r"[a-zA-Z]:", parts[0]):  # Windows drive letter(s): "while" keeps this
+        parts = parts[1:]  # idempotent ("C:/C:" -> "C:" would lose its name on mask_key's second pass)
     return "/".join(parts) or "unnamed"
 
 

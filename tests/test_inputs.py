@@ -1,0 +1,200 @@
+"""Input listing and key handling units (no Ray): which files are images, manifests, identity columns, and
+keys that can never leave their prefix (property tests with hypothesis)."""
+
+from __future__ import annotations
+
+import posixpath
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from raysegment.io.inputs import (
+    MANIFEST_COLUMNS,
+    InputItem,
+    is_image_name,
+    is_manifest,
+    list_folder,
+    list_inputs,
+    mask_key,
+    read_manifest,
+    sanitize_key,
+)
+
+
+def _touch(root, *rels: str, data: bytes = b"x") -> None:
+    for rel in rels:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("a.png", True), ("A.PNG", True), ("x.jpeg", True), ("x.tif", True), ("x.dcm", True),
+    ("IM0001", True), ("1.2.840.10008.5", True), ("dir/sub/x.png", True), ("dir\\sub\\x.png", True),
+    ("x.csv", False), ("notes.txt", False), (".hidden.png", False), ("dir/.DS_Store", False), ("", False),
+    ("dir/", False), ("x.png.txt", False), ("x.12a", False), ("dir\\.hidden.png", False),
+])
+def test_is_image_name(name, expected):
+    assert is_image_name(name) is expected
+
+
+def test_image_id_is_the_stem():
+    assert InputItem("u", "site/p1/img.01.png").image_id == "img.01"
+    assert InputItem("u", "site/IM0001").image_id == "IM0001"
+    assert InputItem("u", "a.b/c").image_id == "c"
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("../../etc/passwd", "etc/passwd"),
+    ("/abs/dir/./x.png", "abs/dir/x.png"),
+    ("s3://bucket/a/../b.dcm", "bucket/a/b.dcm"),
+    ("file:///data/x.png", "data/x.png"), ("HTTPS://host/x.png", "host/x.png"),
+    ("C:\\scans\\..\\p1\\img.png", "scans/p1/img.png"),
+    ("c:/x.png", "x.png"),
+    ("a//b///c.png", "a/b/c.png"),
+    ("..", "unnamed"), ("", "unnamed"), ("/", "unnamed"), ("s3://", "unnamed"), ("C:/C:", "unnamed"),
+    ("site a/ü.png", "site a/ü.png"),  # spaces and non-ASCII are kept
+    ("ab:/x.png", "ab:/x.png"),  # not a drive letter: kept
+    ("dir/C:/x.png", "dir/C:/x.png"),  # a drive letter only counts first
+])
+def test_sanitize_key_examples(key, expected):
+    assert sanitize_key(key) == expected
+
+
+def test_mask_key_keeps_the_whole_name():
+    assert mask_key("site/a.png") == "site/a.png.mask.png"
+    assert mask_key("site/a.jpg") != mask_key("site/a.png")  # same stem, different masks
+    assert mask_key("../../x") == "x.mask.png"
+    assert mask_key("") == "unnamed.mask.png"
+
+
+_parts = st.lists(st.sampled_from(["..", ".", "", "a", "b", "C:", "x.png", "s3:", "~", "é", " "]), max_size=8)
+
+
+@given(st.one_of(_parts.map("/".join), _parts.map("\\".join), st.text(max_size=40)))
+def test_property_sanitized_keys_never_escape_their_prefix(key):
+    clean = sanitize_key(key)
+    assert clean and not clean.startswith("/") and "\\" not in clean
+    parts = clean.split("/")
+    assert all(p not in ("", ".", "..") for p in parts)
+    joined = posixpath.normpath(posixpath.join("/out/masks", clean))
+    assert joined.startswith("/out/masks/")  # under the prefix, whatever the key
+    assert sanitize_key(clean) == clean  # stable: sanitizing twice changes nothing
+
+
+@given(st.lists(st.text(alphabet="ab./\\", min_size=1, max_size=6), min_size=2, max_size=6, unique=True))
+def test_property_mask_keys_are_distinct_for_distinct_clean_keys(keys):
+    clean = {sanitize_key(k) for k in keys}
+    masks = {mask_key(k) for k in clean}
+    assert len(masks) == len(clean)  # the suffix never merges two inputs
+    assert all(m.endswith(".mask.png") for m in masks)
+    # A mask key is never itself an input's key: an input named "x.mask.png" maps to "x.mask.png.mask.png".
+    assert not masks & clean or all(mask_key(m) not in masks for m in masks & clean)
+
+
+def test_list_folder_filters_and_keys(tmp_path):
+    _touch(tmp_path, "a/1.png", "a/2.JPG", "b/3.dcm", "b/1.2.840.10008", "b/noext", "b/notes.txt",
+           "b/.hidden.png", "out/x.png", "outside.png")
+    items = list_folder(str(tmp_path), exclude=(str(tmp_path / "out"),))
+    assert [i.key for i in items] == ["a/1.png", "a/2.JPG", "b/1.2.840.10008", "b/3.dcm", "b/noext",
+                                      "outside.png"]
+    assert items[0].uri == str(tmp_path / "a" / "1.png")
+    assert all(i.size == 1 and i.mtime_ns and i.etag is None for i in items)
+    # The exclusion is a folder, not a name prefix: "outside.png" and "out/" differ.
+    assert [i.key for i in list_folder(str(tmp_path))][-2:] == ["out/x.png", "outside.png"]
+    # An exclusion of the other kind (s3 vs local) or empty is ignored.
+    assert len(list_folder(str(tmp_path), exclude=("", "s3://b/out"))) == 7
+    # A folder name ending in "X" or a trailing slash changes nothing.
+    _touch(tmp_path, "scanX/in.png")
+    assert [i.key for i in list_folder(str(tmp_path / "scanX") + "/")] == ["in.png"]
+    # One file as the input: its name is its key.
+    single = list_folder(str(tmp_path / "a" / "1.png"))
+    assert [(i.key, i.size) for i in single] == [("1.png", 1)]
+
+
+def test_list_inputs_limit_and_kind(tmp_path):
+    _touch(tmp_path, "img/a.png", "img/b.png", "img/c.png")
+    assert [i.key for i in list_inputs(str(tmp_path / "img"), limit=2)] == ["a.png", "b.png"]
+    assert len(list_inputs(str(tmp_path / "img"))) == 3 and list_inputs(str(tmp_path / "img"), limit=0) == []
+    (tmp_path / "m.csv").write_text("path\nimg/c.png\n")
+    assert [i.uri for i in list_inputs(str(tmp_path / "m.csv"))] == [str(tmp_path / "img" / "c.png")]
+    assert is_manifest(str(tmp_path / "m.csv")) and is_manifest("s.PARQUET") and not is_manifest("a.png")
+    (tmp_path / "folder.csv").mkdir()  # a folder named like a manifest is a folder
+    assert not is_manifest(str(tmp_path / "folder.csv"))
+
+
+def test_read_manifest_columns_identity_and_duplicates(tmp_path):
+    (tmp_path / "m.csv").write_text(
+        "uri,image,size,mtime_ns,etag\n"
+        "x/ignored.png,a/1.png,12,1700000000000000000,\"e1\"\n"
+        "x/ignored.png,b/3.dcm,,,\n"
+        "x/ignored.png,a/1.png,12,1,\n"  # a duplicate: the first wins
+        "x/ignored.png,  ,1,1,\n"  # blank: skipped
+        "x/ignored.png,c/4.png,n/a,2.0,\n")
+    items = read_manifest(str(tmp_path / "m.csv"))  # "image" comes before "uri" in MANIFEST_COLUMNS
+    assert MANIFEST_COLUMNS.index("image") < MANIFEST_COLUMNS.index("uri")
+    assert [i.uri for i in items] == [str(tmp_path / "a/1.png"), str(tmp_path / "b/3.dcm"), str(tmp_path / "c/4.png")]
+    assert [i.key for i in items] == ["a/1.png", "b/3.dcm", "c/4.png"]
+    assert [(i.size, i.mtime_ns, i.etag) for i in items] == [
+        (12, 1700000000000000000, "e1"), (None, None, None), (None, 2, None)]
+    by_uri = read_manifest(str(tmp_path / "m.csv"), column="uri")
+    assert [i.uri for i in by_uri] == [str(tmp_path / "x/ignored.png")]
+    with pytest.raises(ValueError, match=r"has no image column: expected one of image_uri, image, uri, path "
+                                         r"\(or --manifest-column\), found uri, image, size, mtime_ns, etag"):
+        read_manifest(str(tmp_path / "m.csv"), column="missing")
+    (tmp_path / "none.csv").write_text("file\na.png\n")
+    with pytest.raises(ValueError, match="found file"):
+        read_manifest(str(tmp_path / "none.csv"))
+
+
+def test_manifest_keys_are_relative_to_the_common_folder(tmp_path):
+    (tmp_path / "abs.csv").write_text(f"image_uri\n{tmp_path}/deep/s1/a.png\n{tmp_path}/deep/s2/b.png\n"
+                                      f"{tmp_path}/deep/s2/c/d.png\n")
+    assert [i.key for i in read_manifest(str(tmp_path / "abs.csv"))] == ["s1/a.png", "s2/b.png", "s2/c/d.png"]
+    (tmp_path / "s3.csv").write_text("image_uri\ns3://bkt/arch/p1/x.dcm\ns3://bkt/arch/p2/x.dcm\n")
+    items = read_manifest(str(tmp_path / "s3.csv"))
+    assert [(i.uri, i.key) for i in items] == [("s3://bkt/arch/p1/x.dcm", "p1/x.dcm"),
+                                               ("s3://bkt/arch/p2/x.dcm", "p2/x.dcm")]
+    (tmp_path / "one.csv").write_text("image_uri\ns3://bkt/arch/p1/x.dcm\n")
+    assert [i.key for i in read_manifest(str(tmp_path / "one.csv"))] == ["x.dcm"]
+    (tmp_path / "mixed.csv").write_text("image_uri\ns3://bkt/a/x.dcm\n/local/b/y.dcm\n")
+    assert [i.key for i in read_manifest(str(tmp_path / "mixed.csv"))] == ["bkt/a/x.dcm", "local/b/y.dcm"]
+
+
+def test_manifest_with_backslash_paths_gets_posix_keys(tmp_path):
+    (tmp_path / "win.csv").write_text("image_uri\nscans\\site1\\a.png\nscans\\site2\\b.png\n")
+    assert [i.key for i in read_manifest(str(tmp_path / "win.csv"))] == ["site1/a.png", "site2/b.png"]
+
+
+def test_empty_exclusion_is_ignored_not_the_working_directory(tmp_path, monkeypatch):
+    _touch(tmp_path, "a.png", "sub/b.png")
+    monkeypatch.chdir(tmp_path)  # "" would resolve to the working directory: it must not exclude it
+    assert [i.key for i in list_folder(str(tmp_path), exclude=("",))] == ["a.png", "sub/b.png"]
+
+
+def test_s3_options_and_manifest_column_are_passed_through(tmp_path, monkeypatch):
+    """list_inputs hands its S3 options to every storage call (workers and driver must agree on the
+    endpoint) and its column to the manifest reader."""
+    from raysegment.io import storage
+
+    _touch(tmp_path, "img/a.png")
+    seen = []
+    real_filesystem, entries = storage.filesystem, storage.list_files(str(tmp_path / "img"))
+
+    def filesystem(uri, s3=None):
+        seen.append(("filesystem", s3))
+        return real_filesystem(uri)
+
+    def list_files(uri, recursive=True, s3=None):
+        seen.append(("list_files", s3, recursive))
+        return entries
+
+    monkeypatch.setattr(storage, "filesystem", filesystem)
+    monkeypatch.setattr(storage, "list_files", list_files)
+    options = storage.S3Options(endpoint_url="http://127.0.0.1:1")
+    assert [i.key for i in list_inputs(str(tmp_path / "img"), s3=options)] == ["a.png"]
+    assert seen and all(call[1] is options for call in seen) and ("list_files", options, True) in seen, seen
+    monkeypatch.undo()
+    (tmp_path / "m.csv").write_text("image_uri,other\nimg/a.png,img/b.png\n")
+    assert [i.key for i in list_inputs(str(tmp_path / "m.csv"), column="other")] == ["b.png"]
