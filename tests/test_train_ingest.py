@@ -155,3 +155,18 @@ def test_a_split_several_times_the_budget_trains_streamed(ray_local, small_set, 
     val_keys = cache.read_keys(os.path.join(result.run_dir, "cache", caches[1]))
     assert key_checksum(val_keys) == key_checksum(
         [k for k in all_rows(build_dataset(split.pairs("val"), PRE))["key"]])
+
+
+def test_cache_in_an_s3_run_dir(ray_local, s3_endpoint, small_set):
+    import uuid
+
+    _, split = small_set
+    root = s3_endpoint.create_bucket(f"ingest-{uuid.uuid4().hex[:12]}") + "/runs/r/cache"
+    first, calls = build_cache(root, split, calls=[]), []
+    again = build_cache(root, split, calls=calls)
+    assert again.reused and not calls and again.uri == first.uri
+    keys = [o["Key"] for o in s3_endpoint.client().list_objects_v2(Bucket=root[5:].split("/")[0])["Contents"]]
+    assert sum(k.endswith(".parquet") for k in keys) == first.files >= 3
+    assert f"runs/r/cache/train-{first.key}/{cache.MARKER}" in keys
+    streamed, materialized = all_rows(streamed_dataset(again)), all_rows(build_dataset(split.pairs("train"), PRE))
+    assert all(np.array_equal(streamed[name], materialized[name]) for name in ("key", "image", "mask"))
