@@ -18,6 +18,7 @@ from raysegment.data.preprocess import PreprocessConfig
 from raysegment.train import cache
 from raysegment.train.config import ConfigError, load_config
 from raysegment.train.data import (
+    CACHE_BUILD_BLOCKS,
     MASK_NAMES,
     TrainCollate,
     build_dataset,
@@ -54,7 +55,7 @@ def build_cache(root: str, split, preprocess: PreprocessConfig = PRE, calls: lis
     def decoded():
         if calls is not None:
             calls.append(1)
-        return decoded_dataset(pairs, preprocess, max_blocks=None)
+        return decoded_dataset(pairs, preprocess, max_blocks=CACHE_BUILD_BLOCKS)
 
     return cache.ensure_cache(root, "train", split.digest(), preprocess, MASK_NAMES, decoded, rows_per_file=8)
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: the decode tasks 
 log = logging.getLogger(__name__)
 
 MASK_NAMES = ("lungs",)  # the mask channels of a training row, in order (one today: the lung union)
+CACHE_BUILD_BLOCKS = 1024  # decode tasks of a cache build: ~100 pairs (~50 MB at 512 px) each at 100k pairs
 
 
 def prepare_pair(pair: Pair, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -87,19 +88,19 @@ def _quiet(ds):
 
 
 def decoded_dataset(pairs: list[Pair], preprocess: PreprocessConfig, rows_per_block: int = 16,
-                    max_blocks: int | None = 64) -> ray.data.Dataset:
+                    max_blocks: int = 64) -> ray.data.Dataset:
     """A lazy Ray Dataset of preprocessed rows for `pairs` (decoded in parallel Ray tasks when executed).
 
     One decode task per block of ~rows_per_block pairs: enough tasks to spread over the cluster, few
-    enough that task overhead does not dominate small data sets. max_blocks=None: no cap (the Parquet
-    cache build streams, so small blocks keep its memory small however large the split).
+    enough that task overhead does not dominate small data sets. The Parquet cache build passes a higher
+    cap: it streams, and smaller blocks keep what each task holds small however large the split.
     """
     import ray
 
     rows = [{"key": image_key(p.image_id), "image_id": p.image_id, "image_uri": p.image_uri,
              "mask_uris": "|".join(p.mask_uris)} for p in pairs]
     blocks = max(1, math.ceil(len(rows) / rows_per_block))
-    ds = _quiet(ray.data.from_items(rows, override_num_blocks=min(blocks, max_blocks or blocks)))
+    ds = _quiet(ray.data.from_items(rows, override_num_blocks=min(blocks, max_blocks)))
     return ds.map_batches(_decode_batch, fn_kwargs={"preprocess": preprocess}, batch_size=rows_per_block,
                           batch_format="numpy")
 
@@ -163,7 +164,8 @@ def build_datasets(split: SplitDataset, config: TrainConfig, run_dir: str, split
     root = storage.join(run_dir, "cache")
     per_file = cache.shard_rows(budget, size, channels)
     caches = {name: cache.ensure_cache(root, name, split_digest, config.preprocess, MASK_NAMES,
-                                       lambda p=p: decoded_dataset(p, config.preprocess, max_blocks=None), per_file)
+                                       lambda p=p: decoded_dataset(p, config.preprocess, max_blocks=CACHE_BUILD_BLOCKS),
+                                       per_file)
               for name, p in pairs.items()}
     val_keys = cache.read_keys(caches["val"].uri) if caches["val"].files else []
     datasets = {name: streamed_dataset(info) for name, info in caches.items()}
