@@ -29,7 +29,8 @@ class AugmentConfig:
 
 
 def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, config: AugmentConfig):
-    """uint8 SxS image + uint8 SxS {0,1} mask -> augmented (same shapes and dtypes)."""
+    """uint8 SxS image + uint8 SxS (or CxSxS: one channel per structure) {0,1} mask -> augmented (same
+    shapes and dtypes). The random draws do not depend on the channel count."""
     if not config.enabled:
         return image, mask
     size_h, size_w = image.shape
@@ -39,8 +40,10 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
     matrix[:, 2] += rng.uniform(-config.shift, config.shift, size=2) * (size_w, size_h)
     image = cv2.warpAffine(image, matrix, (size_w, size_h), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT)
-    mask = cv2.warpAffine(mask, matrix, (size_w, size_h), flags=cv2.INTER_NEAREST,
-                          borderMode=cv2.BORDER_CONSTANT)
+    if mask.ndim == 3:
+        mask = np.stack([_warp_mask(m, matrix) for m in mask])
+    else:
+        mask = _warp_mask(mask, matrix)
 
     x = image.astype(np.float32) / 255.0
     mean = float(x.mean())
@@ -50,6 +53,12 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
     if config.noise_std > 0:
         x = x + rng.normal(0.0, rng.uniform(0, config.noise_std), size=x.shape).astype(np.float32)
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8), mask
+
+
+def _warp_mask(mask: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """One SxS mask channel, nearest neighbour: labels stay {0, 1}."""
+    size_h, size_w = mask.shape
+    return cv2.warpAffine(mask, matrix, (size_w, size_h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
 
 
 def augment_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, config: AugmentConfig):

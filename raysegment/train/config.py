@@ -6,7 +6,7 @@ Every problem names its key: unknown keys ("optim.lrr: unknown key; known: ...")
 The effective config is saved as `config.yaml` in the run directory; loading it gives an equal object.
 
 Schema (defaults in the dataclasses below; `configs/train-small.yaml` is a tiny CPU example):
-    data:       path, split [train, val, test fractions], split_seed
+    data:       path, split [train, val, test fractions], split_seed, object_store_budget_mb
     model:      UNetConfig (in_channels, out_channels, base_channels, depth)
     preprocess: PreprocessConfig (size, resize, normalize, low_percentile, high_percentile)
     augment:    AugmentConfig (enabled, rotation_deg, scale, shift, brightness, contrast, gamma, noise_std)
@@ -48,6 +48,10 @@ class DataSection:
     path: str = ""  # dataset folder, s3:// prefix or manifest .csv/.parquet (required to train)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test fractions
     split_seed: int = 42  # the seed's split seed
+    # Train + val preprocessed arrays up to this size are materialized in Ray's object store (fastest);
+    # above it they are written once to a Parquet cache in the run dir and streamed each epoch, so the
+    # object store never holds the whole split. ~0.5 MB per 512 px example: 2 GB ~ 4k examples.
+    object_store_budget_mb: float = 2048.0
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,8 @@ def validate(config: TrainConfig) -> None:
            "must be three non-negative fractions (train, val, test) summing to 1", list(d.split))
     _check(d.split[0] > 0 and d.split[1] > 0, "data.split", "train and val fractions must be > 0",
            list(d.split))
+    _check(d.object_store_budget_mb >= 0, "data.object_store_budget_mb", "must be >= 0 (0: always stream)",
+           d.object_store_budget_mb)
     _check(config.model.in_channels == 1, "model.in_channels",
            "must be 1 (the data pipeline feeds grayscale)",
            config.model.in_channels)

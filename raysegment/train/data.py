@@ -1,10 +1,12 @@
 """Ray Data ingest for training.
 
-    pairs --(Ray Data map_batches: decode + preprocess, ONCE)--> materialized rows
-          {key: int64, image_id: str, image: uint8 SxS, mask: uint8 SxS in {0, 1}}
+    pairs --(Ray Data map_batches: decode + preprocess, ONCE)--> rows
+          {key: int64, image_id: str, image: uint8 SxS, mask: uint8 CxSxS in {0, 1}}  (C = len(MASK_NAMES))
+      at most data.object_store_budget_mb of them: materialized in the object store (small sets)
+      above it: written once to a sharded Parquet cache in the run dir, streamed each epoch (train/cache.py)
     per epoch, in each worker: get_dataset_shard -> iter_torch_batches(collate_fn=...)
-          train: augment (per image, seed = (run seed, epoch, image key)) -> x (N,1,S,S) float, y (N,1,S,S)
-          float
+          train: augment (per image, seed = (run seed, epoch, image key)) -> x (N,1,S,S) float,
+          y (N,C,S,S) float
           val:   no augmentation
 
 Augmentation runs in the collate function, i.e. in Ray Data's prefetch threads inside each worker (OpenCV
@@ -18,20 +20,29 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raysegment.data.augment import AugmentConfig, augment_pair
-from raysegment.data.datasets import Pair, load_pair
+from raysegment.data.datasets import Pair, SplitDataset, load_pair
 from raysegment.data.preprocess import PreprocessConfig, preprocess_image, preprocess_mask, to_tensor
+from raysegment.io import storage
 from raysegment.io.decode import DecodeError
+from raysegment.train import cache
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the decode tasks never need it
+    import ray.data
     import torch
 
+    from raysegment.train.config import TrainConfig
+
 log = logging.getLogger(__name__)
+
+MASK_NAMES = ("lungs",)  # the mask channels of a training row, in order (one today: the lung union)
+CACHE_BUILD_BLOCKS = 1024  # decode tasks of a cache build: ~100 pairs (~50 MB at 512 px) each at 100k pairs
 
 
 def prepare_pair(pair: Pair, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -65,31 +76,102 @@ def _decode_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig) ->
         "key": batch["key"][keep],
         "image_id": batch["image_id"][keep],
         "image": np.stack(images) if images else np.zeros((0, size, size), np.uint8),
-        "mask": np.stack(masks) if masks else np.zeros((0, size, size), np.uint8),
+        # (N, C, S, S): one channel per MASK_NAMES entry, the lung union today
+        "mask": np.stack(masks)[:, None] if masks else np.zeros((0, len(MASK_NAMES), size, size), np.uint8),
     }
 
 
-def build_dataset(pairs: list[Pair], preprocess: PreprocessConfig, rows_per_block: int = 16,
-                  max_blocks: int = 64):
-    """A materialized Ray Dataset of preprocessed rows for `pairs` (decoded in parallel Ray tasks).
+def _quiet(ds):
+    # The dataset owns a copy of the DataContext: these settings stay with it, not with the process.
+    ds.context.execution_options.preserve_order = True  # rows in a fixed order: val batches are reproducible
+    ds.context.print_on_execution_start = False  # no plan banner per execution (one per epoch in training)
+    return ds
+
+
+def decoded_dataset(pairs: list[Pair], preprocess: PreprocessConfig, rows_per_block: int = 16,
+                    max_blocks: int = 64) -> ray.data.Dataset:
+    """A lazy Ray Dataset of preprocessed rows for `pairs` (decoded in parallel Ray tasks when executed).
 
     One decode task per block of ~rows_per_block pairs: enough tasks to spread over the cluster, few
-    enough that task overhead does not dominate small data sets.
+    enough that task overhead does not dominate small data sets. The Parquet cache build passes a higher
+    cap: it streams, and smaller blocks keep what each task holds small however large the split.
     """
     import ray
 
     rows = [{"key": image_key(p.image_id), "image_id": p.image_id, "image_uri": p.image_uri,
              "mask_uris": "|".join(p.mask_uris)} for p in pairs]
-    blocks = max(1, min(math.ceil(len(rows) / rows_per_block), max_blocks))
-    ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    # The dataset owns a copy of the DataContext: these settings stay with it, not with the process.
-    ds.context.execution_options.preserve_order = True  # rows in pair order: val batches are reproducible
-    ds.context.print_on_execution_start = False  # no plan banner per execution (one per epoch in training)
-    ds = ds.map_batches(_decode_batch, fn_kwargs={"preprocess": preprocess}, batch_size=rows_per_block,
-                        batch_format="numpy")
-    ds = ds.materialize()
+    blocks = max(1, math.ceil(len(rows) / rows_per_block))
+    ds = _quiet(ray.data.from_items(rows, override_num_blocks=min(blocks, max_blocks)))
+    return ds.map_batches(_decode_batch, fn_kwargs={"preprocess": preprocess}, batch_size=rows_per_block,
+                          batch_format="numpy")
+
+
+def build_dataset(pairs: list[Pair], preprocess: PreprocessConfig, rows_per_block: int = 16,
+                  max_blocks: int = 64):
+    """A materialized Ray Dataset of preprocessed rows for `pairs` (decoded in parallel Ray tasks)."""
+    ds = decoded_dataset(pairs, preprocess, rows_per_block, max_blocks).materialize()
     ds.context.enable_progress_bars = False  # the per-epoch re-reads in the workers need no progress bars
     return ds
+
+
+def streamed_dataset(info: cache.CacheInfo) -> ray.data.Dataset:
+    """The rows of a complete Parquet cache, re-read (streamed) at each iteration; the same rows as
+    build_dataset's."""
+    ds = _quiet(cache.open_cache(info))
+    ds.context.enable_progress_bars = False
+    return ds
+
+
+@dataclass
+class Ingest:
+    """The train and val datasets of a run and how they were made."""
+
+    datasets: dict  # "train" / "val" -> Ray Dataset of rows (see the module docstring)
+    rows: dict[str, int]  # decoded rows per split (undecodable pairs are dropped)
+    val_check: tuple[int, int]  # (images, key_checksum) of the val set: the loop checks its passes
+    estimate_bytes: int  # preprocessed train + val arrays, what materializing needs
+    budget_bytes: int
+    caches: dict[str, cache.CacheInfo] = field(default_factory=dict)  # streamed path only
+
+    @property
+    def streamed(self) -> bool:
+        return bool(self.caches)
+
+    def describe(self) -> str:
+        mb = f"~{self.estimate_bytes / 2**20:.1f} MB preprocessed"
+        budget = f"data.object_store_budget_mb {self.budget_bytes / 2**20:g}"
+        if not self.streamed:
+            return f"materialized in the object store ({mb} <= {budget})"
+        parts = ", ".join(f"{name} {'reused' if c.reused else 'built'} ({c.files} file(s), "
+                          f"{c.bytes / 2**20:.1f} MB)" for name, c in self.caches.items())
+        return (f"streamed from the Parquet cache {storage.parent(self.caches['train'].uri)} each epoch "
+                f"({mb} > {budget}; {parts})")
+
+
+def build_datasets(split: SplitDataset, config: TrainConfig, run_dir: str, split_digest: str) -> Ingest:
+    """Train and val datasets: materialized when their preprocessed arrays fit in data.object_store_budget_mb,
+    else a Parquet cache in RUN_DIR/cache (built once per split digest + preprocessing) streamed each epoch."""
+    pairs = {name: split.pairs(name) for name in ("train", "val")}
+    size, channels = config.preprocess.size, len(MASK_NAMES)
+    estimate = cache.estimate_bytes(sum(len(p) for p in pairs.values()), size, channels)
+    budget = int(config.data.object_store_budget_mb * 2**20)
+    if estimate <= budget:
+        datasets = {name: build_dataset(p, config.preprocess) for name, p in pairs.items()}
+        rows = {name: ds.count() for name, ds in datasets.items()}
+        val_keys = [int(k) for batch in datasets["val"].iter_batches(batch_size=None, batch_format="numpy")
+                    for k in batch["key"]]
+        return Ingest(datasets, rows, (len(val_keys), key_checksum(val_keys)), estimate, budget)
+
+    root = storage.join(run_dir, "cache")
+    per_file = cache.shard_rows(budget, size, channels)
+    caches = {name: cache.ensure_cache(root, name, split_digest, config.preprocess, MASK_NAMES,
+                                       lambda p=p: decoded_dataset(p, config.preprocess, max_blocks=CACHE_BUILD_BLOCKS),
+                                       per_file)
+              for name, p in pairs.items()}
+    val_keys = cache.read_keys(caches["val"].uri) if caches["val"].files else []
+    datasets = {name: streamed_dataset(info) for name, info in caches.items()}
+    rows = {name: info.rows for name, info in caches.items()}
+    return Ingest(datasets, rows, (len(val_keys), key_checksum(val_keys)), estimate, budget, caches)
 
 
 def _writable(batch: np.ndarray) -> np.ndarray:
@@ -98,10 +180,11 @@ def _writable(batch: np.ndarray) -> np.ndarray:
 
 
 def mask_tensor(masks: np.ndarray) -> torch.Tensor:
-    """uint8 (N, S, S) in {0, 1} -> float32 (N, 1, S, S): the loss target."""
+    """uint8 (N, C, S, S) (or (N, S, S): one channel) in {0, 1} -> float32 (N, C, S, S): the loss target."""
     import torch
 
-    return torch.from_numpy(_writable(masks)).unsqueeze(1).float()
+    t = torch.from_numpy(_writable(masks))
+    return (t.unsqueeze(1) if t.ndim == 3 else t).float()
 
 
 class TrainCollate(NumpyBatchCollateFn):

@@ -111,7 +111,7 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
     from raysegment.cluster import capacity
     from raysegment.cluster.plan import cluster_resources, connect, plan_training
     from raysegment.data.datasets import load_split_dataset, write_manifest
-    from raysegment.train.data import build_dataset, key_checksum
+    from raysegment.train.data import build_datasets
     from raysegment.train.loop import train_loop_per_worker
 
     if config.run.name is None:
@@ -150,14 +150,12 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
     digest = write_manifest(split, manifest_uri)
     save_config(config, storage.join(run_dir, "config.yaml"))
 
-    datasets = {name: build_dataset(split.pairs(name), config.preprocess) for name in ("train", "val")}
-    decoded = {name: ds.count() for name, ds in datasets.items()}
-    val_keys = [int(k) for batch in datasets["val"].iter_batches(batch_size=None, batch_format="numpy")
-                for k in batch["key"]]
+    ingest = build_datasets(split, config, run_dir, digest)  # materialized, or a Parquet cache streamed
+    datasets, decoded = ingest.datasets, ingest.rows
     t_ingest = time.perf_counter()
     print(f"data: {split.discovery.layout} layout, {counts} images per split; decoded train "
           f"{decoded['train']}/{counts['train']}, val {decoded['val']}/{counts['val']} "
-          f"({t_ingest - t_ray:.1f} s)", flush=True)
+          f"({t_ingest - t_ray:.1f} s); {ingest.describe()}", flush=True)
 
     val_options = ray.train.DataConfig.default_ingest_options()
     val_options.preserve_order = True
@@ -165,8 +163,7 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "run_dir": run_dir, "torch_threads": threads,
-                           "split_digest": digest, "val_check": (len(val_keys), key_checksum(val_keys)),
-                           "use_gpu": plan.use_gpu},
+                           "split_digest": digest, "val_check": ingest.val_check, "use_gpu": plan.use_gpu},
         # GPU workers computing on the CPU (scaling.device=cpu) need gloo: NCCL only moves CUDA tensors.
         torch_config=TorchConfig(backend="gloo") if plan.use_gpu and s.device == "cpu" else None,
         scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
