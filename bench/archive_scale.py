@@ -10,7 +10,8 @@ model is a tiny untrained UNet (speed does not depend on the weights). Each size
   images/s          from the run's summary (the Ray Data part of the run).
 Then a Parquet manifest of --manifest-rows rows (the largest archive's files first, then names that do not
 exist) is planned with --dry-run against the output that already holds the largest archive's rows:
-listing + resume + plan, no model run. Prints a table and writes JSON (default bench/results/archive_scale.json).
+listing + resume + plan, no model run. Prints a table and writes JSON
+(default bench/results/archive_scale.json).
 Targets: RSS at 10^5 within 1.15x of 10^3; the 10^7 dry run under 1 GB.
 """
 
@@ -94,7 +95,8 @@ def run_driver(args: list[str], output: str | None, env: dict) -> dict:
         print("   |", line.rstrip("\n"), flush=True)
     rc = proc.wait()
     watcher.join()
-    return {"rc": rc, "peak_rss_mb": round(peak[0] / 2**20, 1), "first_row_s": first_row[0] and round(first_row[0], 2),
+    return {"rc": rc, "peak_rss_mb": round(peak[0] / 2**20, 1),
+            "first_row_s": first_row[0] and round(first_row[0], 2),
             "command_s": round(time.monotonic() - t0, 2), "tail": lines[-8:]}
 
 

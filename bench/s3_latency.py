@@ -69,12 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                 seen = len(proxy.heads)
                 t0 = time.perf_counter()
                 summary = run_inference(InferConfig(input="s3://latency-bench/cxr", checkpoint=ckpt,
-                                                    output=os.path.join(work, f"out_{int(delay)}"), s3=options))
+                                                    output=os.path.join(work, f"out_{int(delay)}"),
+                                                    s3=options))
                 heads = [h.split(b" ", 1)[0].decode() for h in proxy.heads[seen:]]
                 rows.append({"delay_ms": delay, "images": summary["ok"], "errors": summary["errors"],
                              "images_per_s": summary["images_per_s"], "wall_s": summary["wall_s"],
                              "command_s": round(time.perf_counter() - t0, 3),
-                             "gets": heads.count("GET"), "heads": heads.count("HEAD"), "requests": len(heads)})
+                             "gets": heads.count("GET"), "heads": heads.count("HEAD"),
+                             "requests": len(heads)})
     finally:
         server.stop()
     base = rows[0]["images_per_s"] or float("nan")

@@ -1,4 +1,5 @@
-"""Training ingest: object-store peak, start-up and throughput, materialized vs streamed from the Parquet cache.
+"""Training ingest: object-store peak, start-up and throughput, materialized vs streamed from the Parquet
+cache.
 
     python bench/train_ingest.py [--n 1000] [--size 128] [--epochs 2] [--out bench/results/train_ingest.json]
 
@@ -57,7 +58,8 @@ class StoreSampler:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2)
@@ -82,7 +84,8 @@ def main() -> None:
     rows = []
     for setup, name, budget, epochs in setups:
         config = load_config(os.path.join(ROOT, "configs", "train-small.yaml"),
-                             {**base, "run.name": name, "data.object_store_budget_mb": budget, "optim.epochs": epochs})
+                             {**base, "run.name": name, "data.object_store_budget_mb": budget,
+                              "optim.epochs": epochs})
         with StoreSampler() as store:
             result = train(config)
         cache_dir = os.path.join(result.run_dir, "cache")

@@ -28,7 +28,8 @@ def _is_weak(test: ast.expr) -> bool:
         return True
     if isinstance(test, ast.Name):
         return True
-    if isinstance(test, ast.Call) and isinstance(test.func, ast.Name) and test.func.id in ("isinstance", "callable"):
+    if (isinstance(test, ast.Call) and isinstance(test.func, ast.Name)
+            and test.func.id in ("isinstance", "callable")):
         return True
     if isinstance(test, ast.Compare) and len(test.ops) == 1:
         left, right, op = test.left, test.comparators[0], test.ops[0]

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         scores[module] = {**counts, "mutants": len(codes), "score": round(score, 1)}
         if score < args.min:
             failing.append(module)
-        print(f"{module:40s} {len(codes):8d} {counts['killed']:7d} {counts['timeout']:8d} {counts['survived']:9d} "
+        print(f"{module:40s} {len(codes):8d} {counts['killed']:7d} {counts['timeout']:8d} "
+              f"{counts['survived']:9d} "
               f"{counts['no tests']:9d} {counts['equiv']:6d} {score:6.1f}%")
     if survivors:
         print(f"\nsurviving mutants ({len(survivors)}; see one with `mutmut show NAME`):")

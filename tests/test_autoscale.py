@@ -68,9 +68,10 @@ class Driver:
         self.lines: list[str] = []
         self.started = time.monotonic()
         self.first_wait: float | None = None
-        self.proc = subprocess.Popen([sys.executable, "-m", "raysegment", *args, "--address", cluster.address],
-                                     env=cluster.env(), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "raysegment", *args,
+                                      "--address", cluster.address],
+                                     env=cluster.env(), cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
         self.waiting = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -107,7 +108,8 @@ def test_dry_run_lists_resumes_plans_and_runs_nothing(cluster, data):
     driver = _infer(cluster, data, out, "--dry-run")
     assert driver.wait(180) == 0, driver.output[-3000:]
     line = next(x for x in driver.lines if x.startswith("dry run:"))
-    assert "would process 12 of 12 inputs" in line and "a run would wait up to 900 s for 1.5 CPU" in line, line
+    assert ("would process 12 of 12 inputs" in line
+            and "a run would wait up to 900 s for 1.5 CPU" in line), line
     assert not os.path.exists(out)  # nothing written, no model run
 
 
@@ -117,9 +119,11 @@ def test_no_capacity_ever_is_one_line_exit_3_in_time(cluster, data):
     assert rc == 3, driver.output[-3000:]
     assert "Traceback" not in driver.output
     errors = [x for x in driver.lines if x.startswith("raysegment infer: error:")]
-    assert len(errors) == 1 and "gave up after 0m0" in errors[0] and "waiting for 1.5 CPU" in errors[0], errors
+    assert (len(errors) == 1 and "gave up after 0m0" in errors[0]
+            and "waiting for 1.5 CPU" in errors[0]), errors
     assert driver.first_wait is not None
-    print(f"gave up {time.monotonic() - driver.first_wait:.1f} s after the first 'waiting for' line (timeout 6 s)")
+    print(f"gave up {time.monotonic() - driver.first_wait:.1f} s "
+          "after the first 'waiting for' line (timeout 6 s)")
     assert time.monotonic() - driver.first_wait < 6 + 10
     assert _capacity_requests(cluster) == []  # nothing left pinned
 
@@ -160,16 +164,18 @@ def test_train_waits_for_a_node_then_completes(cluster, data):
     for node in sorted(glob.glob(os.path.join(cluster.root, "w*"))):  # back to the head alone
         cluster.kill_node(node)
     cluster.wait_for_nodes(1, 60, exactly=True)
-    driver = Driver(cluster, ["train", "--config", os.path.join(ROOT, "configs", "train-small.yaml"), "--data",
-                              data["data"], "--storage", str(data["root"] / "runs"), "--name", "grow", "--epochs",
-                              "1", "--wait-for-capacity", "240"], str(data["root"]))
+    driver = Driver(cluster, ["train", "--config", os.path.join(ROOT, "configs", "train-small.yaml"),
+                              "--data", data["data"], "--storage", str(data["root"] / "runs"),
+                              "--name", "grow", "--epochs", "1", "--wait-for-capacity", "240"],
+                    str(data["root"]))
     try:
         assert driver.waiting.wait(180), driver.output[-3000:]
         cluster.add_worker(cpus=2)
     finally:
         rc = driver.wait(400)
     assert rc == 0, driver.output[-4000:]
-    assert any(x.startswith("waiting for 1.5 CPU (2 training worker(s))") for x in driver.lines), driver.output
+    assert any(x.startswith("waiting for 1.5 CPU (2 training worker(s))")
+               for x in driver.lines), driver.output
     assert os.path.exists(data["root"] / "runs" / "grow" / "best" / "model.safetensors")
 
 
@@ -183,7 +189,8 @@ def test_node_killed_mid_inference_every_input_exactly_once(cluster, data):
     # kill the survivor still has its actor and 1 CPU for stage tasks.
     survivor, victim = cluster.add_worker(cpus=3), cluster.add_worker(cpus=3)
     out = str(data["root"] / "out_kill")
-    driver = _infer(cluster, data, out, "--rows-per-file", "1", "--max-actors", "2", "--no-wait", source="many")
+    driver = _infer(cluster, data, out, "--rows-per-file", "1", "--max-actors", "2", "--no-wait",
+                    source="many")
     killed = 0
     try:
         deadline = time.monotonic() + 240
@@ -199,7 +206,8 @@ def test_node_killed_mid_inference_every_input_exactly_once(cluster, data):
     assert rc == 0, driver.output[-4000:]
     rows = read_results(out, columns=["image_uri", "status"])
     assert rows.num_rows == 60 and set(rows.column("status").to_pylist()) == {"ok"}
-    assert sorted(rows.column("image_uri").to_pylist()) == sorted(glob.glob(os.path.join(data["many"], "*.png")))
+    assert (sorted(rows.column("image_uri").to_pylist())
+            == sorted(glob.glob(os.path.join(data["many"], "*.png"))))
     every = read_results(out, columns=["image_uri"], all_rows=True)
     summary = next(x for x in driver.lines if "inputs:" in x)
     print(f"killed {killed} processes of worker node {victim} (survivor {survivor}) after the first file, "

@@ -1,4 +1,5 @@
-"""Training config parsing units (no Ray): types, every validation rule at its boundary, overrides, YAML files.
+"""Training config parsing units (no Ray): types, every validation rule at its boundary, overrides, YAML
+files.
 Every error names its key (the message is part of the contract: users fix their file from it)."""
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ def test_types_are_coerced_or_named():
 def test_unknown_keys_and_sections_list_what_is_known():
     with pytest.raises(ConfigError) as err:
         _load(**{"optim.lrr": 1})
-    assert str(err.value) == ("optim.lrr: unknown key in optim; known keys: epochs, batch_size, lr, weight_decay, "
-                              "loss, lr_factor, lr_patience, min_lr, early_stopping_patience")
-    with pytest.raises(ConfigError, match=r"^nope: unknown key in config; known keys: data, model, preprocess"):
+    assert str(err.value) == ("optim.lrr: unknown key in optim; known keys: epochs, batch_size, lr, "
+                              "weight_decay, loss, lr_factor, lr_patience, min_lr, early_stopping_patience")
+    with pytest.raises(ConfigError,
+                       match=r"^nope: unknown key in config; known keys: data, model, preprocess"):
         _load(nope=1)
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_dict({"zeta": 1, "alpha": 2})
@@ -114,7 +116,8 @@ RULES = [
     ("model.out_channels", 1, 2, "model.out_channels: must be 1 (binary lung mask), got 2"),
     ("data.split", [0.5, 0.5, 0.0], [0.5, 0.6, -0.1], SPLIT_RULE + ", got [0.5, 0.6, -0.1]"),
     ("data.split", [0.3, 0.3, 0.4], [0.3, 0.3, 0.3], "data.split: must be three non-negative fractions"),
-    ("data.split", [0.9, 0.1, 0.0], [0.0, 0.5, 0.5], "data.split: train and val fractions must be > 0, got [0.0"),
+    ("data.split", [0.9, 0.1, 0.0], [0.0, 0.5, 0.5],
+     "data.split: train and val fractions must be > 0, got [0.0"),
     ("data.split", [0.9, 0.1, 0.0], [1.0, 0.0, 0.0], "data.split: train and val fractions must be > 0"),
 ]
 

@@ -49,7 +49,8 @@ def world(ray_local, tmp_path_factory):
 
 
 def _manifest(world, etags: dict[str, str]) -> str:
-    """A manifest with identity columns (size, mtime_ns from the files now; etag as given), image column 'scan'."""
+    """A manifest with identity columns (size, mtime_ns from the files now; etag as given), image column
+    'scan'."""
     path = world["root"] / "manifest.csv"
     lines = ["scan,size,mtime_ns,etag"]
     for n in world["names"]:
@@ -62,8 +63,8 @@ def _manifest(world, etags: dict[str, str]) -> str:
 def _run(world, **kw) -> dict:
     from raysegment.infer.pipeline import InferConfig, run_inference
 
-    config = {"input": _manifest(world, kw.pop("etags", {})), "checkpoint": world["m1"], "output": world["out"],
-              "manifest_column": "scan", "num_actors": 1, "batch_size": 4, **kw}
+    config = {"input": _manifest(world, kw.pop("etags", {})), "checkpoint": world["m1"],
+              "output": world["out"], "manifest_column": "scan", "num_actors": 1, "batch_size": 4, **kw}
     return run_inference(InferConfig(**config))
 
 

@@ -147,7 +147,8 @@ def test_stages_dicom_spacing_wins_and_monochrome1(tmp_path):
                                                              pixel_spacing=(0.2, 0.4))},
                        {"m1": str(tmp_path / "truth.png")}, spacing_mm=1.0)
     row = rows["m1.dcm"]
-    assert (row["image_format"], row["pixel_spacing_row_mm"], row["pixel_spacing_col_mm"]) == ("dicom", 0.2, 0.4)
+    assert (row["image_format"], row["pixel_spacing_row_mm"],
+            row["pixel_spacing_col_mm"]) == ("dicom", 0.2, 0.4)
     assert row["dice"] > 0.95 and row["lung_area_cm2"] == pytest.approx(row["lung_area_px"] * 0.08 / 100)
     assert not math.isnan(row["hd95_mm"]) and row["hd95_mm"] <= row["hd95"] * 0.4 + 1e-9
 
@@ -177,7 +178,8 @@ def test_stages_threshold_keep_largest_and_hole_options(tmp_path):
     high = _run_stages(tmp_path, files, threshold=0.9, resize="stretch")["x.png"]
     assert high["threshold"] == 0.9 and high["right_lung_area_px"] == 0 and high["left_lung_area_px"] > 0
     assert high["qc_reasons"] == ["right_lung_missing"] and high["qc_flag"] is True
-    everything = _run_stages(tmp_path, files, post=PostprocessConfig(keep_largest=0), resize="stretch")["x.png"]
+    everything = _run_stages(tmp_path, files, post=PostprocessConfig(keep_largest=0),
+                             resize="stretch")["x.png"]
     assert decode_mask_png(everything["mask_png"])[61, 61]
     holes = _run_stages(tmp_path, files, post=PostprocessConfig(fill_holes=False), resize="stretch")["x.png"]
     assert not decode_mask_png(holes["mask_png"])[25, 15]
@@ -203,7 +205,8 @@ def test_unschedulable_inference_plan_is_refused_before_any_work(gpus, actors, m
     with pytest.raises(PlanError) as err:
         pipeline.plan(config, resources)
     assert str(err.value).startswith(message) and "--num-actors" in str(err.value)
-    ok = pipeline.plan(pipeline.InferConfig(input="in", checkpoint="ck", output="out", use_gpu=False), resources)
+    ok = pipeline.plan(pipeline.InferConfig(input="in", checkpoint="ck", output="out", use_gpu=False),
+                       resources)
     assert (ok.num_actors, ok.use_gpu, ok.cpus_per_actor, ok.decode_cpus) == (2, False, 0.75, 0.5)
 
 
@@ -214,8 +217,8 @@ def test_infer_flags_reach_the_config(monkeypatch):
     seen = []
     monkeypatch.setattr(pipeline, "run_inference", lambda config: seen.append(config) or {"missing": 0})
     assert main(["infer", "--input", "m.csv", "--checkpoint", "ck", "--output", "out", "--threshold", "0.3",
-                 "--keep-largest", "0", "--no-fill-holes", "--manifest-column", "scan", "--pixel-spacing", "0.7",
-                 "--no-resume", "--limit", "4", "--no-gpu"]) == 0
+                 "--keep-largest", "0", "--no-fill-holes", "--manifest-column", "scan",
+                 "--pixel-spacing", "0.7", "--no-resume", "--limit", "4", "--no-gpu"]) == 0
     [config] = seen
     assert (config.threshold, config.manifest_column, config.pixel_spacing_mm, config.resume, config.limit,
             config.use_gpu) == (0.3, "scan", 0.7, False, 4, False)

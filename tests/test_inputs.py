@@ -134,7 +134,8 @@ def test_read_manifest_columns_identity_and_duplicates(tmp_path):
         "x/ignored.png,c/4.png,n/a,2.0,\n")
     items = read_manifest(str(tmp_path / "m.csv"))  # "image" comes before "uri" in MANIFEST_COLUMNS
     assert MANIFEST_COLUMNS.index("image") < MANIFEST_COLUMNS.index("uri")
-    assert [i.uri for i in items] == [str(tmp_path / "a/1.png"), str(tmp_path / "b/3.dcm"), str(tmp_path / "c/4.png")]
+    assert [i.uri for i in items] == [str(tmp_path / "a/1.png"), str(tmp_path / "b/3.dcm"),
+                                      str(tmp_path / "c/4.png")]
     assert [i.key for i in items] == ["a/1.png", "b/3.dcm", "c/4.png"]
     assert [(i.size, i.mtime_ns, i.etag) for i in items] == [
         (12, 1700000000000000000, "e1"), (None, None, None), (None, 2, None)]

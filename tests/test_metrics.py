@@ -109,12 +109,14 @@ def test_confusion_counts_each_kind_separately_and_rejects_shape_mismatch():
 def test_ratio_conventions_when_only_one_side_is_empty():
     # Nothing predicted, lung present: precision's denominator is 0 but this is not "both empty".
     missed = scores_from_counts(0, 0, 5)
-    assert {k: float(v) for k, v in missed.items()} == {"dice": 0.0, "iou": 0.0, "precision": 0.0, "recall": 0.0}
+    assert {k: float(v) for k, v in missed.items()} == {"dice": 0.0, "iou": 0.0, "precision": 0.0,
+                                                        "recall": 0.0}
     spurious = scores_from_counts(0, 3, 0)
     assert {k: float(v) for k, v in spurious.items()} == {"dice": 0.0, "iou": 0.0, "precision": 0.0,
                                                           "recall": 0.0}
     perfect = scores_from_counts(4, 0, 0)
-    assert {k: float(v) for k, v in perfect.items()} == {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0}
+    assert {k: float(v) for k, v in perfect.items()} == {"dice": 1.0, "iou": 1.0, "precision": 1.0,
+                                                         "recall": 1.0}
     both_empty = scores_from_counts(np.array([0]), np.array([0]), np.array([0]))
     assert both_empty["dice"].tolist() == [1.0] and both_empty["precision"].tolist() == [1.0]
 
@@ -180,7 +182,8 @@ def test_json_safe_replaces_non_finite_floats_recursively():
 
 def test_summarize_known_values_and_empty():
     s = summarize(np.array([1.0, 2.0, float("nan"), 6.0]))
-    assert s == {"mean": 3.0, "sd": pytest.approx(np.sqrt(7.0)), "median": 2.0, "min": 1.0, "max": 6.0, "n": 3}
+    assert s == {"mean": 3.0, "sd": pytest.approx(np.sqrt(7.0)), "median": 2.0, "min": 1.0, "max": 6.0,
+                 "n": 3}
     assert summarize([5.0])["sd"] == 0.0 and summarize([5.0])["n"] == 1
     assert summarize([1.0, 3.0])["sd"] == pytest.approx(np.sqrt(2.0))  # two values: a sample sd already
     assert summarize([0.5, None, 1.5]) == {"mean": 1.0, "sd": pytest.approx(np.sqrt(0.5)), "median": 1.0,
@@ -227,7 +230,8 @@ def test_property_metrics_bounds_symmetry_and_identities(pair):
     for name in ("dice", "iou", "precision", "recall"):
         assert 0.0 <= m[name] <= 1.0
     assert m["dice"] == pytest.approx(swapped["dice"]) and m["iou"] == pytest.approx(swapped["iou"])
-    assert m["precision"] == pytest.approx(swapped["recall"]) and m["recall"] == pytest.approx(swapped["precision"])
+    assert (m["precision"] == pytest.approx(swapped["recall"])
+            and m["recall"] == pytest.approx(swapped["precision"]))
     assert m["dice"] == pytest.approx(2 * m["iou"] / (1 + m["iou"]))
     assert m["tp"] + m["fn"] == truth.sum() and m["tp"] + m["fp"] == pred.sum()
     if not pred.any() and not truth.any():

@@ -43,7 +43,7 @@ def test_components_counts_areas_and_centroids():
     n, labels, areas, cx = components(m)
     assert n == 2 and labels.shape == m.shape and labels.max() == 2
     assert sorted(areas.tolist()) == [5, 12] and areas.dtype.kind == "i"
-    by_area = dict(zip(areas.tolist(), cx.tolist()))
+    by_area = dict(zip(areas.tolist(), cx.tolist(), strict=True))
     assert by_area[12] == pytest.approx(7.5) and by_area[5] == pytest.approx((0.5 * 4 + 2) / 5)
     assert (labels > 0).sum() == 17 and np.array_equal(labels > 0, m)
     assert components(np.zeros((3, 3), bool))[0] == 0
@@ -59,7 +59,8 @@ def test_keep_largest_components_k_and_ties():
     assert one.sum() == 7 and one[2, 0:7].all()
     two = keep_largest_components(m)  # default: two lungs
     assert two.sum() == 12 and two[0, 0:5].all() and not two[4].any()  # ties: the first found wins
-    assert np.array_equal(keep_largest_components(m, 4), m) and np.array_equal(keep_largest_components(m, 9), m)
+    assert (np.array_equal(keep_largest_components(m, 4), m)
+            and np.array_equal(keep_largest_components(m, 9), m))
     assert one.dtype == bool and two.dtype == bool
     # Many equal components (more than a sort's small-array insertion threshold): still the first found.
     many = np.zeros((3, 200), bool)
@@ -169,7 +170,8 @@ def test_postprocess_keep_largest_and_fill_holes_options():
     prob[19, 15] = 230  # another
     default = postprocess(prob, IDENTITY, 0.5)
     assert default.n_components == 4  # counted before cleanup
-    assert default.area_px == 268 and not default.mask[0, 29] and default.mask[8, 5]  # specks gone, hole filled
+    # specks gone, hole filled
+    assert default.area_px == 268 and not default.mask[0, 29] and default.mask[8, 5]
     keep_all = postprocess(prob, IDENTITY, 0.5, PostprocessConfig(keep_largest=0))
     assert keep_all.area_px == 270 and keep_all.mask[0, 29] and keep_all.mask[19, 15]
     assert keep_all.right_area_px + keep_all.left_area_px == 270

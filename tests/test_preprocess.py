@@ -175,7 +175,8 @@ def test_preprocess_mask_is_area_averaged_then_strictly_over_half():
 def test_invalid_config_names_the_field():
     with pytest.raises(ValueError, match=r"^resize must be one of \('stretch', 'letterbox'\), got 'crop'$"):
         PreprocessConfig(resize="crop")
-    with pytest.raises(ValueError, match=r"^normalize must be one of \('unit', 'percentile'\), got 'zscore'$"):
+    with pytest.raises(ValueError,
+                       match=r"^normalize must be one of \('unit', 'percentile'\), got 'zscore'$"):
         PreprocessConfig(normalize="zscore")
     for size in (15, 16.0, "256"):
         with pytest.raises(ValueError, match=rf"^size must be an integer >= 16, got {size!r}$"):
@@ -196,12 +197,14 @@ def test_property_round_trip_for_random_sizes_and_aspect_ratios(height, width, r
     mask comes back at the original size in the same place."""
     cfg = PreprocessConfig(size=size, resize=resize, normalize="unit")
     geo = geometry(height, width, cfg)
-    assert 0 <= geo.top and geo.top + geo.inner_height <= size and 0 <= geo.left and geo.left + geo.inner_width <= size
+    assert (0 <= geo.top and geo.top + geo.inner_height <= size
+            and 0 <= geo.left and geo.left + geo.inner_width <= size)
     if resize == "letterbox":
         assert max(geo.inner_height, geo.inner_width) == size
         assert abs(geo.inner_height / geo.inner_width - height / width) <= (height / width) * 2 / min(
             geo.inner_height, geo.inner_width) + 1e-9
-        assert abs(2 * geo.top + geo.inner_height - size) <= 1 and abs(2 * geo.left + geo.inner_width - size) <= 1
+        assert (abs(2 * geo.top + geo.inner_height - size) <= 1
+                and abs(2 * geo.left + geo.inner_width - size) <= 1)
     else:
         assert (geo.top, geo.left, geo.inner_height, geo.inner_width) == (0, 0, size, size)
     mask = np.zeros((height, width), bool)

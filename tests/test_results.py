@@ -58,7 +58,8 @@ def test_latest_ok_wins_then_latest_error_then_later_row(tmp_path):
                             {"image_uri": "d", "status": "error", "lung_area_px": 8},  # newer error wins
                             {"image_uri": "e", "status": "ok", "lung_area_px": 9},
                             {"image_uri": "e", "status": "ok", "lung_area_px": 10}])  # same run: later row
-    got = {r["image_uri"]: (r["status"], r["run_id"], r["lung_area_px"]) for r in read_results(str(tmp_path)).to_pylist()}
+    got = {r["image_uri"]: (r["status"], r["run_id"], r["lung_area_px"])
+           for r in read_results(str(tmp_path)).to_pylist()}
     assert got == {"a": ("ok", RUN1, 1), "b": ("ok", RUN2, 6), "c": ("ok", RUN2, 7), "d": ("error", RUN2, 8),
                    "e": ("ok", RUN2, 10)}
     table = read_results(str(tmp_path))
@@ -77,7 +78,8 @@ def test_read_results_columns_and_empty_output(tmp_path):
     assert picked.column_names == ["dice", "lung_area_px"] and picked.to_pylist() == [{"dice": 0.5,
                                                                                       "lung_area_px": 1}]
     history = read_results(str(tmp_path), columns=["lung_area_px"], all_rows=True)
-    assert history.column_names == ["lung_area_px"] and sorted(history.column("lung_area_px").to_pylist()) == [1, 2]
+    assert (history.column_names == ["lung_area_px"]
+            and sorted(history.column("lung_area_px").to_pylist()) == [1, 2])
 
 
 def test_torn_file_is_skipped_not_fatal(tmp_path, caplog):
@@ -89,7 +91,8 @@ def test_torn_file_is_skipped_not_fatal(tmp_path, caplog):
     assert table.to_pylist()[0]["image_uri"] == "a" and table.num_rows == 1
     [record] = caplog.records
     message = record.getMessage()
-    assert message.startswith(f"skipping unreadable result file {tmp_path / 'runs' / RUN2 / 'torn.parquet'}: ")
+    assert message.startswith("skipping unreadable result file "
+                              f"{tmp_path / 'runs' / RUN2 / 'torn.parquet'}: ")
     assert "Parquet" in message  # the reason follows the file name
 
 
@@ -156,14 +159,17 @@ def test_summarize_results_known_answers():
         _row("/d/c.png", lung_fraction=0.9, mean_confidence=None, qc_flag=True,
              qc_reasons=["lung_fraction_high", "low_confidence"], truth_uri="t/c", truth_error="mask is 1x1"),
         _row("/d/d.png", lung_fraction=0.3, mean_confidence=0.8),
-        _row("/d/bad.png", "error", error_stage="decode", error_type="DecodeError", error="bad.png: truncated"),
-        _row("/d/gone.png", "error", error_stage="read", error_type="FileNotFoundError", error="no such file"),
+        _row("/d/bad.png", "error", error_stage="decode", error_type="DecodeError",
+             error="bad.png: truncated"),
+        _row("/d/gone.png", "error", error_stage="read", error_type="FileNotFoundError",
+             error="no such file"),
         _row("/d/x.png", "error", error_stage="decode", error_type="DecodeError", error=None),
     ]
     s = summarize_results(pa.Table.from_pylist(rows), examples=2)
     assert (s["images"], s["ok"], s["errors"], s["qc_flagged"]) == (7, 4, 3, 2)
     assert s["errors_by_reason"] == {"decode/DecodeError": 2, "read/FileNotFoundError": 1}
-    assert list(s["errors_by_reason"]) == ["decode/DecodeError", "read/FileNotFoundError"]  # most common first
+    # most common first
+    assert list(s["errors_by_reason"]) == ["decode/DecodeError", "read/FileNotFoundError"]
     assert s["error_examples"] == ["bad.png: truncated", "gone.png: no such file"]  # the name once
     assert s["qc_reasons"] == {"low_confidence": 2, "lung_fraction_high": 1}
     assert s["lung_fraction"]["mean"] == pytest.approx(0.45) and s["lung_fraction"]["n"] == 4
@@ -172,16 +178,19 @@ def test_summarize_results_known_answers():
     assert (m["n_scored"], m["n_without_truth"], m["truth_errors"]) == (2, 1, 1)
     assert m["micro_dice"] == pytest.approx(2 * 10 / (2 * 10 + 2 + 6))
     assert m["dice"]["mean"] == pytest.approx(0.6) and m["dice"]["n"] == 2 and m["dice"]["min"] == 0.4
-    assert m["iou"]["max"] == 0.6 and m["precision"]["median"] == pytest.approx(0.75) and m["recall"]["sd"] == 0
+    assert (m["iou"]["max"] == 0.6 and m["precision"]["median"] == pytest.approx(0.75)
+            and m["recall"]["sd"] == 0)
     assert m["hd95"]["n"] == 1 and m["hd95"]["mean"] == 2.0
     assert m["hd95_mm"]["n"] == 0 and math.isnan(m["hd95_mm"]["mean"])
     assert summarize_results(pa.Table.from_pylist(rows), examples=5)["error_examples"][2] == "x.png: "
 
 
 def test_summarize_results_default_keeps_five_error_examples():
-    rows = [_row(f"/d/{i}.png", "error", error_stage="read", error_type="OSError", error="gone") for i in range(7)]
+    rows = [_row(f"/d/{i}.png", "error", error_stage="read", error_type="OSError", error="gone")
+            for i in range(7)]
     s = summarize_results(pa.Table.from_pylist(rows))
-    assert s["error_examples"] == [f"{i}.png: gone" for i in range(5)] and s["errors_by_reason"] == {"read/OSError": 7}
+    assert (s["error_examples"] == [f"{i}.png: gone" for i in range(5)]
+            and s["errors_by_reason"] == {"read/OSError": 7})
 
 
 def test_summarize_results_without_any_truth_has_no_metrics():
@@ -190,4 +199,5 @@ def test_summarize_results_without_any_truth_has_no_metrics():
     assert s["qc_reasons"] == {} and s["qc_flagged"] == 0
     # A truth that exists but could not be scored still reports the metrics section (with 0 scored).
     s = summarize_results(pa.Table.from_pylist([_row("a.png", truth_uri="t", truth_error="unreadable")]))
-    assert s["metrics"]["n_scored"] == 0 and s["metrics"]["truth_errors"] == 1 and s["metrics"]["micro_dice"] == 1.0
+    assert (s["metrics"]["n_scored"] == 0 and s["metrics"]["truth_errors"] == 1
+            and s["metrics"]["micro_dice"] == 1.0)

@@ -19,7 +19,8 @@ def captured(monkeypatch):
     monkeypatch.setattr(storage.pafs, "S3FileSystem", lambda **kw: calls.setdefault("fs", kw) and "fs")
     monkeypatch.setattr(storage.pafs, "AwsStandardS3RetryStrategy",
                         lambda max_attempts: calls.setdefault("retry", max_attempts) and "retry")
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", storage.ANONYMOUS_ENV):
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+                 storage.ANONYMOUS_ENV):
         monkeypatch.delenv(name, raising=False)
     storage._s3_filesystem.cache_clear()
     yield calls
@@ -37,7 +38,8 @@ def test_retry_and_timeout_defaults_reach_the_s3_client(captured):
 
 def test_endpoint_region_and_overrides_reach_the_s3_client(captured):
     storage.filesystem("s3://b/k", storage.S3Options(endpoint_url="http://127.0.0.1:9000", max_attempts=2,
-                                                     connect_timeout_s=1.0, request_timeout_s=3.0, anonymous=True))
+                                                     connect_timeout_s=1.0, request_timeout_s=3.0,
+                                                     anonymous=True))
     assert captured["retry"] == 2
     assert captured["fs"] == {"region": "us-east-1", "anonymous": True, "connect_timeout": 1.0,
                               "request_timeout": 3.0, "retry_strategy": "retry",
@@ -53,9 +55,11 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_s3_flags_are_exported_for_workers():
     options = apply_s3_arguments(_args("--s3-endpoint", "http://127.0.0.1:9", "--s3-anonymous"))
     assert options.endpoint_url == "http://127.0.0.1:9" and options.anonymous
-    assert os.environ["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9" and os.environ[storage.ANONYMOUS_ENV] == "1"
+    assert (os.environ["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9"
+            and os.environ[storage.ANONYMOUS_ENV] == "1")
     assert storage.default_s3_options().endpoint_url == "http://127.0.0.1:9"
-    with pytest.raises(SystemExit, match=r"^--s3-endpoint must be an http:// or https:// URL, got 'minio:9000'$"):
+    with pytest.raises(SystemExit,
+                       match=r"^--s3-endpoint must be an http:// or https:// URL, got 'minio:9000'$"):
         apply_s3_arguments(_args("--s3-endpoint", "minio:9000"))
 
 

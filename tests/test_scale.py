@@ -41,9 +41,11 @@ def test_partitioned_listing_equals_list_inputs(tmp_path, monkeypatch, small):
     exclude = (str(root / "z" / "out"),)
     expected = list_inputs(str(root), exclude=exclude)
     got = _listing(str(root), exclude=exclude, scratch=str(tmp_path / "s"))
-    assert [(r["image_uri"], r["key"], r["input_size"]) for r in got] == [(i.uri, i.key, i.size) for i in expected]
+    assert ([(r["image_uri"], r["key"], r["input_size"]) for r in got]
+            == [(i.uri, i.key, i.size) for i in expected])
     assert [r["image_id"] for r in got] == [i.image_id for i in expected]
-    assert [r["image_uri"] for r in _listing(str(root), exclude=exclude, limit=3, scratch=str(tmp_path / "t"))] \
+    assert [r["image_uri"]
+            for r in _listing(str(root), exclude=exclude, limit=3, scratch=str(tmp_path / "t"))] \
         == [i.uri for i in expected[:3]]
 
     # A manifest: duplicates removed (first kept), relative entries resolved, identity columns read.
@@ -83,8 +85,9 @@ def test_vectorized_resume_matches_is_done(tmp_path):
     done_t = worklist.conform(pa.Table.from_pylist(done), worklist.INDEX_SCHEMA)
     left = {r["image_uri"] for r in worklist.todo(listing_t, worklist.latest(done_t), "m1").to_pylist()}
     by_uri = {d["image_uri"]: d for d in done if d["status"] == "ok"}
-    expected = {r["image_uri"] for r in listing if not is_done(by_uri.get(r["image_uri"]), "m1", r["input_size"],
-                                                               r["input_mtime_ns"], r["input_etag"], r["truth_uri"])}
+    expected = {r["image_uri"] for r in listing
+                if not is_done(by_uri.get(r["image_uri"]), "m1", r["input_size"],
+                               r["input_mtime_ns"], r["input_etag"], r["truth_uri"])}
     assert left == expected and len(expected) == 7
 
 
@@ -94,7 +97,8 @@ def test_latest_picks_like_read_results():
         "status": ["ok", "error", "error", "ok", "ok", "ok"], "lung_fraction": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
         "seq": [0, 1, 2, 3, 4, 5]}), worklist.INDEX_SCHEMA)
     got = {r["image_uri"]: (r["run_id"], r["lung_fraction"]) for r in worklist.latest(index).to_pylist()}
-    assert got == {"a": ("r1", 0.1), "b": ("r2", 0.4), "c": ("r1", 0.6)}  # a duplicate within a run: the later
+    # a duplicate within a run: the later
+    assert got == {"a": ("r1", 0.1), "b": ("r2", 0.4), "c": ("r1", 0.6)}
 
 
 def _results_table(n: int, seed: int = 0) -> pa.Table:
@@ -192,7 +196,8 @@ def test_wait_for_plan_reports_then_returns_and_releases(fake_cluster):
 def test_wait_for_plan_gives_up_retryable_and_releases(fake_cluster):
     fake_cluster["grow_after"] = 10**9
     with pytest.raises(RetryableError, match=r"gave up after 0m0\ds waiting for 4 GPU: 0 up"):
-        capacity.wait_for_plan(_needs_two_cpus, [{"CPU": 1, "GPU": 4}], 0.2, report=lambda _: None, poll_s=0.01)
+        capacity.wait_for_plan(_needs_two_cpus, [{"CPU": 1, "GPU": 4}], 0.2, report=lambda _: None,
+                               poll_s=0.01)
     assert fake_cluster["released"] == ["pg"]  # nothing left pinned
     with pytest.raises(PlanError):  # no wait: fails at once, asks for nothing
         capacity.wait_for_plan(_needs_two_cpus, [{"CPU": 2}], 0, report=lambda _: None)
@@ -226,14 +231,16 @@ def test_cli_capacity_timeout_is_one_line_exit_3(monkeypatch, capsys):
         raise RetryableError("gave up after 0m05s waiting for 1 CPU: 0 up (1 node(s))")
 
     monkeypatch.setattr(pipeline, "run_inference", never)
-    assert main(["infer", "--input", "x", "--checkpoint", "y", "--output", "z", "--wait-for-capacity", "5"]) == 3
+    assert main(["infer", "--input", "x", "--checkpoint", "y", "--output", "z",
+                 "--wait-for-capacity", "5"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["raysegment infer: error: gave up after 0m05s waiting for 1 CPU: 0 up (1 node(s))"]
 
 
 def test_image_reads_are_one_get_each_retried_and_bounded(s3_endpoint):
     """Bulk reads (storage.get_object): one GET per object and no HEAD (latency counts once), the S3
-    client's retries, a missing object as FileNotFoundError, a stalled endpoint as an error in bounded time."""
+    client's retries, a missing object as FileNotFoundError, a stalled endpoint as an error in bounded
+    time."""
     import time
 
     from raysegment.io import storage

@@ -315,7 +315,8 @@ def test_early_stopping_stops_after_patience_epochs_without_a_better_val_dice(ra
 
     patience, epochs = 2, 10
     config = tiny_config(phantoms, str(tmp_path), "es", **{
-        "optim.epochs": epochs, "optim.early_stopping_patience": patience, "optim.lr": 1e-9, "optim.min_lr": 0.0,
+        "optim.epochs": epochs, "optim.early_stopping_patience": patience, "optim.lr": 1e-9,
+        "optim.min_lr": 0.0,
         "threshold": 0.999, "augment.enabled": False, "run.evaluate_test": False, "scaling.num_workers": 1})
     result = train(config)
     dice = [row["val_dice"] for row in result.history]

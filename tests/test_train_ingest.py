@@ -1,4 +1,5 @@
-"""Training ingest above the object-store budget (issue #10): a Parquet cache in the run dir, streamed each epoch.
+"""Training ingest above the object-store budget (issue #10): a Parquet cache in the run dir, streamed each
+epoch.
 
 Tiny phantoms (40 x 32 px) keep the Ray Data passes to a second or two; one short TorchTrainer run proves
 the streamed path trains end to end.
@@ -68,9 +69,11 @@ def test_streamed_rows_and_augmented_batches_equal_the_materialized_ones(ray_loc
     table = pq.read_table(info.uri)
     assert info.rows == table.num_rows == len(split.pairs("train"))
     # The row format holds C mask channels and says which: one ("lungs") today.
-    assert set(table["mask_channels"].to_pylist()) == {1} and set(table["mask_names"].to_pylist()) == {"lungs"}
+    assert (set(table["mask_channels"].to_pylist()) == {1}
+            and set(table["mask_names"].to_pylist()) == {"lungs"})
 
-    streamed, materialized = all_rows(streamed_dataset(info)), all_rows(build_dataset(split.pairs("train"), PRE))
+    streamed, materialized = (all_rows(streamed_dataset(info)),
+                              all_rows(build_dataset(split.pairs("train"), PRE)))
     for name in ("key", "image", "mask"):
         assert np.array_equal(streamed[name], materialized[name]), name
     assert streamed["mask"].shape == (info.rows, 1, 32, 32)
@@ -111,7 +114,8 @@ def test_multi_channel_rows_round_trip_and_augment_like_one_channel():
     images = rng.integers(0, 256, (3, 16, 16), dtype=np.uint8)
     masks = (rng.random((3, 4, 16, 16)) > 0.5).astype(np.uint8)  # e.g. lungs, heart, 2 clavicles
     names = ("lungs", "heart", "left_clavicle", "right_clavicle")
-    rows = cache.to_parquet_rows({"key": np.array([5, 6, 7]), "image_id": np.array(["a", "b", "c"], dtype=object),
+    rows = cache.to_parquet_rows({"key": np.array([5, 6, 7]),
+                                  "image_id": np.array(["a", "b", "c"], dtype=object),
                                   "image": images, "mask": masks}, names)
     assert set(rows["mask_channels"]) == {4} and set(rows["mask_names"]) == {"|".join(names)}
     back = cache.from_parquet_rows(rows)
@@ -150,7 +154,7 @@ def test_a_split_several_times_the_budget_trains_streamed(ray_local, small_set, 
     caches = sorted(os.listdir(os.path.join(result.run_dir, "cache")))
     assert [name.split("-")[0] for name in caches] == ["train", "val"]
     markers = [cache.read_marker(os.path.join(result.run_dir, "cache", name)) for name in caches]
-    for marker, split_name in zip(markers, ("train", "val")):
+    for marker, split_name in zip(markers, ("train", "val"), strict=True):
         assert marker["rows"] == len(split.pairs(split_name)) and marker["split_digest"] == split.digest()
     assert markers[0]["files"] >= 2  # shards of a quarter of the budget at most
     val_keys = cache.read_keys(os.path.join(result.run_dir, "cache", caches[1]))
@@ -169,5 +173,6 @@ def test_cache_in_an_s3_run_dir(ray_local, s3_endpoint, small_set):
     keys = [o["Key"] for o in s3_endpoint.client().list_objects_v2(Bucket=root[5:].split("/")[0])["Contents"]]
     assert sum(k.endswith(".parquet") for k in keys) == first.files >= 3
     assert f"runs/r/cache/train-{first.key}/{cache.MARKER}" in keys
-    streamed, materialized = all_rows(streamed_dataset(again)), all_rows(build_dataset(split.pairs("train"), PRE))
+    streamed, materialized = (all_rows(streamed_dataset(again)),
+                              all_rows(build_dataset(split.pairs("train"), PRE)))
     assert all(np.array_equal(streamed[name], materialized[name]) for name in ("key", "image", "mask"))

@@ -12,8 +12,8 @@ def add_capacity_arguments(p: argparse.ArgumentParser) -> None:
     """--wait-for-capacity / --no-wait (shared by infer and train; see cluster/capacity.py)."""
     wait = p.add_mutually_exclusive_group()
     wait.add_argument("--wait-for-capacity", type=float, metavar="SECONDS",
-                      help="wait up to SECONDS for nodes to join when the plan does not fit yet (default: 900 "
-                      "when joining a cluster with --address/$RAY_ADDRESS, 0 on a local Ray)")
+                      help="wait up to SECONDS for nodes to join when the plan does not fit yet "
+                      "(default: 900 when joining a cluster with --address/$RAY_ADDRESS, 0 on a local Ray)")
     wait.add_argument("--no-wait", action="store_true",
                       help="never wait for nodes: fail at once when the plan does not fit what is up")
 
@@ -44,9 +44,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-actors", type=int, metavar="N",
                    help="inference actors (default: one per GPU, or one per CPU minus a decode share)")
     p.add_argument("--min-actors", type=int, metavar="N",
-                   help="autoscaling pool: start with (and on a growing cluster wait for) N actors (default 1)")
+                   help="autoscaling pool: start with (and on a growing cluster wait for) N actors "
+                   "(default 1)")
     p.add_argument("--max-actors", type=int, metavar="N",
-                   help="autoscaling pool: grow to N actors as nodes join (default: what the cluster can grow to)")
+                   help="autoscaling pool: grow to N actors as nodes join "
+                   "(default: what the cluster can grow to)")
     gpu = p.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", action="store_true",
                      help="one GPU per actor, even when no GPU node is up yet (the autoscaler adds them)")

@@ -85,9 +85,9 @@ def describe_up(bundles: list[dict[str, float]], resources: ClusterResources) ->
     return f"{up:g} up ({len(resources.nodes)} node(s))"
 
 
-def wait_for_plan(make_plan: Callable[[ClusterResources], P], bundles: list[dict[str, float]], timeout_s: float,
-                  what: str = "", report: Callable[[str], None] | None = None, poll_s: float = POLL_S,
-                  report_s: float = REPORT_S) -> P:
+def wait_for_plan(make_plan: Callable[[ClusterResources], P], bundles: list[dict[str, float]],
+                  timeout_s: float, what: str = "", report: Callable[[str], None] | None = None,
+                  poll_s: float = POLL_S, report_s: float = REPORT_S) -> P:
     """`make_plan(alive resources)` as soon as it stops raising PlanError, waiting up to `timeout_s`.
 
     `bundles` is the minimum the plan needs (e.g. [{"CPU": 1, "GPU": 1}] * min_actors + decode CPUs),

@@ -58,7 +58,8 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
 def _warp_mask(mask: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """One SxS mask channel, nearest neighbour: labels stay {0, 1}."""
     size_h, size_w = mask.shape
-    return cv2.warpAffine(mask, matrix, (size_w, size_h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+    return cv2.warpAffine(mask, matrix, (size_w, size_h), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT)
 
 
 def augment_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, config: AugmentConfig):

@@ -152,7 +152,8 @@ def discover(uri: str) -> Discovery:
     if names.is_manifest_name(uri):
         return _discover_manifest(uri)[0]
     if not storage.is_dir(uri):
-        raise FileNotFoundError(f"dataset not found: {uri} (expected a folder, s3:// prefix or manifest file)")
+        raise FileNotFoundError(f"dataset not found: {uri} "
+                                "(expected a folder, s3:// prefix or manifest file)")
     subdirs = _subdirs(uri)
     if "CXR_png" in subdirs and "ManualMask" in subdirs:
         found = _discover_montgomery(uri, subdirs)
@@ -241,7 +242,8 @@ def load_split_dataset(
         found, given = discover(uri), {}
     ids = [p.image_id for p in found.pairs]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"image ids (file stems) are not unique in {uri}; rename or use a manifest with image_id")
+        raise ValueError(f"image ids (file stems) are not unique in {uri}; "
+                         "rename or use a manifest with image_id")
     splits = assign_splits(ids, fractions, seed)
     splits.update(given)
     return SplitDataset(found, splits)

@@ -93,7 +93,8 @@ class InferConfig:
     num_actors: int | None = None  # default: one per GPU, or one per CPU minus the decode share
     min_actors: int | None = None  # autoscaling pool: start with (and wait for) this many (default 1)
     max_actors: int | None = None  # ... and grow up to this many as nodes join (default: what can exist)
-    wait_for_capacity: float | None = None  # seconds to wait for nodes; None: 900 when joining a cluster, else 0
+    # seconds to wait for nodes; None: 900 when joining a cluster, else 0
+    wait_for_capacity: float | None = None
     no_wait: bool = False  # never wait: fail at once when the plan does not fit what is up
     dry_run: bool = False  # list, resume, plan and print; run nothing
     use_gpu: bool | None = None  # None: when the cluster has GPUs
@@ -404,7 +405,8 @@ def elastic_plan(config: InferConfig, resources: ClusterResources):
 
     GPUs: the user's --gpu/--no-gpu, else whether the cluster can have GPUs (some up, or GPU node types in its
     autoscaling config), never a snapshot with no GPU node up yet. One GPU (+1 CPU) or one CPU per actor,
-    so the autoscaler adds nodes of the right type. max: --max-actors, else as many as the cluster can grow to.
+    so the autoscaler adds nodes of the right type. max: --max-actors, else as many as the cluster can grow
+    to.
     """
     use_gpu = capacity.gpus_possible(resources) if config.use_gpu is None else config.use_gpu
     low = config.min_actors or config.num_actors or 1
@@ -418,7 +420,8 @@ def elastic_plan(config: InferConfig, resources: ClusterResources):
         high = config.max_actors or config.num_actors or int(cpus - max(0.5, cpus / 8))
         return replace(plan_inference(res, low, use_gpu=False, cpus_per_actor=1.0), max_actors=max(low, high))
 
-    bundles = [{"CPU": 1.0, "GPU": 1.0} if use_gpu else {"CPU": 1.0}] * low + [{"CPU": 1.0 if use_gpu else 0.5}]
+    bundles = ([{"CPU": 1.0, "GPU": 1.0} if use_gpu else {"CPU": 1.0}] * low
+               + [{"CPU": 1.0 if use_gpu else 0.5}])
     return make_plan, bundles
 
 
@@ -456,7 +459,8 @@ def build_dataset(todo_files: list[str], config: InferConfig, plan_: InferPlan, 
         udf_modifying_row_count=False,
     )
     return ds.map_batches(postprocess_batch, batch_size=batch_size, batch_format="pyarrow",
-                          num_cpus=task_cpus, fn_kwargs={"job": job}, udf_modifying_row_count=False), task_cpus
+                          num_cpus=task_cpus, fn_kwargs={"job": job},
+                          udf_modifying_row_count=False), task_cpus
 
 
 def _json(obj) -> str:
@@ -474,7 +478,8 @@ def _plan_run(config: InferConfig, wait_s: float, dry_run: bool) -> tuple[InferP
         try:
             return make_plan(resources), ""
         except PlanError:
-            return None, (f"not up yet: a run would wait up to {wait_s:g} s for {capacity.describe_need(bundles)} "
+            return None, (f"not up yet: a run would wait up to {wait_s:g} s "
+                          f"for {capacity.describe_need(bundles)} "
                           f"({capacity.describe_up(bundles, resources)} now)")
     return capacity.wait_for_plan(make_plan, bundles, wait_s, what="the minimum of this plan"), ""
 
@@ -529,7 +534,8 @@ def run_inference(config: InferConfig) -> dict:
         for p in range(listing.nparts):
             part = worklist.dedupe(listing.part(p))
             n_inputs += part.num_rows
-            left = worklist.todo(part, worklist.latest(earlier.part(p)), loaded.model_id) if config.resume else part
+            left = (worklist.todo(part, worklist.latest(earlier.part(p)), loaded.model_id)
+                    if config.resume else part)
             n_todo += left.num_rows
             if writer is not None and left.num_rows:
                 writer.add(left)
@@ -544,7 +550,8 @@ def run_inference(config: InferConfig) -> dict:
         # 3. plan (waiting for capacity on a cluster that can grow)
         try:
             connect(config.address)
-            plan_, note = _plan_run(config, wait_s, config.dry_run) if n_todo or config.dry_run else (None, "")
+            plan_, note = (_plan_run(config, wait_s, config.dry_run) if n_todo or config.dry_run
+                           else (None, ""))
         except BaseException:
             storage.delete_dir(todo_uri, config.s3)
             raise
@@ -552,7 +559,8 @@ def run_inference(config: InferConfig) -> dict:
         batch_size = config.batch_size or (GPU_MICRO_BATCH if use_gpu else CPU_BATCH)
         plan_text = plan_.describe() if plan_ else (note or "nothing to run")
         if config.dry_run:
-            summary = {"run_id": run_id, "dry_run": True, "output": config.output, "model_id": loaded.model_id,
+            summary = {"run_id": run_id, "dry_run": True, "output": config.output,
+                       "model_id": loaded.model_id,
                        "inputs_seen": n_inputs, "to_process": n_todo, "skipped_resume": n_inputs - n_todo,
                        "plan": plan_text, "batch_size": batch_size, "list_s": round(t_listed, 3),
                        "wait_for_capacity_s": wait_s}

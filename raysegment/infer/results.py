@@ -261,7 +261,7 @@ class SummaryAccumulator:
             reasons = pc.binary_join_element_wise(
                 pc.cast(pc.fill_null(errors.column("error_stage"), "None"), pa.string()), "/",
                 pc.cast(pc.fill_null(errors.column("error_type"), "None"), pa.string()), "")
-            self.by_reason.update(dict(zip(*_value_counts(reasons))))
+            self.by_reason.update(dict(zip(*_value_counts(reasons), strict=True)))
             for row in errors.slice(0, max(0, self.examples - len(self.error_examples))).to_pylist():
                 self.error_examples.append(_example(row) if "image_uri" in row else (row.get("error") or ""))
         good = table.filter(ok)
@@ -269,7 +269,7 @@ class SummaryAccumulator:
         self.qc_flagged += int(pc.sum(pc.fill_null(good.column("qc_flag"), False)).as_py() or 0)
         reasons = pc.list_flatten(good.column("qc_reasons"))
         if len(reasons):
-            self.qc.update(dict(zip(*_value_counts(reasons))))
+            self.qc.update(dict(zip(*_value_counts(reasons), strict=True)))
         for name in self.MEASURES:
             self.stats.setdefault(name, _Stat()).add(good.column(name), good_keys)
         truth = col("truth_uri") if "truth_uri" in table.column_names else pa.nulls(n, pa.string())
@@ -362,7 +362,8 @@ class _Stat:
 def _hash(strings) -> np.ndarray:
     import pandas as pd
 
-    return pd.util.hash_array(np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object), categorize=False)
+    return pd.util.hash_array(np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object),
+                              categorize=False)
 
 
 def _value_counts(array) -> tuple[list, list]:

@@ -43,7 +43,8 @@ INPUT_SCHEMA = pa.schema([
 ])
 LISTING_SCHEMA = pa.schema([*INPUT_SCHEMA, ("ordinal", pa.int64())])  # ordinal: position in the listing
 _INDEX_COLUMNS = list(dict.fromkeys(["image_uri", *KEY_COLUMNS, *IDENTITY_COLUMNS, *SUMMARY_COLUMNS]))
-INDEX_SCHEMA = pa.schema([SCHEMA.field(c).with_nullable(True) for c in _INDEX_COLUMNS] + [("seq", pa.int64())])
+INDEX_SCHEMA = pa.schema([SCHEMA.field(c).with_nullable(True) for c in _INDEX_COLUMNS]
+                         + [("seq", pa.int64())])
 
 
 def partition_of(uris: pa.Array | pa.ChunkedArray, nparts: int = NPARTS) -> np.ndarray:
@@ -56,7 +57,8 @@ def partition_of(uris: pa.Array | pa.ChunkedArray, nparts: int = NPARTS) -> np.n
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """`table` with exactly `schema`'s columns (missing ones null), cast to its types."""
-    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names
+            else pa.nulls(table.num_rows, f.type)
             for f in schema]
     return pa.Table.from_arrays(cols, schema=schema)
 
@@ -129,8 +131,8 @@ class Partitioner:
 def _folder_rows(uri: str, exclude: tuple[str, ...], s3: storage.S3Options | None) -> Iterator[dict]:
     """The folder's inputs as listing rows, streamed (io/inputs.iter_folder owns the name rules)."""
     for item in iter_folder(uri, exclude, s3):
-        yield {"image_uri": item.uri, "key": item.key, "input_size": item.size, "input_mtime_ns": item.mtime_ns,
-               "input_etag": item.etag}
+        yield {"image_uri": item.uri, "key": item.key, "input_size": item.size,
+               "input_mtime_ns": item.mtime_ns, "input_etag": item.etag}
 
 
 def _manifest_batches(uri: str) -> Iterator[pa.RecordBatch]:
@@ -197,20 +199,23 @@ def _manifest_tables(uri: str, column: str | None) -> Iterator[pa.Table]:
             keys = pc.if_else(inside, pc.utf8_slice_codeunits(paths, len(common.rstrip("/")) + 1), paths)
             if not pc.all(inside).as_py():  # rare: fall back to relpath for those
                 keys = pa.array([k if ok else posixpath.relpath(p, common) for k, ok, p in
-                                 zip(keys.to_pylist(), inside.to_pylist(), paths.to_pylist())], pa.string())
+                                 zip(keys.to_pylist(), inside.to_pylist(), paths.to_pylist(), strict=True)],
+                                pa.string())
         else:
             keys = paths
         odd = pc.match_substring_regex(keys, _NEEDS_SANITIZING)
         if pc.any(odd).as_py():  # rare: names.stable_key for those (Python), the rest stay as they are
             keys = pa.array([stable_key(k, u) if o else k for k, o, u in
-                             zip(keys.to_pylist(), odd.to_pylist(), uris.to_pylist(), strict=True)], pa.string())
+                             zip(keys.to_pylist(), odd.to_pylist(), uris.to_pylist(), strict=True)],
+                            pa.string())
         n = len(uris)
         cols = set(batch.schema.names)
         etag = pc.cast(batch.column("etag"), pa.string()) if "etag" in cols else pa.nulls(n, pa.string())
         yield pa.table({
             "image_uri": uris, "key": keys,
             "input_size": _ints(batch.column("size")) if "size" in cols else pa.nulls(n, pa.int64()),
-            "input_mtime_ns": _ints(batch.column("mtime_ns")) if "mtime_ns" in cols else pa.nulls(n, pa.int64()),
+            "input_mtime_ns": (_ints(batch.column("mtime_ns")) if "mtime_ns" in cols
+                               else pa.nulls(n, pa.int64())),
             "input_etag": pc.if_else(pc.equal(etag, ""), pa.scalar(None, pa.string()), etag),
         })
 
@@ -279,7 +284,8 @@ def dedupe(listing: pa.Table) -> pa.Table:
 
 def index_files(files: list[str], partitioner: Partitioner, first_seq: int = 0) -> int:
     """Append the summary/identity columns of result `files` (in order) to `partitioner`; `seq` numbers
-    rows in reading order (read_results' tie-break). Unreadable (torn) files are skipped. Returns the next seq."""
+    rows in reading order (read_results' tie-break). Unreadable (torn) files are skipped. Returns the next
+    seq."""
     from raysegment.infer.results import _read_file
 
     seq = first_seq

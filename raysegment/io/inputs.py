@@ -98,7 +98,8 @@ def iter_folder(uri: str, exclude: tuple[str, ...] = (), s3: storage.S3Options |
         yield InputItem(entry.uri, key, entry.size, entry.mtime_ns, entry.etag)
 
 
-def list_folder(uri: str, exclude: tuple[str, ...] = (), s3: storage.S3Options | None = None) -> list[InputItem]:
+def list_folder(uri: str, exclude: tuple[str, ...] = (),
+                s3: storage.S3Options | None = None) -> list[InputItem]:
     """Images under a local folder or s3:// prefix, sorted by URI."""
     return sorted(iter_folder(uri, exclude, s3), key=lambda item: item.uri)
 

@@ -56,11 +56,13 @@ def estimate_bytes(rows: int, size: int, channels: int) -> int:
 def shard_rows(budget_bytes: int, size: int, channels: int) -> int:
     """Rows per Parquet file: a quarter of the budget (at most 64 MiB), so a few files in flight fit in it.
     Budget 0 (always stream): 64 MiB."""
-    target = min(MAX_SHARD_BYTES, max(MIN_SHARD_BYTES, budget_bytes // 4)) if budget_bytes > 0 else MAX_SHARD_BYTES
+    target = (min(MAX_SHARD_BYTES, max(MIN_SHARD_BYTES, budget_bytes // 4)) if budget_bytes > 0
+              else MAX_SHARD_BYTES)
     return max(1, target // row_bytes(size, channels))
 
 
-def cache_key(split_name: str, split_digest: str, preprocess: PreprocessConfig, mask_names: Sequence[str]) -> str:
+def cache_key(split_name: str, split_digest: str, preprocess: PreprocessConfig,
+              mask_names: Sequence[str]) -> str:
     """16 hex digits identifying the rows a cache holds (see the module docstring)."""
     ident = {"format": CACHE_FORMAT, "split": split_name, "split_digest": split_digest,
              "preprocess": preprocess.to_dict(), "mask_names": list(mask_names)}
@@ -126,7 +128,8 @@ def read_keys(uri: str) -> np.ndarray:
 
 
 def _remove_stale(root: str, split_name: str, keep: str) -> None:
-    """Delete this split's caches under `root` other than `keep` (older keys: data or preprocessing changed)."""
+    """Delete this split's caches under `root` other than `keep` (older keys: data or preprocessing
+    changed)."""
     fs, path = storage.filesystem(root)
     for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
         name = info.base_name
@@ -135,7 +138,8 @@ def _remove_stale(root: str, split_name: str, keep: str) -> None:
 
 
 def ensure_cache(root: str, split_name: str, split_digest: str, preprocess: PreprocessConfig,
-                 mask_names: Sequence[str], decoded: Callable[[], ray.data.Dataset], rows_per_file: int) -> CacheInfo:
+                 mask_names: Sequence[str], decoded: Callable[[], ray.data.Dataset],
+                 rows_per_file: int) -> CacheInfo:
     """The complete cache of one split under `root`, built now if none with this key is complete.
 
     `decoded` returns the (lazy) Ray Dataset of decoded rows; it is only called when building. Building
@@ -146,9 +150,11 @@ def ensure_cache(root: str, split_name: str, split_digest: str, preprocess: Prep
     uri = storage.join(root, name)
     marker = read_marker(uri)
     if marker is not None and marker.get("key") == key:
-        return CacheInfo(uri, key, int(marker["rows"]), int(marker["files"]), int(marker["bytes"]), reused=True)
+        return CacheInfo(uri, key, int(marker["rows"]), int(marker["files"]), int(marker["bytes"]),
+                         reused=True)
 
-    storage.delete_dir(uri)  # a half-written earlier attempt is never trusted: write_parquet would append to it
+    # a half-written earlier attempt is never trusted: write_parquet would append to it
+    storage.delete_dir(uri)
     fs, path = storage.filesystem(uri)
     ds = decoded().map_batches(to_parquet_rows, fn_kwargs={"mask_names": tuple(mask_names)}, batch_size=None,
                                batch_format="numpy")
@@ -161,7 +167,8 @@ def ensure_cache(root: str, split_name: str, split_digest: str, preprocess: Prep
     storage.write_text(storage.join(uri, MARKER), json.dumps({
         "format": CACHE_FORMAT, "key": key, "split": split_name, "split_digest": split_digest,
         "preprocess": preprocess.to_dict(), "mask_names": list(mask_names), "rows": info.rows,
-        "files": info.files, "bytes": info.bytes, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": info.files, "bytes": info.bytes,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, indent=2))
     _remove_stale(root, split_name, keep=name)
     return info

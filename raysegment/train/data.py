@@ -150,7 +150,8 @@ class Ingest:
 
 def build_datasets(split: SplitDataset, config: TrainConfig, run_dir: str, split_digest: str) -> Ingest:
     """Train and val datasets: materialized when their preprocessed arrays fit in data.object_store_budget_mb,
-    else a Parquet cache in RUN_DIR/cache (built once per split digest + preprocessing) streamed each epoch."""
+    else a Parquet cache in RUN_DIR/cache (built once per split digest + preprocessing) streamed each
+    epoch."""
     pairs = {name: split.pairs(name) for name in ("train", "val")}
     size, channels = config.preprocess.size, len(MASK_NAMES)
     estimate = cache.estimate_bytes(sum(len(p) for p in pairs.values()), size, channels)
@@ -165,7 +166,8 @@ def build_datasets(split: SplitDataset, config: TrainConfig, run_dir: str, split
     root = storage.join(run_dir, "cache")
     per_file = cache.shard_rows(budget, size, channels)
     caches = {name: cache.ensure_cache(root, name, split_digest, config.preprocess, MASK_NAMES,
-                                       lambda p=p: decoded_dataset(p, config.preprocess, max_blocks=CACHE_BUILD_BLOCKS),
+                                       lambda p=p: decoded_dataset(p, config.preprocess,
+                                                                   max_blocks=CACHE_BUILD_BLOCKS),
                                        per_file)
               for name, p in pairs.items()}
     val_keys = cache.read_keys(caches["val"].uri) if caches["val"].files else []
