@@ -136,14 +136,14 @@ def odd_archive(synth_generic, tmp_path_factory):
 
 _READ_AS_USER = """
 import json, sys
-from raysegment.infer.pipeline import INPUT_SCHEMA, _decode_row
+from raysegment.infer.pipeline import _decode_row, _read_row
 from raysegment.data.preprocess import PreprocessConfig
 from raysegment.io import storage
 from raysegment.io.inputs import list_inputs
 rows = []
 for item in list_inputs(sys.argv[1]):
     row = {"image_uri": item.uri, "input_size": item.size}
-    _decode_row(row, PreprocessConfig(size=64), None, storage.S3Options())
+    _decode_row(row, _read_row(row, storage.S3Options()), PreprocessConfig(size=64), None)
     rows.append({"uri": item.uri, "status": row["status"], "stage": row.get("error_stage"),
                  "error": row.get("error")})
 print(json.dumps(rows))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from raysegment.data.augment import AugmentConfig, augment_batch
@@ -207,6 +207,9 @@ def test_property_round_trip_for_random_sizes_and_aspect_ratios(height, width, r
                 and abs(2 * geo.left + geo.inner_width - size) <= 1)
     else:
         assert (geo.top, geo.left, geo.inner_height, geo.inner_width) == (0, 0, size, size)
+    # The mask block below must span a few model pixels to come back at all: a 20x272 film letterboxed into
+    # 32 px is 2 px tall, where any quarter-height block vanishes (information lost, not a mapping error).
+    assume(min(geo.inner_height, geo.inner_width) >= 8)
     mask = np.zeros((height, width), bool)
     mask[height // 4 : height // 2, width // 5 : width // 2] = True  # upper-left block
     _, geo_img = preprocess_image(mask.astype(np.float32), cfg)
