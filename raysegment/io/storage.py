@@ -196,7 +196,8 @@ def iter_local_tree(uri: str) -> Iterator[FileEntry]:
         raise FileNotFoundError(f"no such folder or prefix: {uri}")
     if not os.path.isdir(root):  # one file given as the input: itself
         st = os.stat(root)
-        yield FileEntry(names.path_to_uri(root), int(st.st_size), int(st.st_mtime_ns), None, _kind(st.st_mode))
+        yield FileEntry(names.path_to_uri(root), int(st.st_size), int(st.st_mtime_ns), None,
+                        _kind(st.st_mode))
         return
     seen: set[tuple[int, int]] = set()
 
