@@ -164,14 +164,8 @@ class LocalCluster:
     def kill_node(self, temp_dir: str) -> int:
         """SIGKILL one worker node (raylet, its agents and workers), as a spot interruption would; by PID.
         Returns how many processes were killed."""
-        psutil = _psutil()
         procs = self._processes(temp_dir)
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=10)
+        _kill(procs)
         return len(procs)
 
     def alive_nodes(self) -> int:
@@ -265,12 +259,7 @@ class LocalCluster:
                 except psutil.Error:
                     pass
             _, alive = psutil.wait_procs(procs, timeout=5)
-            for proc in alive:  # e.g. gcs_server can ignore SIGTERM
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
-            psutil.wait_procs(alive, timeout=10)
+            _kill(alive)  # e.g. gcs_server can ignore SIGTERM
         return len(signalled)
 
     def cleanup(self) -> None:
@@ -288,3 +277,14 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _kill(procs: list) -> None:
+    """SIGKILL these processes (by PID, those still there) and wait for them."""
+    psutil = _psutil()
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)
