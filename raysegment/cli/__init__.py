@@ -19,6 +19,7 @@ COMMANDS = {
     "train": "raysegment.cli.train",
     "export": "raysegment.model.export",
     "evaluate": "raysegment.evaluation.evaluate",
+    "calibrate": "raysegment.cli.calibrate",
     "show": "raysegment.viz.show",
     "demo": "raysegment.demo",
 }

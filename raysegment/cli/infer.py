@@ -38,6 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-largest", type=int, default=2, metavar="K",
                    help="keep the K largest components (default 2: two lungs; 0 keeps all)")
     p.add_argument("--no-fill-holes", action="store_true", help="do not fill holes in the masks")
+    p.add_argument("--quality-threshold", type=float, metavar="Q",
+                   help="QC: flag masks whose quality_score (predicted dice) is below Q (default: the threshold "
+                   "stored with the checkpoint's calibration)")
     p.add_argument("--pixel-spacing", type=float, metavar="MM",
                    help="pixel spacing (mm) for images that do not carry one (PNG/JPEG): enables cm2 and hd95_mm")
     p.add_argument("--no-resume", action="store_true", help="process every input even if done before")
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         ground_truth=args.ground_truth, manifest_column=args.manifest_column, limit=args.limit,
         batch_size=args.batch_size, num_actors=args.num_actors, use_gpu=False if args.no_gpu else None,
         torch_threads=args.torch_threads, threshold=args.threshold,
-        postprocess=PostprocessConfig(keep_largest=args.keep_largest, fill_holes=not args.no_fill_holes),
+        postprocess=PostprocessConfig(keep_largest=args.keep_largest, fill_holes=not args.no_fill_holes,
+                                      min_quality_score=args.quality_threshold),
         pixel_spacing_mm=args.pixel_spacing, resume=not args.no_resume, rows_per_file=args.rows_per_file,
         s3=s3, address=args.address,
     )

@@ -12,7 +12,10 @@ used. When the checkpoint records the digest of its training split and the split
 a warning says so: test images might have been training images.
 
 Outputs in --out (local or s3://): per_image.parquet, per_image.csv (one row per image, errors included),
-summary.json (mean / sd / median / min / max per metric, micro dice, the worst cases).
+summary.json (mean / sd / median / min / max per metric, micro dice, the worst cases). When the checkpoint
+carries a QC calibration (`raysegment calibrate`), every row also gets quality_score exactly as infer
+computes it, summary.json a "qc" report (Spearman / Pearson / MAE of quality_score vs dice, which masks with
+dice < 0.85 / 0.90 were flagged; evaluation/qc_report.py) and qc_scatter.png plots predicted vs real dice.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def select_pairs(data: str, split: str, split_digest: str | None = None) -> tupl
 
 
 def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
-                   threshold: float | None = None, progress: bool = False) -> list[dict]:
+                   threshold: float | None = None, progress: bool = False, calibration=None) -> list[dict]:
     """Predict and score each pair. Rows carry status "error" (and the reason) for unreadable images or masks.
 
     Batching only groups the decode work and the forward calls: forward_probabilities runs the same
@@ -77,7 +80,7 @@ def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
     from raysegment.data.datasets import load_mask
     from raysegment.data.preprocess import preprocess_image
     from raysegment.evaluation.metrics import image_metrics, json_safe
-    from raysegment.infer.postprocess import PostprocessConfig, postprocess, qc_reasons
+    from raysegment.infer.postprocess import PostprocessConfig, postprocess, qc_reasons, split_reasons
     from raysegment.infer.predict import forward_probabilities
     from raysegment.io import storage
     from raysegment.io.decode import decode_image
@@ -105,11 +108,12 @@ def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
         probs = forward_probabilities(loaded.model, np.stack([d[3] for d in decoded]))
         for (row, pair, image, _, geo), prob in zip(decoded, probs):
             seg = postprocess(prob, geo, threshold, post)
-            reasons = qc_reasons(seg, post)
+            quality = calibration.score(seg) if calibration else None  # as infer does
+            reasons, notes = split_reasons(qc_reasons(seg, post, quality, calibration and calibration.threshold))
             meta = image.meta
             row.update(height=meta.height, width=meta.width, lung_fraction=seg.fraction,
                        mean_confidence=json_safe(seg.mean_confidence), qc_flag=bool(reasons),
-                       qc_reasons=reasons)
+                       qc_reasons=reasons, qc_notes=notes, quality_score=quality)
             try:
                 truth = load_mask(pair.mask_uris, seg.mask.shape, pair.image_uri)
             except Exception as e:  # noqa: BLE001 - same for a bad mask file
@@ -182,7 +186,7 @@ def write_outputs(rows: list[dict], summary: dict, out: str) -> list[str]:
     from raysegment.io import storage
 
     columns = ["image_id", "split", "status", "error", *REPORT_METRICS, "tp", "fp", "fn", "height", "width",
-               "lung_fraction", "mean_confidence", "qc_flag", "qc_reasons", "image_uri", "truth_uri"]
+               "lung_fraction", "mean_confidence", "quality_score", "qc_flag", "qc_reasons", "image_uri", "truth_uri"]
     frame = pd.DataFrame(rows).reindex(columns=columns)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
@@ -192,19 +196,30 @@ def write_outputs(rows: list[dict], summary: dict, out: str) -> list[str]:
     storage.write_bytes(uris[0], buf.getvalue())
     storage.write_text(uris[1], csv.to_csv(index=False))
     storage.write_text(uris[2], json.dumps(json_safe(summary), indent=2) + "\n")
+    if "qc" in summary:
+        from raysegment.evaluation.qc_report import scatter_png
+
+        uris.append(storage.join(out, "qc_scatter.png"))
+        storage.write_bytes(uris[-1], scatter_png([r.get("dice") for r in rows], [r.get("quality_score") for r in rows],
+                                                  [r.get("qc_flag") for r in rows], summary["qc"]["threshold"]))
     return uris
 
 
 
 def evaluate(checkpoint: str, data: str | None = None, split: str = "test", out: str | None = None,
-             batch_size: int = 8, threshold: float | None = None, progress: bool = False) -> Evaluation:
+             batch_size: int = 8, threshold: float | None = None, progress: bool = False,
+             quality_threshold: float | None = None) -> Evaluation:
     """Evaluate `checkpoint` on `split` of `data` (see the module docstring); writes to `out` when given."""
+    from raysegment.infer.postprocess import PostprocessConfig
+    from raysegment.infer.quality import load_calibration
     from raysegment.io import storage
     from raysegment.model.checkpoint import load_model
 
     if split not in SPLIT_CHOICES:
         raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
     loaded = load_model(checkpoint)
+    calibration = load_calibration(checkpoint, loaded.model_id)  # quality_score exactly as infer computes it
+    post = PostprocessConfig(min_quality_score=quality_threshold)
     if data is None:
         data = default_manifest(checkpoint)
         if not storage.exists(data):
@@ -216,13 +231,22 @@ def evaluate(checkpoint: str, data: str | None = None, split: str = "test", out:
     if not pairs:
         raise ValueError(f"the '{split}' split of {data} is empty")
     t0 = time.perf_counter()
-    rows = evaluate_pairs(loaded, pairs, batch_size, threshold=threshold, progress=progress)
+    rows = evaluate_pairs(loaded, pairs, batch_size, post, threshold=threshold, progress=progress,
+                          calibration=calibration)
     wall = time.perf_counter() - t0
     for row in rows:
         row["split"] = split
     summary = {"checkpoint": checkpoint, "model_id": loaded.model_id, "data": data, "split": split,
                "threshold": loaded.spec.threshold if threshold is None else threshold,
                "split_warning": warning, **summarize_rows(rows), "wall_s": round(wall, 3)}
+    if calibration:
+        from raysegment.evaluation.qc_report import qc_report
+
+        ok = [r for r in rows if r["status"] == "ok"]
+        summary["calibration_id"] = calibration.calibration_id
+        summary["qc"] = qc_report([r["dice"] for r in ok], [r["quality_score"] for r in ok],
+                                  [r["qc_flag"] for r in ok],
+                                  calibration.threshold if quality_threshold is None else quality_threshold)
     if out:
         write_outputs(rows, summary, out)
     return Evaluation(rows, summary, out)
@@ -242,6 +266,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images decoded and run per step")
     p.add_argument("--threshold", type=float, default=None,
                    help="probability threshold (default: the checkpoint's)")
+    p.add_argument("--quality-threshold", type=float, default=None, metavar="Q",
+                   help="QC: flag quality_score below Q (default: the checkpoint calibration's threshold)")
     add_s3_arguments(p)
     p.set_defaults(func=run)
 
@@ -253,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or storage.join(storage.parent(args.checkpoint), f"evaluate_{args.split}")
     try:
         result = evaluate(args.checkpoint, args.data, args.split, out, max(1, args.batch_size),
-                          args.threshold, progress=True)
+                          args.threshold, progress=True, quality_threshold=args.quality_threshold)
     except (FileNotFoundError, ValueError) as e:
         print(f"raysegment evaluate: {e}", file=sys.stderr)
         return 1
@@ -261,5 +287,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluated {s['checkpoint']} (model {s['model_id']}) on the '{s['split']}' split of {s['data']}: "
           f"{s['scored']} of {s['images']} images scored in {s['wall_s']:.1f}s, {s['qc_flagged']} QC-flagged")
     print(format_summary(s))
-    print(f"wrote {storage.join(out, 'per_image.parquet')}, per_image.csv, summary.json")
+    if "qc" in s:
+        from raysegment.evaluation.qc_report import format_qc_report
+
+        print(format_qc_report(s["qc"]))
+    print(f"wrote {storage.join(out, 'per_image.parquet')}, per_image.csv, summary.json"
+          + (", qc_scatter.png" if "qc" in s else ""))
     return 0

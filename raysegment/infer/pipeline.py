@@ -40,7 +40,8 @@ from raysegment.cluster.plan import ClusterResources, InferPlan, cluster_resourc
 from raysegment.data.datasets import discover, load_mask
 from raysegment.data.preprocess import PreprocessConfig, geometry, preprocess_image
 from raysegment.evaluation.metrics import image_metrics, json_safe
-from raysegment.infer.postprocess import PostprocessConfig, postprocess, qc_reasons
+from raysegment.infer.postprocess import PostprocessConfig, postprocess, qc_reasons, split_reasons
+from raysegment.infer.quality import Calibration, load_calibration
 from raysegment.infer.results import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -238,6 +239,7 @@ class PostprocessJob:
     postprocess: PostprocessConfig
     masks_out: str | None
     s3: storage.S3Options
+    calibration: Calibration | None = None  # quality_score; None: the checkpoint has no calibration.json
 
 
 def _finite(value: float) -> float | None:
@@ -247,7 +249,8 @@ def _finite(value: float) -> float | None:
 def _finish_row(row: dict, job: PostprocessJob) -> dict:
     out = {name: row.get(name) for name in SCHEMA.names if name in row}
     out.update(schema_version=SCHEMA_VERSION, run_id=job.run_id, model_id=job.model_id,
-               package_version=raysegment.__version__)
+               package_version=raysegment.__version__,
+               calibration_id=job.calibration.calibration_id if job.calibration else None)
     if row["status"] != "ok":
         return out
     t0 = time.perf_counter()
@@ -258,14 +261,16 @@ def _finish_row(row: dict, job: PostprocessJob) -> dict:
         prob = np.frombuffer(row["prob"], np.uint8).reshape(size, size)
         seg = postprocess(prob, geometry(row["height"], row["width"], job.preprocess), job.threshold,
                           job.postprocess)
-        reasons = qc_reasons(seg, job.postprocess)
+        quality = job.calibration.score(seg) if job.calibration else None
+        flags, notes = split_reasons(qc_reasons(seg, job.postprocess, quality,
+                                                job.calibration.threshold if job.calibration else None))
         measured = {
             "mask_png": encode_mask_png(seg.mask), "threshold": job.threshold, "lung_area_px": seg.area_px,
             "lung_fraction": seg.fraction, "right_lung_area_px": seg.right_area_px,
             "left_lung_area_px": seg.left_area_px,
             "lung_area_cm2": seg.area_px * spacing[0] * spacing[1] / 100.0 if spacing else None,
             "n_components": seg.n_components, "mean_confidence": _finite(seg.mean_confidence),
-            "qc_flag": bool(reasons), "qc_reasons": reasons,
+            "qc_flag": bool(flags), "qc_reasons": flags, "qc_notes": notes, "quality_score": quality,
         }
         if job.masks_out:
             measured["mask_uri"] = storage.join(job.masks_out, mask_key(row["key"]))
@@ -362,6 +367,8 @@ def run_inference(config: InferConfig) -> dict:
 
     storage.set_default_s3_options(config.s3)
     loaded = load_model(config.checkpoint)  # fail here, before any Ray work, on a bad checkpoint
+    calibration = load_calibration(config.checkpoint, loaded.model_id)
+    calibration_id = calibration.calibration_id if calibration else None
     connect(config.address)
     run_id = config.run_id or new_run_id()
     threshold = loaded.spec.threshold if config.threshold is None else config.threshold
@@ -370,7 +377,7 @@ def run_inference(config: InferConfig) -> dict:
     truth = _truth_index(config.ground_truth) if config.ground_truth else {}
     done = done_inputs(config.output) if config.resume else {}
     todo = [i for i in items if not is_done(done.get(i.uri), loaded.model_id, i.size, i.mtime_ns, i.etag,
-                                            truth.get(i.image_id))]
+                                            truth.get(i.image_id), calibration_id)]
     plan_ = plan(config, cluster_resources())
     use_gpu = plan_.use_gpu
     batch_size = config.batch_size or (GPU_MICRO_BATCH if use_gpu else CPU_BATCH)
@@ -378,10 +385,14 @@ def run_inference(config: InferConfig) -> dict:
     print(f"raysegment infer {run_id}: {len(items)} inputs, {len(todo)} to do, {len(items) - len(todo)} done "
           f"earlier (resume); model {loaded.model_id}; {plan_.describe()}; batch {batch_size}; -> {out_uri}",
           flush=True)
+    if calibration is None:
+        print("  no calibration.json in the checkpoint: quality_score stays empty (run `raysegment calibrate`)",
+              flush=True)
     job = PostprocessJob(run_id, loaded.model_id, threshold, loaded.spec.preprocess, config.postprocess,
-                         config.masks_out, config.s3)
+                         config.masks_out, config.s3, calibration)
     storage.write_text(storage.join(out_uri, "run.json"), _json({
         "run_id": run_id, "config": asdict(config), "model_id": loaded.model_id, "threshold": threshold,
+        "calibration_id": calibration_id,
         "plan": asdict(plan_), "batch_size": batch_size, "inputs": len(items), "todo": len(todo),
         "schema_version": SCHEMA_VERSION, "versions": versions(),
     }))
@@ -402,7 +413,7 @@ def run_inference(config: InferConfig) -> dict:
     written = read_results(config.output, columns=["run_id"], all_rows=True)
     written_now = int(pc.sum(pc.equal(written.column("run_id"), run_id)).as_py() or 0) if written.num_rows else 0
     summary = {
-        "run_id": run_id, "output": config.output, "model_id": loaded.model_id,
+        "run_id": run_id, "output": config.output, "model_id": loaded.model_id, "calibration_id": calibration_id,
         "inputs_seen": len(items), "processed": len(todo), "rows_written": written_now,
         "skipped_resume": len(items) - len(todo),
         "missing": len(items) - table.num_rows,  # inputs without any row: must be 0
@@ -429,6 +440,10 @@ def format_summary(s: dict) -> str:
         lines += [f"    {e}" for e in s["error_examples"]]
     lines.append(f"  QC flagged: {s['qc_flagged']}" + (
         " (" + ", ".join(f"{k} x{v}" for k, v in s["qc_reasons"].items()) + ")" if s["qc_reasons"] else ""))
+    if s.get("quality_scored"):
+        q = s["quality_score"]
+        lines.append(f"  quality_score (predicted dice): median {q['median']:.3f}, min {q['min']:.3f} over "
+                     f"{s['quality_scored']} images; {s['quality_flagged']} below the threshold")
     if "metrics" in s:
         m = s["metrics"]
         parts = [f"{name} mean {m[name]['mean']:.4f} median {m[name]['median']:.4f}"

@@ -107,7 +107,8 @@ SCHEMA = pa.schema([
 
 # What resume and the summary need (everything but the masks).
 KEY_COLUMNS = ("image_uri", "run_id", "status")
-IDENTITY_COLUMNS = ("model_id", "input_size", "input_mtime_ns", "input_etag", "truth_uri")
+IDENTITY_COLUMNS = ("model_id", "calibration_id", "schema_version", "input_size", "input_mtime_ns", "input_etag",
+                    "truth_uri")
 
 
 def runs_uri(output: str) -> str:
@@ -180,10 +181,13 @@ def done_inputs(output: str) -> dict[str, dict]:
 
 
 def is_done(previous: dict | None, model_id: str, size: int | None, mtime_ns: int | None, etag: str | None,
-            truth_uri: str | None) -> bool:
-    """Can resume skip an input: a previous ok row with the same model, the same ground-truth file(s) (so a
-    rerun with --ground-truth adds metrics), and the file unchanged in whatever we know of it now?"""
+            truth_uri: str | None, calibration_id: str | None = None) -> bool:
+    """Can resume skip an input: a previous ok row of this schema version with the same model and QC
+    calibration (quality_score and flags depend on it), the same ground-truth file(s) (so a rerun with
+    --ground-truth adds metrics), and the file unchanged in whatever we know of it now?"""
     if previous is None or previous.get("model_id") != model_id or previous.get("truth_uri") != truth_uri:
+        return False
+    if previous.get("calibration_id") != calibration_id or previous.get("schema_version") != SCHEMA_VERSION:
         return False
     for now, before in ((size, previous.get("input_size")), (mtime_ns, previous.get("input_mtime_ns")),
                         (etag, previous.get("input_etag"))):
@@ -194,8 +198,8 @@ def is_done(previous: dict | None, model_id: str, size: int | None, mtime_ns: in
 
 # --- summary ------------------------------------------------------------------------------------
 
-SUMMARY_COLUMNS = ["status", "error_stage", "error_type", "error", "qc_flag", "qc_reasons", "lung_fraction",
-                   "mean_confidence", "truth_uri", "truth_error", *GT_METRICS, "tp", "fp", "fn", "total_ms"]
+SUMMARY_COLUMNS = ["status", "error_stage", "error_type", "error", "qc_flag", "qc_reasons", "qc_notes",
+                   "quality_score", "lung_fraction", "mean_confidence", "truth_uri", "truth_error", *GT_METRICS, "tp", "fp", "fn", "total_ms"]
 
 
 def _example(row: dict) -> str:
@@ -211,6 +215,8 @@ def summarize_results(table: pa.Table, examples: int = 5) -> dict:
     errors = [r for r in rows if r["status"] != "ok"]
     by_reason = Counter(f"{r['error_stage']}/{r['error_type']}" for r in errors)
     qc = Counter(reason for r in ok for reason in (r["qc_reasons"] or []))
+    notes = Counter(note for r in ok for note in (r.get("qc_notes") or []))
+    quality = [r["quality_score"] for r in ok if r.get("quality_score") is not None]
     out = {
         "images": len(rows),
         "ok": len(ok),
@@ -219,6 +225,10 @@ def summarize_results(table: pa.Table, examples: int = 5) -> dict:
         "error_examples": [_example(r) for r in errors[:examples]],
         "qc_flagged": sum(1 for r in ok if r["qc_flag"]),
         "qc_reasons": dict(qc.most_common()),
+        "qc_notes": dict(notes.most_common()),
+        "quality_flagged": qc.get("low_quality_score", 0),  # ok rows whose quality_score is below the threshold
+        "quality_scored": len(quality),  # ok rows with a quality_score (the checkpoint has a calibration)
+        "quality_score": summarize(np.array(quality, dtype=np.float64)),
         "lung_fraction": summarize(np.array([r["lung_fraction"] for r in ok], dtype=np.float64)),
         "mean_confidence": summarize(np.array([r["mean_confidence"] for r in ok], dtype=np.float64)),
     }
