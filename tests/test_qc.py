@@ -225,3 +225,16 @@ def test_infer_and_evaluate_score_alike_flag_bad_inputs_and_resume_on_recalibrat
     rows = read_results(out).to_pylist()
     assert all("low_quality_score" in r["qc_reasons"] for r in rows
                if r["quality_score"] < 0.99 and r["qc_reasons"] != ["no_lung"])
+
+
+def test_show_qc_flagged_orders_by_quality_score():
+    from raysegment.viz.show import select_rows
+
+    table = pa.Table.from_pylist([
+        {"image_uri": "a.png", "status": "ok", "qc_flag": True, "quality_score": 0.80, "mean_confidence": 0.5},
+        {"image_uri": "b.png", "status": "ok", "qc_flag": True, "quality_score": 0.30, "mean_confidence": 0.9},
+        {"image_uri": "c.png", "status": "ok", "qc_flag": True, "quality_score": None, "mean_confidence": 0.2},
+        {"image_uri": "d.png", "status": "ok", "qc_flag": False, "quality_score": 0.10, "mean_confidence": 0.9},
+    ])
+    rows, _ = select_rows(table, qc_flagged=True)
+    assert [r["image_uri"] for r in rows] == ["b.png", "a.png", "c.png"]  # lowest predicted dice first
