@@ -30,7 +30,7 @@ from raysegment.infer.postprocess import (
     split_lungs,
 )
 from raysegment.infer.predict import forward_probabilities, predict
-from raysegment.infer.results import SCHEMA, is_done, read_results
+from raysegment.infer.results import SCHEMA, SCHEMA_VERSION, is_done, read_results
 from raysegment.io.decode import decode_mask, decode_mask_png, encode_png
 from raysegment.io.inputs import list_inputs, mask_key, read_manifest, sanitize_key
 from raysegment.io.names import is_input_name as is_image_name
@@ -335,7 +335,8 @@ def test_listing_filters_names_and_reads_manifests(tmp_path):
 
 
 def test_is_done_needs_same_model_truth_and_identity():
-    before = {"model_id": "m1", "input_size": 10, "input_mtime_ns": 5, "input_etag": None, "truth_uri": None}
+    before = {"model_id": "m1", "input_size": 10, "input_mtime_ns": 5, "input_etag": None, "truth_uri": None,
+              "schema_version": SCHEMA_VERSION, "calibration_id": None}
     assert is_done(before, "m1", 10, 5, None, None)
     assert is_done(before, "m1", None, None, None, None)  # a manifest without identity columns
     assert not is_done(None, "m1", 10, 5, None, None)  # never done ok (or only errors)

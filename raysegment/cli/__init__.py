@@ -21,7 +21,7 @@ from raysegment.errors import RetryableError, UserError
 
 # name -> module that implements it (module.add_parser registers the subcommand).
 COMMANDS = {name: f"raysegment.cli.{name}"
-            for name in ("infer", "synth", "train", "export", "evaluate", "show", "demo")}
+            for name in ("infer", "synth", "train", "export", "evaluate", "calibrate", "show", "demo")}
 
 
 def _add_common_flags(parser: argparse.ArgumentParser, default) -> None:

@@ -25,6 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images decoded and run per step")
     p.add_argument("--threshold", type=float, default=None,
                    help="probability threshold (default: the checkpoint's)")
+    p.add_argument("--quality-threshold", type=float, default=None, metavar="Q",
+                   help="QC: flag quality_score below Q (default: the checkpoint calibration's threshold)")
     add_s3_arguments(p)
     p.set_defaults(func=run)
 
@@ -39,11 +41,16 @@ def run(args: argparse.Namespace) -> int:
     preflight.check_reachable(args.checkpoint, args.data, args.out)
     out = args.out or storage.join(storage.parent(args.checkpoint), f"evaluate_{args.split}")
     result = evaluate(args.checkpoint, args.data, args.split, out, max(1, args.batch_size), args.threshold,
-                      progress=True)
+                      progress=True, quality_threshold=args.quality_threshold)
     logs.set_destination(out)
     s = result.summary
     print(f"evaluated {s['checkpoint']} (model {s['model_id']}) on the '{s['split']}' split of {s['data']} "
           f"in {s['wall_s']:.1f}s:")
     print(format_summary(s, s["worst"]))
-    print(f"wrote {storage.join(out, 'per_image.parquet')}, per_image.csv, summary.json")
+    if "qc" in s:
+        from raysegment.evaluation.qc_report import format_qc_report
+
+        print(format_qc_report(s["qc"]))
+    print(f"wrote {storage.join(out, 'per_image.parquet')}, per_image.csv, summary.json"
+          + (", qc_scatter.png" if "qc" in s else ""))
     return 0

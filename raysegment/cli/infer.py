@@ -64,6 +64,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-largest", type=int, default=2, metavar="K",
                    help="keep the K largest components (default 2: two lungs; 0 keeps all)")
     p.add_argument("--no-fill-holes", action="store_true", help="do not fill holes in the masks")
+    p.add_argument("--quality-threshold", type=float, metavar="Q",
+                   help="QC: flag masks whose quality_score (predicted dice) is below Q (default: the threshold "
+                   "stored with the checkpoint's calibration)")
     p.add_argument("--pixel-spacing", type=float, metavar="MM",
                    help="pixel spacing (mm) for images that do not carry one (PNG/JPEG): enables cm2 and "
                    "hd95_mm")
@@ -103,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         min_actors=args.min_actors, max_actors=args.max_actors, wait_for_capacity=args.wait_for_capacity,
         no_wait=args.no_wait, dry_run=args.dry_run, device=args.device,
         torch_threads=args.torch_threads, threshold=args.threshold,
-        postprocess=PostprocessConfig(keep_largest=args.keep_largest, fill_holes=not args.no_fill_holes),
+        postprocess=PostprocessConfig(keep_largest=args.keep_largest, fill_holes=not args.no_fill_holes,
+                                      min_quality_score=args.quality_threshold),
         pixel_spacing_mm=args.pixel_spacing, resume=not args.no_resume, rows_per_file=args.rows_per_file,
         s3=s3, address=args.address, correct_inversion=not args.no_inversion_check,
         mask_png=not args.no_mask_png, dicom_seg_out=args.dicom_seg_out, dicom_seg_sides=args.dicom_seg_sides,

@@ -15,7 +15,10 @@ Scoring is evaluation/scoring.py (shared with `infer --ground-truth` and trainin
 summary is results.summarize_results (shared with infer), plus the worst cases by dice.
 
 Outputs in --out (local or s3://): per_image.parquet, per_image.csv (one row per image, errors included),
-summary.json (mean / sd / median / min / max per metric, micro dice, the worst cases).
+summary.json (mean / sd / median / min / max per metric, micro dice, the worst cases). When the checkpoint
+carries a QC calibration (`raysegment calibrate`), every row also gets quality_score exactly as infer
+computes it, summary.json a "qc" report (Spearman / Pearson / MAE of quality_score vs dice, which masks with
+dice < 0.85 / 0.90 were flagged; evaluation/qc_report.py) and qc_scatter.png plots predicted vs real dice.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from raysegment.evaluation.metrics import json_safe
 from raysegment.evaluation.scoring import score
 from raysegment.infer.postprocess import PostprocessConfig
 from raysegment.infer.predict import forward_probabilities
+from raysegment.infer.quality import load_calibration
 from raysegment.infer.report import REPORT_METRICS
 from raysegment.infer.results import SCHEMA, SUMMARY_COLUMNS, summarize_results
 from raysegment.io import storage
@@ -48,8 +52,8 @@ from raysegment.progress import Progress
 SPLIT_CHOICES = ("test", "val", "train", "all")
 MANIFEST_NAME = "split_manifest.csv"
 ROW_COLUMNS = ["image_id", "split", "status", "error_stage", "error_type", "error", *REPORT_METRICS,
-               "tp", "fp", "fn", "height", "width", "lung_fraction", "mean_confidence", "qc_flag",
-               "qc_reasons", "truth_error", "image_uri", "truth_uri"]
+               "tp", "fp", "fn", "height", "width", "lung_fraction", "mean_confidence", "quality_score",
+               "qc_flag", "qc_reasons", "qc_notes", "truth_error", "image_uri", "truth_uri"]
 
 
 @dataclass
@@ -87,7 +91,7 @@ def _error(row: dict, stage: str, e: Exception) -> None:
 
 
 def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
-                   threshold: float | None = None, progress: bool = False) -> list[dict]:
+                   threshold: float | None = None, progress: bool = False, calibration=None) -> list[dict]:
     """Predict and score each pair (scoring.score). Unreadable images are rows with status "error" and the
     reason; an unreadable truth mask leaves the row ok with `truth_error` and no metrics (as in infer).
 
@@ -121,11 +125,12 @@ def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
             for (row, pair, image, _, geo), prob in zip(decoded, probs, strict=True):
                 meta = image.meta
                 scored = score(prob, geo, threshold, post, pair.mask_uris, pair.image_uri,
-                               meta.pixel_spacing_mm)
+                               meta.pixel_spacing_mm, calibration)
                 seg = scored.segmentation
                 row.update(height=meta.height, width=meta.width, lung_fraction=seg.fraction,
                            mean_confidence=json_safe(seg.mean_confidence), qc_flag=bool(scored.qc_reasons),
-                           qc_reasons=scored.qc_reasons, truth_error=scored.truth_error,
+                           qc_reasons=scored.qc_reasons, qc_notes=scored.qc_notes,
+                           quality_score=scored.quality_score, truth_error=scored.truth_error,
                            **(scored.metrics or {}))
         if bar:
             bar.update(len(chunk))
@@ -151,21 +156,31 @@ def write_outputs(rows: list[dict], summary: dict, out: str) -> list[str]:
     frame = pd.DataFrame(rows).reindex(columns=ROW_COLUMNS)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
-    csv = frame.assign(  # lists do not fit in a CSV cell
-        qc_reasons=frame["qc_reasons"].map(lambda v: "|".join(v) if isinstance(v, list) else ""))
+    csv = frame.assign(**{  # lists do not fit in a CSV cell
+        name: frame[name].map(lambda v: "|".join(v) if isinstance(v, list) else "")
+        for name in ("qc_reasons", "qc_notes")})
     uris = [storage.join(out, name) for name in ("per_image.parquet", "per_image.csv", "summary.json")]
     storage.write_bytes(uris[0], buf.getvalue())
     storage.write_text(uris[1], csv.to_csv(index=False))
     storage.write_text(uris[2], json.dumps(json_safe(summary), indent=2) + "\n")
+    if "qc" in summary:
+        from raysegment.evaluation.qc_report import scatter_png
+
+        uris.append(storage.join(out, "qc_scatter.png"))
+        storage.write_bytes(uris[-1], scatter_png([r.get("dice") for r in rows], [r.get("quality_score") for r in rows],
+                                                  [r.get("qc_flag") for r in rows], summary["qc"]["threshold"]))
     return uris
 
 
 def evaluate(checkpoint: str, data: str | None = None, split: str = "test", out: str | None = None,
-             batch_size: int = 8, threshold: float | None = None, progress: bool = False) -> Evaluation:
+             batch_size: int = 8, threshold: float | None = None, progress: bool = False,
+             quality_threshold: float | None = None) -> Evaluation:
     """Evaluate `checkpoint` on `split` of `data` (see the module docstring); writes to `out` when given."""
     if split not in SPLIT_CHOICES:
         raise UserError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
     loaded = load_model(checkpoint)
+    calibration = load_calibration(checkpoint, loaded.model_id)  # quality_score exactly as infer computes it
+    post = PostprocessConfig(min_quality_score=quality_threshold)
     if data is None:
         data = default_manifest(checkpoint)
         if not storage.exists(data):
@@ -177,13 +192,22 @@ def evaluate(checkpoint: str, data: str | None = None, split: str = "test", out:
     if not pairs:
         raise UserError(f"the '{split}' split of {data} is empty")
     t0 = time.perf_counter()
-    rows = evaluate_pairs(loaded, pairs, batch_size, threshold=threshold, progress=progress)
+    rows = evaluate_pairs(loaded, pairs, batch_size, post, threshold=threshold, progress=progress,
+                          calibration=calibration)
     wall = time.perf_counter() - t0
     for row in rows:
         row["split"] = split
     summary = {"checkpoint": checkpoint, "model_id": loaded.model_id, "data": data, "split": split,
                "threshold": loaded.spec.threshold if threshold is None else threshold,
                "split_warning": warning, **summarize_rows(rows), "wall_s": round(wall, 3)}
+    if calibration:
+        from raysegment.evaluation.qc_report import qc_report
+
+        ok = [r for r in rows if r["status"] == "ok"]
+        summary["calibration_id"] = calibration.calibration_id
+        summary["qc"] = qc_report([r["dice"] for r in ok], [r["quality_score"] for r in ok],
+                                  [r["qc_flag"] for r in ok],
+                                  calibration.threshold if quality_threshold is None else quality_threshold)
     if out:
         write_outputs(rows, summary, out)
     return Evaluation(rows, summary, out)

@@ -63,6 +63,7 @@ from raysegment.evaluation.scoring import score
 from raysegment.infer import worklist
 from raysegment.infer.archive import prepare_image, write_dicom_seg
 from raysegment.infer.postprocess import PostprocessConfig
+from raysegment.infer.quality import Calibration, load_calibration
 from raysegment.infer.results import SCHEMA, SCHEMA_VERSION, SummaryAccumulator, run_uri
 from raysegment.infer.worklist import INPUT_SCHEMA
 from raysegment.io import preflight, storage
@@ -319,6 +320,7 @@ class PostprocessJob:
     mask_png: bool = True
     dicom_seg_out: str | None = None
     dicom_seg_sides: bool = False
+    calibration: Calibration | None = None  # quality_score; None: the checkpoint has no calibration.json
 
 
 def _finite(value: float) -> float | None:
@@ -328,7 +330,8 @@ def _finite(value: float) -> float | None:
 def _finish_row(row: dict, job: PostprocessJob) -> dict:
     out = {name: row.get(name) for name in SCHEMA.names if name in row}
     out.update(schema_version=SCHEMA_VERSION, run_id=job.run_id, model_id=job.model_id,
-               package_version=raysegment.__version__)
+               package_version=raysegment.__version__,
+               calibration_id=job.calibration.calibration_id if job.calibration else None)
     if row["status"] != "ok":
         return out
     t0 = time.perf_counter()
@@ -339,8 +342,9 @@ def _finish_row(row: dict, job: PostprocessJob) -> dict:
         prob = np.frombuffer(row["prob"], np.uint8).reshape(size, size)
         truth_uris = tuple(row["truth_uri"].split("|")) if row.get("truth_uri") else None
         scored = score(prob, geometry(row["height"], row["width"], job.preprocess), job.threshold,
-                       job.postprocess, truth_uris, row["image_uri"], spacing)
-        seg, reasons = scored.segmentation, scored.qc_reasons
+                       job.postprocess, truth_uris, row["image_uri"], spacing, job.calibration)
+        seg, flags = scored.segmentation, scored.qc_reasons
+        notes = [*(row.get("qc_notes") or []), *scored.qc_notes]  # the decode stage's first (inversion, ...)
         png = encode_mask_png(seg.mask) if job.mask_png or job.masks_out else None
         measured = {
             "mask_png": png if job.mask_png else None, "mask_rle": encode_rle(seg.mask),
@@ -349,7 +353,8 @@ def _finish_row(row: dict, job: PostprocessJob) -> dict:
             "left_lung_area_px": seg.left_area_px,
             "lung_area_cm2": seg.area_px * spacing[0] * spacing[1] / 100.0 if spacing else None,
             "n_components": seg.n_components, "mean_confidence": _finite(seg.mean_confidence),
-            "qc_flag": bool(reasons), "qc_reasons": reasons,
+            "qc_flag": bool(flags), "qc_reasons": flags, "qc_notes": notes,
+            "quality_score": scored.quality_score,
         }
         if job.masks_out:
             measured["mask_uri"] = storage.join(job.masks_out, mask_key(row["key"]))
@@ -506,6 +511,8 @@ def run_inference(config: InferConfig) -> dict:
     if config.ground_truth:
         preflight.require_exists(config.ground_truth, "--ground-truth")
     loaded = load_model(config.checkpoint)
+    calibration = load_calibration(config.checkpoint, loaded.model_id)
+    calibration_id = calibration.calibration_id if calibration else None
     wait_s = capacity.wait_timeout(config.address, config.wait_for_capacity, config.no_wait)
     run_id = config.run_id or new_run_id()
     threshold = loaded.spec.threshold if config.threshold is None else config.threshold
@@ -534,7 +541,7 @@ def run_inference(config: InferConfig) -> dict:
         for p in range(listing.nparts):
             part = worklist.dedupe(listing.part(p))
             n_inputs += part.num_rows
-            left = (worklist.todo(part, worklist.latest(earlier.part(p)), loaded.model_id)
+            left = (worklist.todo(part, worklist.latest(earlier.part(p)), loaded.model_id, calibration_id)
                     if config.resume else part)
             n_todo += left.num_rows
             if writer is not None and left.num_rows:
@@ -572,11 +579,15 @@ def run_inference(config: InferConfig) -> dict:
         counter = remote_counter() if n_todo else None
         job = PostprocessJob(run_id, loaded.model_id, threshold, loaded.spec.preprocess, config.postprocess,
                              config.masks_out, config.s3, counter, config.mask_png, config.dicom_seg_out,
-                             config.dicom_seg_sides)
+                             config.dicom_seg_sides, calibration)
+        if calibration is None:
+            print("  no calibration.json in the checkpoint: quality_score stays empty (run `raysegment "
+                  "calibrate`)", flush=True)
         storage.write_text(storage.join(out_uri, "run.json"), _json({
             "run_id": run_id, "config": asdict(config), "model_id": loaded.model_id, "threshold": threshold,
             "plan": asdict(plan_) if plan_ else None, "batch_size": batch_size, "inputs": n_inputs,
             "todo": n_todo, "schema_version": SCHEMA_VERSION, "versions": versions(),
+            "calibration_id": calibration_id,
         }))
 
         # 4. run
@@ -614,7 +625,7 @@ def run_inference(config: InferConfig) -> dict:
             missing += part.num_rows - rows.num_rows  # inputs without any row: must be 0
             acc.add(rows)
     summary = {
-        "run_id": run_id, "output": config.output, "model_id": loaded.model_id,
+        "run_id": run_id, "output": config.output, "model_id": loaded.model_id, "calibration_id": calibration_id,
         "inputs_seen": n_inputs, "processed": n_todo, "rows_written": written,
         "skipped_resume": n_inputs - n_todo, "missing": missing, "duplicates_resolved": duplicates,
         **acc.result(),

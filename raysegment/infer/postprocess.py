@@ -21,14 +21,33 @@ import numpy as np
 
 from raysegment.data.preprocess import Geometry, restore_probability
 
-QC_REASONS = (
-    "no_lung",  # the mask is empty
-    "right_lung_missing",  # nothing on the image-left side (the patient's right)
-    "left_lung_missing",  # nothing on the image-right side (the patient's left)
-    "lung_fraction_low",  # lung area / image area below min_lung_fraction
-    "lung_fraction_high",  # ... above max_lung_fraction
-    "low_confidence",  # mean probability inside the mask below min_confidence
-)
+# Every QC reason and its severity. "flag": the mask is doubtful, the reason sets qc_flag (column
+# qc_reasons). "note": recorded only (column qc_notes), e.g. an input that was corrected on the way in.
+# A reason missing here counts as a note (`severity`), so a reason added later cannot silently raise the
+# flag rate: making it a flag is a decision taken here.
+QC_SEVERITY = {
+    "no_lung": "flag",  # the mask is empty
+    "right_lung_missing": "flag",  # nothing on the image-left side (the patient's right)
+    "left_lung_missing": "flag",  # nothing on the image-right side (the patient's left)
+    "lung_fraction_low": "flag",  # lung area / image area below min_lung_fraction
+    "lung_fraction_high": "flag",  # ... above max_lung_fraction
+    "low_confidence": "flag",  # mean probability inside the mask below min_confidence
+    "low_quality_score": "flag",  # quality_score (predicted dice) below the calibration's threshold
+    "inverted_input_corrected": "note",  # an inverted PNG/JPEG/TIFF export was inverted back (decode stage)
+    "exif_mirrored": "note",  # an EXIF orientation with a mirror was applied
+    "multiframe_first_frame": "note",  # a multi-frame DICOM: frame 1 was segmented
+}
+QC_REASONS = tuple(QC_SEVERITY)
+
+
+def severity(reason: str) -> str:
+    """"flag" or "note" (the default for a reason not in QC_SEVERITY)."""
+    return QC_SEVERITY.get(reason, "note")
+
+
+def split_reasons(reasons: list[str]) -> tuple[list[str], list[str]]:
+    """(flags, notes): reasons that set qc_flag, and reasons that are only recorded."""
+    return [r for r in reasons if severity(r) == "flag"], [r for r in reasons if severity(r) != "flag"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,7 @@ class PostprocessConfig:
     min_lung_fraction: float = 0.05  # QC: plausible lung area / image area
     max_lung_fraction: float = 0.60
     min_confidence: float = 0.75  # QC: mean probability inside the mask
+    min_quality_score: float | None = None  # QC: flag quality_score below this (None: the calibration's)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,8 +170,13 @@ def postprocess(prob_u8: np.ndarray, geo: Geometry, threshold: float,
     return Segmentation(mask, right_area, left_area, n_raw, confidence)
 
 
-def qc_reasons(seg: Segmentation, config: PostprocessConfig = PostprocessConfig()) -> list[str]:
-    """Names (from QC_REASONS) of what looks wrong with a segmentation; empty when it looks plausible."""
+def qc_reasons(seg: Segmentation, config: PostprocessConfig = PostprocessConfig(),
+               quality_score: float | None = None, quality_threshold: float | None = None) -> list[str]:
+    """Names (from QC_SEVERITY) of what looks wrong with a segmentation; empty when it looks plausible.
+
+    quality_score (when computed) below quality_threshold (config.min_quality_score when set) adds
+    "low_quality_score".
+    """
     if seg.area_px == 0:
         return ["no_lung"]
     reasons = []
@@ -165,4 +190,7 @@ def qc_reasons(seg: Segmentation, config: PostprocessConfig = PostprocessConfig(
         reasons.append("lung_fraction_high")
     if not seg.mean_confidence >= config.min_confidence:
         reasons.append("low_confidence")
+    limit = config.min_quality_score if config.min_quality_score is not None else quality_threshold
+    if quality_score is not None and limit is not None and quality_score < limit:
+        reasons.append("low_quality_score")
     return reasons

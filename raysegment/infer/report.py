@@ -38,6 +38,10 @@ def format_summary(s: dict, worst: list[dict] | None = None, micro: bool = True)
     if s["errors_by_reason"]:
         lines.append("  errors: " + ", ".join(f"{k} x{v}" for k, v in s["errors_by_reason"].items()))
         lines += [f"    {e}" for e in s["error_examples"]]
+    if s.get("quality_scored"):
+        q = s["quality_score"]
+        lines.append(f"  quality_score (predicted dice): median {q['median']:.3f}, min {q['min']:.3f} over "
+                     f"{s['quality_scored']} images; {s['quality_flagged']} below the threshold")
     m = s.get("metrics")
     if m:
         extra = [f"{m[k]} {label}" for k, label in (("n_without_truth", "without ground truth"),

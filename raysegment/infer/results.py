@@ -107,7 +107,8 @@ SCHEMA = pa.schema([
 
 # What resume and the summary need (everything but the masks).
 KEY_COLUMNS = ("image_uri", "run_id", "status")
-IDENTITY_COLUMNS = ("model_id", "input_size", "input_mtime_ns", "input_etag", "truth_uri")
+IDENTITY_COLUMNS = ("model_id", "calibration_id", "schema_version", "input_size", "input_mtime_ns", "input_etag",
+                    "truth_uri")
 
 
 def runs_uri(output: str) -> str:
@@ -192,10 +193,13 @@ def done_inputs(output: str) -> dict[str, dict]:
 
 
 def is_done(previous: dict | None, model_id: str, size: int | None, mtime_ns: int | None, etag: str | None,
-            truth_uri: str | None) -> bool:
-    """Can resume skip an input: a previous ok row with the same model, the same ground-truth file(s) (so a
-    rerun with --ground-truth adds metrics), and the file unchanged in whatever we know of it now?"""
+            truth_uri: str | None, calibration_id: str | None = None) -> bool:
+    """Can resume skip an input: a previous ok row of this schema version with the same model and QC
+    calibration (quality_score and flags depend on it), the same ground-truth file(s) (so a rerun with
+    --ground-truth adds metrics), and the file unchanged in whatever we know of it now?"""
     if previous is None or previous.get("model_id") != model_id or previous.get("truth_uri") != truth_uri:
+        return False
+    if previous.get("calibration_id") != calibration_id or previous.get("schema_version") != SCHEMA_VERSION:
         return False
     for now, before in ((size, previous.get("input_size")), (mtime_ns, previous.get("input_mtime_ns")),
                         (etag, previous.get("input_etag"))):
@@ -206,8 +210,8 @@ def is_done(previous: dict | None, model_id: str, size: int | None, mtime_ns: in
 
 # --- summary ------------------------------------------------------------------------------------
 
-SUMMARY_COLUMNS = ["status", "error_stage", "error_type", "error", "qc_flag", "qc_reasons", "lung_fraction",
-                   "mean_confidence", "truth_uri", "truth_error", *GT_METRICS, "tp", "fp", "fn", "total_ms"]
+SUMMARY_COLUMNS = ["status", "error_stage", "error_type", "error", "qc_flag", "qc_reasons", "qc_notes",
+                   "quality_score", "lung_fraction", "mean_confidence", "truth_uri", "truth_error", *GT_METRICS, "tp", "fp", "fn", "total_ms"]
 
 
 def _example(row: dict) -> str:
@@ -228,13 +232,14 @@ class SummaryAccumulator:
     uniformly chosen values (about +-0.3 percentile points). Memory is O(SAMPLE), not O(rows).
     """
 
-    MEASURES = ("lung_fraction", "mean_confidence")
+    MEASURES = ("lung_fraction", "mean_confidence", "quality_score")
 
     def __init__(self, examples: int = 5) -> None:
         self.examples = examples
         self.images = self.ok = self.qc_flagged = 0
         self.by_reason: Counter = Counter()
         self.qc: Counter = Counter()
+        self.notes: Counter = Counter()
         self.error_examples: list[str] = []
         self.stats: dict[str, _Stat] = {}
         self.any_truth = False
@@ -270,8 +275,13 @@ class SummaryAccumulator:
         reasons = pc.list_flatten(good.column("qc_reasons"))
         if len(reasons):
             self.qc.update(dict(zip(*_value_counts(reasons), strict=True)))
+        if "qc_notes" in good.column_names:
+            notes = pc.list_flatten(good.column("qc_notes"))
+            if len(notes):
+                self.notes.update(dict(zip(*_value_counts(notes), strict=True)))
         for name in self.MEASURES:
-            self.stats.setdefault(name, _Stat()).add(good.column(name), good_keys)
+            if name in good.column_names:  # quality_score: absent from results written before schema 2
+                self.stats.setdefault(name, _Stat()).add(good.column(name), good_keys)
         truth = col("truth_uri") if "truth_uri" in table.column_names else pa.nulls(n, pa.string())
         has_truth = pc.invert(pc.is_null(truth))
         if "dice" not in table.column_names:
@@ -302,6 +312,11 @@ class SummaryAccumulator:
             "error_examples": self.error_examples[: self.examples],
             "qc_flagged": self.qc_flagged,
             "qc_reasons": dict(self.qc.most_common()),
+            "qc_notes": dict(self.notes.most_common()),
+            # ok rows whose quality_score is below the calibration's threshold, and ok rows with a score at
+            # all (the checkpoint has a calibration)
+            "quality_flagged": self.qc.get("low_quality_score", 0),
+            "quality_scored": self.stats.get("quality_score", empty).n,
             **{name: self.stats.get(name, empty).summary() for name in self.MEASURES},
         }
         if self.n_scored or self.any_truth:

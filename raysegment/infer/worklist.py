@@ -27,7 +27,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysegment.errors import InputError
-from raysegment.infer.results import IDENTITY_COLUMNS, KEY_COLUMNS, SCHEMA, SUMMARY_COLUMNS, result_files
+from raysegment.infer.results import (
+    IDENTITY_COLUMNS,
+    KEY_COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SUMMARY_COLUMNS,
+    result_files,
+)
 from raysegment.io import names, storage
 from raysegment.io.inputs import MANIFEST_COLUMNS, iter_folder, optional_int
 from raysegment.io.names import stable_key
@@ -327,8 +334,10 @@ def _matches(now: pa.ChunkedArray, before: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.or_(pc.is_null(now), pc.fill_null(pc.equal(now, before), False))
 
 
-def todo(listing: pa.Table, done: pa.Table, model_id: str) -> pa.Table:
-    """The listed inputs resume cannot skip (results.is_done, vectorized) given the latest rows `done`."""
+def todo(listing: pa.Table, done: pa.Table, model_id: str, calibration_id: str | None = None) -> pa.Table:
+    """The listed inputs resume cannot skip (results.is_done, vectorized) given the latest rows `done`:
+    skipped are those with an ok row of this schema version, model and QC calibration, the same ground
+    truth, and an identity (size, mtime, ETag) that matches wherever it is known now."""
     ok = done.filter(pc.equal(done.column("status"), "ok")) if done.num_rows else done
     if listing.num_rows == 0 or ok.num_rows == 0:
         return listing
@@ -337,6 +346,9 @@ def todo(listing: pa.Table, done: pa.Table, model_id: str) -> pa.Table:
     joined = listing.join(prev, keys="image_uri", join_type="left outer")
     is_done = pc.and_(pc.fill_null(pc.equal(joined.column("prev_model_id"), model_id), False),
                       _same(joined.column("truth_uri"), joined.column("prev_truth_uri")))
+    is_done = pc.and_(is_done, pc.fill_null(pc.equal(joined.column("prev_schema_version"), SCHEMA_VERSION), False))
+    calibration = pa.array([calibration_id] * joined.num_rows, pa.string())
+    is_done = pc.and_(is_done, _same(calibration, joined.column("prev_calibration_id")))
     for col in ("input_size", "input_mtime_ns", "input_etag"):
         is_done = pc.and_(is_done, _matches(joined.column(col), joined.column(f"prev_{col}")))
     return joined.filter(pc.invert(is_done)).select(listing.column_names).sort_by("ordinal")

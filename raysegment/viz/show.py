@@ -30,7 +30,7 @@ from raysegment.viz import figures as viz
 
 # Measurements read to choose and caption rows (mask_png is read only for the chosen ones).
 LIGHT_COLUMNS = ["image_uri", "image_id", "run_id", "status", "error_stage", "error", "dice", "iou", "hd95",
-                 "qc_flag", "qc_reasons", "truth_uri", "lung_fraction", "mean_confidence"]
+                 "qc_flag", "qc_reasons", "truth_uri", "lung_fraction", "mean_confidence", "quality_score"]
 SHEET_TILE_HEIGHT = 256
 
 
@@ -59,7 +59,7 @@ def select_rows(table, worst: int | None = None, qc_flagged: bool = False, uris:
     """(rows to draw, error rows to list) from a light results table (LIGHT_COLUMNS).
 
     worst: the N ok rows with the lowest dice; qc_flagged: ok rows with qc_flag (at most `limit`, lowest
-    confidence first); uris: those rows, in the given order; none of them: the `limit` lowest dice when
+    quality_score first, then lowest confidence); uris: those rows, in the given order; none of them: the `limit` lowest dice when
     the results have dice, else the QC-flagged. Error rows: the chosen ones for `uris`, else every error
     row of the table (they are worse than any drawn one).
     """
@@ -85,8 +85,10 @@ def select_rows(table, worst: int | None = None, qc_flagged: bool = False, uris:
         return sorted(scored, key=lambda r: (r["dice"], r["image_uri"]))[:worst], errors
     if qc_flagged:
         flagged = [r for r in ok if r.get("qc_flag")]
-        # Least confident first: the likeliest to be real failures.
-        flagged.sort(key=lambda r: (_value(r, "mean_confidence") or 0.0, r["image_uri"]))
+        # Lowest predicted dice first (rows without a quality_score after), then least confident: the
+        # likeliest to be real failures.
+        flagged.sort(key=lambda r: (_value(r, "quality_score") is None, _value(r, "quality_score") or 0.0,
+                                    _value(r, "mean_confidence") or 0.0, r["image_uri"]))
         return flagged[:limit], errors
     raise AssertionError("unreachable")
 
@@ -123,6 +125,8 @@ def caption(row: dict) -> str:
             parts.append(f"iou {row['iou']:.3f}")
         if _value(row, "hd95") is not None:
             parts.append(f"hd95 {row['hd95']:.1f}px")
+    if _value(row, "quality_score") is not None:
+        parts.append(f"quality {row['quality_score']:.2f}")
     if row.get("qc_reasons"):
         parts.append("QC: " + ", ".join(row["qc_reasons"]))
     return "  ".join(parts)
