@@ -230,4 +230,5 @@ def test_segmentation_fraction_and_config_dict():
     assert Segmentation(np.zeros((0, 0), bool), 0, 0, 0, float("nan")).fraction == 0.0
     assert _seg(10, 15).area_px == 25 and _seg(10, 15).fraction == 0.25
     assert PostprocessConfig().to_dict() == {"keep_largest": 2, "fill_holes": True, "min_lung_fraction": 0.05,
-                                             "max_lung_fraction": 0.60, "min_confidence": 0.75}
+                                             "max_lung_fraction": 0.60, "min_confidence": 0.75,
+                                             "min_quality_score": None}

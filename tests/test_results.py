@@ -13,6 +13,7 @@ import pytest
 from raysegment.infer.results import (
     IDENTITY_COLUMNS,
     SCHEMA,
+    SCHEMA_VERSION,
     SUMMARY_COLUMNS,
     done_inputs,
     is_done,
@@ -126,14 +127,16 @@ def test_done_inputs_only_ok_rows_with_their_identity(tmp_path):
         {"image_uri": "b", "status": "error", "model_id": "m1", "input_size": 11, "input_mtime_ns": 6,
          "input_etag": None, "truth_uri": None},
     ])
-    assert done_inputs(str(tmp_path)) == {"a": {"model_id": "m1", "input_size": 10, "input_mtime_ns": 5,
-                                                "input_etag": None, "truth_uri": "t/a.png"}}
+    assert done_inputs(str(tmp_path)) == {"a": {"model_id": "m1", "calibration_id": None, "schema_version": None,
+                                                "input_size": 10, "input_mtime_ns": 5, "input_etag": None,
+                                                "truth_uri": "t/a.png"}}
     assert set(done_inputs(str(tmp_path))["a"]) == set(IDENTITY_COLUMNS)
     assert done_inputs(str(tmp_path / "none")) == {}
 
 
 def test_is_done_compares_everything_known():
-    before = {"model_id": "m1", "input_size": 10, "input_mtime_ns": 5, "input_etag": '"e1"', "truth_uri": "t"}
+    before = {"model_id": "m1", "input_size": 10, "input_mtime_ns": 5, "input_etag": '"e1"', "truth_uri": "t",
+              "schema_version": SCHEMA_VERSION, "calibration_id": None}
     assert is_done(before, "m1", 10, 5, '"e1"', "t")
     assert is_done(before, "m1", None, None, None, "t")  # nothing known now: trust the earlier row
     assert not is_done(before, "m1", 10, 5, '"e2"', "t")  # S3 object replaced: new ETag

@@ -272,11 +272,11 @@ class SummaryAccumulator:
         good = table.filter(ok)
         good_keys = keys[np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)]
         self.qc_flagged += int(pc.sum(pc.fill_null(good.column("qc_flag"), False)).as_py() or 0)
-        reasons = pc.list_flatten(good.column("qc_reasons"))
+        reasons = _flatten(good.column("qc_reasons"))
         if len(reasons):
             self.qc.update(dict(zip(*_value_counts(reasons), strict=True)))
         if "qc_notes" in good.column_names:
-            notes = pc.list_flatten(good.column("qc_notes"))
+            notes = _flatten(good.column("qc_notes"))
             if len(notes):
                 self.notes.update(dict(zip(*_value_counts(notes), strict=True)))
         for name in self.MEASURES:
@@ -379,6 +379,14 @@ def _hash(strings) -> np.ndarray:
 
     return pd.util.hash_array(np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object),
                               categorize=False)
+
+
+def _flatten(column: pa.ChunkedArray) -> pa.Array:
+    """The values of a list column; none when the column holds no lists (all null: a table built from
+    rows without the field)."""
+    if not pa.types.is_list(column.type):
+        return pa.array([], pa.string())
+    return pc.list_flatten(column)
 
 
 def _value_counts(array) -> tuple[list, list]:
