@@ -442,7 +442,10 @@ def build_dataset(todo_files: list[str], config: InferConfig, plan_: InferPlan, 
 
     from raysegment.infer.predict import CPU_THREADS
 
-    task_cpus = min(1.0, plan_.decode_cpus / 2)  # two stage tasks fit in the decode share
+    # Small CPU requests for the stage tasks: Ray Data gives each stage a share of the decode CPUs as its
+    # budget, and a task larger than its stage's share never starts until the stages before it finish
+    # (postprocess + write held every result back to the end of the run: nothing written until then).
+    task_cpus = min(1.0, plan_.decode_cpus / 8)
     threads = config.torch_threads or (max(1, int(plan_.cpus_per_actor)) if plan_.use_gpu else CPU_THREADS)
     # One row per todo part (its URI), one part per decode task: the task reads the part, keeps READ_AHEAD
     # image reads in flight while it decodes, and yields batches. (Not read_parquet: its file-listing task
