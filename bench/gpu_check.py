@@ -202,7 +202,8 @@ def original_images(n: int, height: int, width: int) -> list[tuple[str, bytes]]:
     import cv2
 
     from raysegment.data.synth import make_phantom_16bit
-    from raysegment.io.decode import encode_png, make_dicom_bytes
+    from raysegment.io.decode import encode_png
+from raysegment.testing.dicom import make_dicom_bytes
 
     files = []
     for i in range(n):

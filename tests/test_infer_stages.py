@@ -24,10 +24,11 @@ from raysegment.infer import predict as predict_module
 from raysegment.infer.postprocess import PostprocessConfig
 from raysegment.infer.results import SCHEMA
 from raysegment.io import storage
-from raysegment.io.decode import decode_mask_png, encode_png, make_dicom_bytes
+from raysegment.io.decode import decode_mask_png, encode_png
 from raysegment.io.inputs import list_inputs
 from raysegment.model.checkpoint import LoadedModel, ModelSpec
 from raysegment.model.unet import UNetConfig
+from raysegment.testing.dicom import make_dicom_bytes
 
 SIZE = 64
 
