@@ -203,7 +203,7 @@ def original_images(n: int, height: int, width: int) -> list[tuple[str, bytes]]:
 
     from raysegment.data.synth import make_phantom_16bit
     from raysegment.io.decode import encode_png
-from raysegment.testing.dicom import make_dicom_bytes
+    from raysegment.testing.dicom import make_dicom_bytes
 
     files = []
     for i in range(n):

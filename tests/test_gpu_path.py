@@ -120,7 +120,7 @@ def test_infer_device_flag_reaches_the_config(monkeypatch, tmp_path):
 
     def fake_run(config):
         seen["config"] = config
-        return {"missing": 0}
+        return {"missing": 0, "dry_run": True}  # the CLI then prints no run summary
 
     monkeypatch.setattr(pipeline, "run_inference", fake_run)
     assert main(["infer", "--input", str(tmp_path), "--checkpoint", "c", "--output", "o",

@@ -66,7 +66,9 @@ def _loaded(resize: str = "letterbox", threshold: float = 0.5) -> LoadedModel:
 def test_predict_puts_the_mask_where_the_lungs_are(monkeypatch, shape, resize):
     monkeypatch.setattr(predict_module, "forward_probabilities", _oracle)
     truth = _blob(*shape)
-    result = predict_module.predict(_loaded(resize), _png(truth), "x.png")
+    # fix_inversion=False: bright blobs on black are no X-ray; the inversion rule (tested elsewhere) would
+    # read them as an inverted export.
+    result = predict_module.predict(_loaded(resize), _png(truth), "x.png", fix_inversion=False)
     mask = result.segmentation.mask
     assert mask.shape == shape and _iou(mask, truth) > 0.9
     assert _iou(mask, truth[:, ::-1]) < 0.5 and _iou(mask, truth[::-1]) < 0.75  # not mirrored
@@ -95,8 +97,12 @@ def _run_stages(tmp_path, files: dict[str, bytes], truth: dict[str, str] | None 
         (folder / name).write_bytes(data)
     items = list_inputs(str(folder))
     preprocess = PreprocessConfig(size=SIZE, resize=resize, normalize="unit")
-    decoded = pipeline.decode_batch(pipeline._inputs_table(items, truth or {}), preprocess, spacing_mm,
-                                    storage.S3Options())
+    inputs = pa.Table.from_pylist(
+        [{"image_uri": i.uri, "image_id": i.image_id, "key": i.key, "input_size": i.size,
+          "input_mtime_ns": i.mtime_ns, "input_etag": i.etag, "truth_uri": (truth or {}).get(i.image_id)}
+         for i in items], schema=pipeline.INPUT_SCHEMA)
+    decoded = pa.concat_tables(pipeline.decode_batch(inputs, preprocess, spacing_mm, storage.S3Options(),
+                                                     fix_inversion=False))
     rows = decoded.to_pylist()
     for row in rows:
         image = row.pop("image")
@@ -216,7 +222,7 @@ def test_infer_flags_reach_the_config(monkeypatch):
     from raysegment.cli import main
 
     seen = []
-    monkeypatch.setattr(pipeline, "run_inference", lambda config: seen.append(config) or {"missing": 0})
+    monkeypatch.setattr(pipeline, "run_inference", lambda config: seen.append(config) or {"missing": 0, "dry_run": True})
     assert main(["infer", "--input", "m.csv", "--checkpoint", "ck", "--output", "out", "--threshold", "0.3",
                  "--keep-largest", "0", "--no-fill-holes", "--manifest-column", "scan",
                  "--pixel-spacing", "0.7", "--no-resume", "--limit", "4", "--no-gpu"]) == 0

@@ -14,7 +14,7 @@ from raysegment.cluster import capacity
 from raysegment.cluster.plan import ClusterResources, NodeResources, PlanError
 from raysegment.errors import RetryableError
 from raysegment.infer import results, worklist
-from raysegment.infer.results import SCHEMA, SummaryAccumulator, is_done, summarize_results
+from raysegment.infer.results import SCHEMA, SCHEMA_VERSION, SummaryAccumulator, is_done, summarize_results
 from raysegment.io.inputs import list_inputs
 
 
@@ -80,7 +80,8 @@ def test_vectorized_resume_matches_is_done(tmp_path):
         if before:
             done.append({"image_uri": uri, "run_id": "r1", "status": before[5], "model_id": before[0],
                          "input_size": before[1], "input_mtime_ns": before[2], "input_etag": before[3],
-                         "truth_uri": before[4], "seq": i})
+                         "truth_uri": before[4], "seq": i, "schema_version": SCHEMA_VERSION,
+                         "calibration_id": None})
     listing_t = pa.Table.from_pylist(listing, schema=worklist.LISTING_SCHEMA)
     done_t = worklist.conform(pa.Table.from_pylist(done), worklist.INDEX_SCHEMA)
     left = {r["image_uri"] for r in worklist.todo(listing_t, worklist.latest(done_t), "m1").to_pylist()}
@@ -89,6 +90,11 @@ def test_vectorized_resume_matches_is_done(tmp_path):
                 if not is_done(by_uri.get(r["image_uri"]), "m1", r["input_size"],
                                r["input_mtime_ns"], r["input_etag"], r["truth_uri"])}
     assert left == expected and len(expected) == 7
+    # Rows of an older schema, or scored with another QC calibration, are redone (as is_done says).
+    older = worklist.conform(pa.Table.from_pylist([{**d, "schema_version": 1} for d in done]), worklist.INDEX_SCHEMA)
+    assert len(worklist.todo(listing_t, worklist.latest(older), "m1")) == len(cases)
+    recalibrated = worklist.todo(listing_t, worklist.latest(done_t), "m1", calibration_id="c2")
+    assert len(recalibrated) == len(cases)
 
 
 def test_latest_picks_like_read_results():

@@ -64,7 +64,7 @@ def report_error(command: str, error: BaseException, debug: bool = False) -> int
     hint = getattr(error, "hint", None)
     if hint:
         print(f"  {' '.join(hint.split())}", file=sys.stderr)
-    elif not debug and not isinstance(error, UserError):
+    elif not debug and not isinstance(error, (UserError, RetryableError)):
         print("  (rerun with --debug for the traceback)", file=sys.stderr)
     return int(getattr(error, "exit_code", 1))
 

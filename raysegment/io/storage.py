@@ -208,7 +208,8 @@ def iter_local_tree(uri: str) -> Iterator[FileEntry]:
                 return
             seen.add((st.st_dev, st.st_ino))
             with os.scandir(folder) as it:
-                children = sorted(it, key=lambda c: c.name)
+                # Folders sorted as "name/": the order of full paths, as storage.list_files sorts them.
+                children = sorted(it, key=lambda c: c.name + (b"/" if _is_dir(c) else b""))
         except OSError as e:
             _log_listing_problem(folder, e)
             if folder != root:
@@ -227,6 +228,13 @@ def iter_local_tree(uri: str) -> Iterator[FileEntry]:
                 yield from walk(child.path)
 
     yield from walk(root)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symlinks
+    except OSError:
+        return False
 
 
 def iter_files(uri: str, s3: S3Options | None = None) -> Iterator[FileEntry]:
@@ -348,7 +356,10 @@ def get_object(uri: str, s3: S3Options | None = None) -> bytes:
     try:
         return client.get_object(Bucket=bucket, Key=key)["Body"].read()
     except client.exceptions.NoSuchKey:
-        return read_bytes(uri, s3)  # rare: let it say why (a "folder" key, or no such object)
+        try:  # rare: a "folder" key (x.png/ marker objects) says so, anything else is missing
+            return read_bytes(uri, s3)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such object: {uri}") from None
 
 
 def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
