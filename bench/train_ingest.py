@@ -6,7 +6,8 @@ cache.
 Same data (N synthetic phantoms, the generic layout), model (configs/train-small.yaml: UNet base 8, depth
 3), 2 CPU workers; three runs in one Ray session, side by side:
   materialized      data.object_store_budget_mb large: decoded rows materialized in the object store;
-  streamed-build    budget 0: the Parquet cache is built in the run dir, then streamed each epoch;
+  streamed-build    budget --budget-mb (default 4): the Parquet cache is built in the run dir (files of a
+                    quarter of the budget), then streamed each epoch;
   streamed-reuse    the same run again with one more epoch: it resumes and reuses the cache (no decode).
 Object store: bytes used in Ray's object store, sampled every 0.2 s during each run (peak minus the
 idle level before it). Throughput: training images/s of each epoch's training phase, median over epochs.
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--budget-mb", type=float, default=4.0, help="data.object_store_budget_mb of the streamed runs")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train_ingest.json"))
     args = parser.parse_args()
 
@@ -79,8 +81,8 @@ def main() -> None:
     base = {"data.path": data, "run.storage_path": os.path.join(work, "runs"), "scaling.num_workers": 2,
             "scaling.use_gpu": False, "preprocess.size": args.size, "optim.batch_size": 8,
             "run.evaluate_test": False, "optim.early_stopping_patience": 0}
-    setups = [("materialized", "m", 10**6, args.epochs), ("streamed-build", "s", 0, args.epochs),
-              ("streamed-reuse", "s", 0, args.epochs + 1)]
+    setups = [("materialized", "m", 10**6, args.epochs), ("streamed-build", "s", args.budget_mb, args.epochs),
+              ("streamed-reuse", "s", args.budget_mb, args.epochs + 1)]
     rows = []
     for setup, name, budget, epochs in setups:
         config = load_config(os.path.join(ROOT, "configs", "train-small.yaml"),

@@ -137,6 +137,22 @@ class Ingest:
     def streamed(self) -> bool:
         return bool(self.caches)
 
+    def execution_options(self) -> dict:
+        """Ray Data options per dataset for ray.train.DataConfig. Val is read in order: each worker takes
+        every world_size-th batch, so all must see the same order. A streamed dataset's object-store use is
+        capped at the budget (each execution: the train split's once, val's once per worker); without the
+        cap Ray Data would read ahead up to its share of the whole object store."""
+        import ray.train
+
+        options = {}
+        for name in self.datasets:
+            o = ray.train.DataConfig.default_ingest_options()
+            o.preserve_order = name == "val" or o.preserve_order
+            if self.streamed and self.budget_bytes > 0:
+                o.resource_limits = o.resource_limits.copy(object_store_memory=self.budget_bytes)
+            options[name] = o
+        return options
+
     def describe(self) -> str:
         mb = f"~{self.estimate_bytes / 2**20:.1f} MB preprocessed"
         budget = f"data.object_store_budget_mb {self.budget_bytes / 2**20:g}"

@@ -157,8 +157,6 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
           f"{decoded['train']}/{counts['train']}, val {decoded['val']}/{counts['val']} "
           f"({t_ingest - t_ray:.1f} s); {ingest.describe()}", flush=True)
 
-    val_options = ray.train.DataConfig.default_ingest_options()
-    val_options.preserve_order = True
     resources = {"CPU": plan.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -183,7 +181,7 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
         # evaluates every world_size-th batch. In order: without preserve_order Ray Data's collate threads
         # may reorder batches differently on each worker, and some images would count twice, others never.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
-                                            execution_options={"val": val_options}),
+                                            execution_options=ingest.execution_options()),
     )
     t_fit, wall_fit = time.perf_counter(), time.time()
     epochs = Progress(config.optim.epochs, "train", "epochs", every_s=0)
