@@ -13,7 +13,8 @@ contrast x0.25, noise 0.1, blur 4 px, white block 25%, half the film cut away, i
 Each image is predicted exactly as `raysegment infer` does it; its quality_score, qc_flag and real dice
 (against the equally shifted expert mask) are recorded. Targets (issue #12), per set: Spearman >= 0.6;
 of the masks with dice < 0.85 at least 80% flagged; of those with dice >= 0.95 at most 10% flagged.
-Writes a scatter plot (predicted vs real dice) per set beside the JSON. Also timed: the quality score's cost against the forward + postprocess of the same image (one thread).
+Writes a scatter plot (predicted vs real dice) per set beside the JSON. Also timed: the quality score's
+cost against the forward + postprocess of the same image (one thread).
 
 --candidates also reproduces the choice of method: twelve candidate scores (single features, TTA agreement,
 regressions over many features) fitted on the same validation samples as `raysegment calibrate`, compared
@@ -136,9 +137,11 @@ def summarize_set(name: str, scored: dict, threshold: float) -> dict:
     dice, quality, flagged = (np.array(scored[k]) for k in ("dice", "quality", "flagged"))
     shifts = np.array(scored["shift"])
     full = qc_report(dice, quality, flagged, threshold)
-    unshifted = qc_report(dice[shifts == "none"], quality[shifts == "none"], flagged[shifts == "none"], threshold)
+    unshifted = qc_report(dice[shifts == "none"], quality[shifts == "none"], flagged[shifts == "none"],
+                          threshold)
     per_shift = {s: {"n": int((shifts == s).sum()), "dice": float(dice[shifts == s].mean()),
-                     "quality": float(quality[shifts == s].mean()), "flagged": float(flagged[shifts == s].mean())}
+                     "quality": float(quality[shifts == s].mean()),
+                     "flagged": float(flagged[shifts == s].mean())}
                  for s in dict.fromkeys(scored["shift"])}
     base, extra = float(np.median(scored["base_ms"])), float(np.median(scored["quality_ms"]))
     return {"set": name, "samples": len(dice), "all": full, "targets": targets(full), "unshifted": unshifted,
@@ -150,7 +153,8 @@ def summarize_set(name: str, scored: dict, threshold: float) -> dict:
 
 def _cv_and_holdout(fit_x, fit_y, groups, sets, fitter) -> dict:
     """Grouped CV (one validation image and its shifted copies out at a time) on the fit samples, and
-    the model fitted on all of them applied to each scored set (threshold chosen on the fit, as calibrate does)."""
+    the model fitted on all of them applied to each scored set (threshold chosen on the fit, as calibrate
+    does)."""
     from scipy.stats import spearmanr
 
     cv = np.zeros_like(fit_y)
@@ -182,7 +186,9 @@ def _ridge(x, y, alpha: float = 1.0):
 
 def compare_candidates(fit: dict, sets: dict[str, dict]) -> dict:
     names = list(fit["features"][0])
-    as_x = lambda s, cols: np.array([[f[c] for c in cols] for f in s["features"]])
+    def as_x(s, cols):
+        return np.array([[f[c] for c in cols] for f in s["features"]])
+
     groups = np.array(fit["index"])
     models = {f"{c} alone": ([c], _logistic) for c in ("mean_confidence", "soft_dice", "shape_match",
                                                          "atlas_match", "tta_agreement")}
@@ -190,7 +196,8 @@ def compare_candidates(fit: dict, sets: dict[str, dict]) -> dict:
         "mean_confidence + shape_match (chosen)": (["mean_confidence", "shape_match"], _logistic),
         "+ soft_dice": (["mean_confidence", "shape_match", "soft_dice"], _logistic),
         "+ atlas_match": (["mean_confidence", "shape_match", "atlas_match"], _logistic),
-        "uncertainty (confidence, soft dice, ambiguous)": (["mean_confidence", "soft_dice", "ambiguous"], _logistic),
+        "uncertainty (confidence, soft dice, ambiguous)": (["mean_confidence", "soft_dice", "ambiguous"],
+                                                           _logistic),
         "all but TTA, logistic": ([n for n in names if n != "tta_agreement"], _logistic),
         "all but TTA, ridge": ([n for n in names if n != "tta_agreement"], _ridge),
         "all + TTA (heavy), logistic": (names, _logistic),
@@ -198,14 +205,16 @@ def compare_candidates(fit: dict, sets: dict[str, dict]) -> dict:
     out = {}
     for label, (cols, fitter) in models.items():
         out[label] = _cv_and_holdout(as_x(fit, cols), np.array(fit["dice"]), groups,
-                                     {n: (as_x(s, cols), np.array(s["dice"])) for n, s in sets.items()}, fitter)
+                                     {n: (as_x(s, cols), np.array(s["dice"])) for n, s in sets.items()},
+                                     fitter)
     return out
 
 
 # --- main ----------------------------------------------------------------------------------------
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data", default=None, help="split manifest (default: beside the checkpoint)")
     parser.add_argument("--jsrt", default="../shared/data/jsrt_512", help="another site's labelled films")
@@ -275,7 +284,8 @@ def main() -> None:
 
 def print_set(s: dict) -> None:
     t = s["targets"]
-    print(f"\n== {s['set']}: {s['images']} images x {1 + len(ISSUE_SHIFTS)} variants = {s['samples']} samples ==")
+    print(f"\n== {s['set']}: {s['images']} images x {1 + len(ISSUE_SHIFTS)} variants = "
+          f"{s['samples']} samples ==")
     print(format_qc_report(s["all"]))
     print("targets: " + ", ".join(f"{k} {'MET' if v else 'MISSED'}" for k, v in t.items()))
     print("unshifted only: " + format_qc_report(s["unshifted"]).splitlines()[0])
@@ -289,9 +299,13 @@ def print_set(s: dict) -> None:
 
 def print_candidates(c: dict) -> None:
     columns = list(next(iter(c.values())))
-    print("\n== candidate quality scores: Spearman / bad found / good flagged (threshold chosen on the fit) ==")
+    print("\n== candidate quality scores: Spearman / bad found / good flagged "
+          "(threshold chosen on the fit) ==")
     print(f"{'candidate':<48}" + "".join(f"{k[:24]:>26}" for k in columns))
-    pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.0f}%"
+
     for label, r in c.items():
         cells = []
         for k in columns:

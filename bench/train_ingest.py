@@ -64,7 +64,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--budget-mb", type=float, default=4.0, help="data.object_store_budget_mb of the streamed runs")
+    parser.add_argument("--budget-mb", type=float, default=4.0,
+                        help="data.object_store_budget_mb of the streamed runs")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train_ingest.json"))
     args = parser.parse_args()
 

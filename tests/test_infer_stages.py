@@ -222,7 +222,8 @@ def test_infer_flags_reach_the_config(monkeypatch):
     from raysegment.cli import main
 
     seen = []
-    monkeypatch.setattr(pipeline, "run_inference", lambda config: seen.append(config) or {"missing": 0, "dry_run": True})
+    monkeypatch.setattr(pipeline, "run_inference",
+                        lambda config: seen.append(config) or {"missing": 0, "dry_run": True})
     assert main(["infer", "--input", "m.csv", "--checkpoint", "ck", "--output", "out", "--threshold", "0.3",
                  "--keep-largest", "0", "--no-fill-holes", "--manifest-column", "scan",
                  "--pixel-spacing", "0.7", "--no-resume", "--limit", "4", "--no-gpu"]) == 0

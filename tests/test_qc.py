@@ -39,8 +39,10 @@ def checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(0)
     spec = ModelSpec(UNetConfig(base_channels=8, depth=2), PreprocessConfig(size=32), threshold=0.5)
     phantoms = [make_phantom(3, i, 128) for i in range(48)]
-    x = to_tensor(np.stack([preprocess_image(p.image.astype(np.float32) / 255, spec.preprocess)[0] for p in phantoms]))
-    y = torch.from_numpy(np.stack([preprocess_mask(p.mask, spec.preprocess) for p in phantoms])).float()[:, None]
+    x = to_tensor(np.stack([preprocess_image(p.image.astype(np.float32) / 255, spec.preprocess)[0]
+                            for p in phantoms]))
+    y = torch.from_numpy(np.stack([preprocess_mask(p.mask, spec.preprocess)
+                                   for p in phantoms])).float()[:, None]
     model = UNet.from_config(spec.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     loss_fn = loss_function("bce_dice")
@@ -86,7 +88,8 @@ def inputs(labelled, tmp_path_factory) -> str:
     for name in names:
         os.link(os.path.join(labelled, "cxr", name), folder / name)
     cv2.imwrite(str(folder / "blank.png"), np.zeros((128, 128), np.uint8))
-    cv2.imwrite(str(folder / "noise.png"), np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8))
+    cv2.imwrite(str(folder / "noise.png"),
+                np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8))
     cv2.imwrite(str(folder / "hand.png"), _hand())
     return str(folder)
 
@@ -125,8 +128,8 @@ def test_summary_counts_quality_flags_and_notes():
     base = {name: None for name in SCHEMA.names}
     rows = [{**base, "image_uri": f"{i}.png", "status": "ok", "qc_flag": i < 2, "lung_fraction": 0.3,
              "mean_confidence": 0.9, "quality_score": q, "qc_reasons": r, "qc_notes": n}
-            for i, (q, r, n) in enumerate([(0.4, ["low_quality_score"], []), (0.5, ["no_lung", "low_quality_score"],
-                                                                                ["inversion_corrected"]),
+            for i, (q, r, n) in enumerate([(0.4, ["low_quality_score"], []),
+                                           (0.5, ["no_lung", "low_quality_score"], ["inversion_corrected"]),
                                            (0.97, [], ["inversion_corrected"])])]
     summary = summarize_results(pa.Table.from_pylist(rows, schema=SCHEMA))
     assert summary["qc_flagged"] == 2 and summary["quality_flagged"] == 2 and summary["quality_scored"] == 3
@@ -217,7 +220,8 @@ def test_infer_and_evaluate_score_alike_flag_bad_inputs_and_resume_on_recalibrat
     assert main(args) == 0
     with open(os.path.join(out, "summary.json")) as f:
         assert json.load(f)["processed"] == 0
-    assert main(["calibrate", "--checkpoint", checkpoint, "--data", labelled, "--copies", "8", "--seed", "1"]) == 0
+    assert main(["calibrate", "--checkpoint", checkpoint, "--data", labelled, "--copies", "8",
+                 "--seed", "1"]) == 0
     assert main([*args, "--quality-threshold", "0.99"]) == 0
     with open(os.path.join(out, "summary.json")) as f:
         again = json.load(f)
@@ -231,10 +235,14 @@ def test_show_qc_flagged_orders_by_quality_score():
     from raysegment.viz.show import select_rows
 
     table = pa.Table.from_pylist([
-        {"image_uri": "a.png", "status": "ok", "qc_flag": True, "quality_score": 0.80, "mean_confidence": 0.5},
-        {"image_uri": "b.png", "status": "ok", "qc_flag": True, "quality_score": 0.30, "mean_confidence": 0.9},
-        {"image_uri": "c.png", "status": "ok", "qc_flag": True, "quality_score": None, "mean_confidence": 0.2},
-        {"image_uri": "d.png", "status": "ok", "qc_flag": False, "quality_score": 0.10, "mean_confidence": 0.9},
+        {"image_uri": "a.png", "status": "ok", "qc_flag": True, "quality_score": 0.80,
+         "mean_confidence": 0.5},
+        {"image_uri": "b.png", "status": "ok", "qc_flag": True, "quality_score": 0.30,
+         "mean_confidence": 0.9},
+        {"image_uri": "c.png", "status": "ok", "qc_flag": True, "quality_score": None,
+         "mean_confidence": 0.2},
+        {"image_uri": "d.png", "status": "ok", "qc_flag": False, "quality_score": 0.10,
+         "mean_confidence": 0.9},
     ])
     rows, _ = select_rows(table, qc_flagged=True)
     assert [r["image_uri"] for r in rows] == ["b.png", "a.png", "c.png"]  # lowest predicted dice first

@@ -127,9 +127,9 @@ def test_done_inputs_only_ok_rows_with_their_identity(tmp_path):
         {"image_uri": "b", "status": "error", "model_id": "m1", "input_size": 11, "input_mtime_ns": 6,
          "input_etag": None, "truth_uri": None},
     ])
-    assert done_inputs(str(tmp_path)) == {"a": {"model_id": "m1", "calibration_id": None, "schema_version": None,
-                                                "input_size": 10, "input_mtime_ns": 5, "input_etag": None,
-                                                "truth_uri": "t/a.png"}}
+    assert done_inputs(str(tmp_path)) == {"a": {"model_id": "m1", "calibration_id": None,
+                                                "schema_version": None, "input_size": 10, "input_mtime_ns": 5,
+                                                "input_etag": None, "truth_uri": "t/a.png"}}
     assert set(done_inputs(str(tmp_path))["a"]) == set(IDENTITY_COLUMNS)
     assert done_inputs(str(tmp_path / "none")) == {}
 

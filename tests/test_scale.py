@@ -91,7 +91,8 @@ def test_vectorized_resume_matches_is_done(tmp_path):
                                r["input_mtime_ns"], r["input_etag"], r["truth_uri"])}
     assert left == expected and len(expected) == 7
     # Rows of an older schema, or scored with another QC calibration, are redone (as is_done says).
-    older = worklist.conform(pa.Table.from_pylist([{**d, "schema_version": 1} for d in done]), worklist.INDEX_SCHEMA)
+    older = worklist.conform(pa.Table.from_pylist([{**d, "schema_version": 1} for d in done]),
+                             worklist.INDEX_SCHEMA)
     assert len(worklist.todo(listing_t, worklist.latest(older), "m1")) == len(cases)
     recalibrated = worklist.todo(listing_t, worklist.latest(done_t), "m1", calibration_id="c2")
     assert len(recalibrated) == len(cases)

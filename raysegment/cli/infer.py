@@ -65,8 +65,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="keep the K largest components (default 2: two lungs; 0 keeps all)")
     p.add_argument("--no-fill-holes", action="store_true", help="do not fill holes in the masks")
     p.add_argument("--quality-threshold", type=float, metavar="Q",
-                   help="QC: flag masks whose quality_score (predicted dice) is below Q (default: the threshold "
-                   "stored with the checkpoint's calibration)")
+                   help="QC: flag masks whose quality_score (predicted dice) is below Q (default: the "
+                   "threshold stored with the checkpoint's calibration)")
     p.add_argument("--pixel-spacing", type=float, metavar="MM",
                    help="pixel spacing (mm) for images that do not carry one (PNG/JPEG): enables cm2 and "
                    "hd95_mm")

@@ -2,7 +2,8 @@
 
     val images (+ `copies` randomly shifted copies of each, evaluation/shifts.random_shift)
       -> predict exactly as infer does -> quality features (infer/quality.py) and the real dice
-      -> logistic curve features -> dice (least squares); flag threshold; references = the split's expert masks
+      -> logistic curve features -> dice (least squares); flag threshold;
+         references = the split's expert masks
       -> CHECKPOINT/calibration.json
 
 Only the validation split is used (never test): the reference masks are its expert masks, and an image's
@@ -43,9 +44,10 @@ def predict_samples(loaded, images: list[tuple[np.ndarray, np.ndarray]], thresho
     xs, ys = [], []
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
-        prepared = [preprocess_image(img.astype(np.float32, copy=False), loaded.spec.preprocess) for img, _ in chunk]
+        prepared = [preprocess_image(img.astype(np.float32, copy=False), loaded.spec.preprocess)
+                    for img, _ in chunk]
         probs = forward_probabilities(loaded.model, np.stack([p[0] for p in prepared]))
-        for k, ((_, truth), (_, geo), prob) in enumerate(zip(chunk, prepared, probs)):
+        for k, ((_, truth), (_, geo), prob) in enumerate(zip(chunk, prepared, probs, strict=True)):
             seg = postprocess(prob, geo, threshold, post)
             xs.append(features(seg, refs, exclude[start + k]))
             ys.append(image_metrics(seg.mask, truth, with_hd95=False)["dice"])
@@ -75,7 +77,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarr
 
 
 def choose_threshold(pred: np.ndarray, dice: np.ndarray) -> float:
-    """The highest score threshold that flags at most MAX_GOOD_FLAGGED of the good (dice >= GOOD_DICE) samples.
+    """The highest score threshold that flags at most MAX_GOOD_FLAGGED of the good (dice >= GOOD_DICE)
+    samples.
 
     Flagging is `score < threshold`, so a higher threshold finds more bad masks; the bound on good masks
     wrongly flagged keeps the review queue worth looking at.
@@ -108,7 +111,8 @@ def calibrate(checkpoint: str, data: str | None = None, split: str = "val", copi
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     if len(pairs) < 2:
-        raise ValueError(f"the '{split}' split of {data} has {len(pairs)} labelled images; calibration needs >= 2")
+        raise ValueError(f"the '{split}' split of {data} has {len(pairs)} labelled images; "
+                         "calibration needs >= 2")
     originals = [load_pair(p) for p in pairs]
     refs = References.from_masks([m for _, m in originals])
     rng = np.random.default_rng(seed)
@@ -129,7 +133,8 @@ def calibrate(checkpoint: str, data: str | None = None, split: str = "val", copi
         "data": data, "split": split, "images": len(pairs), "copies_per_image": copies, "seed": seed,
         "samples": len(y), "l2": L2,
         "fit_spearman": float(spearmanr(pred, y).statistic), "fit_mae": float(np.abs(pred - y).mean()),
-        "fit_bad_found": _share(pred[y < BAD_DICE] < chosen), "fit_good_flagged": _share(pred[y >= GOOD_DICE] < chosen),
+        "fit_bad_found": _share(pred[y < BAD_DICE] < chosen),
+        "fit_good_flagged": _share(pred[y >= GOOD_DICE] < chosen),
         "samples_below_0.85": int((y < BAD_DICE).sum()), "seconds": round(time.perf_counter() - t0, 1),
         "threshold_rule": "given" if threshold is not None else
         f"highest flagging <= {MAX_GOOD_FLAGGED:.0%} of fit samples with dice >= {GOOD_DICE}",
@@ -138,9 +143,11 @@ def calibrate(checkpoint: str, data: str | None = None, split: str = "val", copi
                               tuple(map(float, coef)), float(intercept), round(chosen, 4), fitted_on=stats)
     uri = save_calibration(checkpoint, calibration)
     if progress:
-        print(f"calibrated {checkpoint} on {len(pairs)} '{split}' images x {copies + 1} variants ({len(y)} samples, "
+        print(f"calibrated {checkpoint} on {len(pairs)} '{split}' images x {copies + 1} variants "
+              f"({len(y)} samples, "
               f"{stats['seconds']} s): fit Spearman {stats['fit_spearman']:.3f}, MAE {stats['fit_mae']:.3f}; "
-              f"flag threshold {calibration.threshold:.3f} -> {uri} (calibration_id {calibration.calibration_id})")
+              f"flag threshold {calibration.threshold:.3f} -> {uri} "
+              f"(calibration_id {calibration.calibration_id})")
     return calibration
 
 

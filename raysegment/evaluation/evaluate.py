@@ -167,8 +167,10 @@ def write_outputs(rows: list[dict], summary: dict, out: str) -> list[str]:
         from raysegment.evaluation.qc_report import scatter_png
 
         uris.append(storage.join(out, "qc_scatter.png"))
-        storage.write_bytes(uris[-1], scatter_png([r.get("dice") for r in rows], [r.get("quality_score") for r in rows],
-                                                  [r.get("qc_flag") for r in rows], summary["qc"]["threshold"]))
+        storage.write_bytes(uris[-1], scatter_png([r.get("dice") for r in rows],
+                                                  [r.get("quality_score") for r in rows],
+                                                  [r.get("qc_flag") for r in rows],
+                                                  summary["qc"]["threshold"]))
     return uris
 
 

@@ -29,8 +29,8 @@ def qc_report(dice, quality, flagged, quality_threshold: float | None = None) ->
     quality = np.array([np.nan if v is None else v for v in quality], dtype=np.float64)
     flagged = np.array([bool(v) for v in flagged])
     both = np.isfinite(dice) & np.isfinite(quality)
-    out: dict = {"n": int(np.isfinite(dice).sum()), "n_quality": int(both.sum()), "threshold": quality_threshold,
-                 "spearman": None, "pearson": None, "mae": None}
+    out: dict = {"n": int(np.isfinite(dice).sum()), "n_quality": int(both.sum()),
+                 "threshold": quality_threshold, "spearman": None, "pearson": None, "mae": None}
     if both.sum() >= 3 and np.ptp(quality[both]) > 0 and np.ptp(dice[both]) > 0:
         out.update(spearman=float(spearmanr(quality[both], dice[both]).statistic),
                    pearson=float(pearsonr(quality[both], dice[both]).statistic))
@@ -45,7 +45,8 @@ def qc_report(dice, quality, flagged, quality_threshold: float | None = None) ->
                      "found_quality_score": _share(low, bad & np.isfinite(quality))})
     good = scored & (dice >= GOOD_DICE)
     out["flag_table"] = rows
-    out["good"] = {"dice_at_least": GOOD_DICE, "images": int(good.sum()), "flagged_qc_flag": _share(flagged, good),
+    out["good"] = {"dice_at_least": GOOD_DICE, "images": int(good.sum()),
+                   "flagged_qc_flag": _share(flagged, good),
                    "flagged_quality_score": _share(low, good & np.isfinite(quality))}
     out["flagged"] = int(flagged[scored].sum())
     return out
@@ -53,8 +54,13 @@ def qc_report(dice, quality, flagged, quality_threshold: float | None = None) ->
 
 def format_qc_report(r: dict) -> str:
     """The report as a few lines of text."""
-    pct = lambda v: "   -" if v is None else f"{100 * v:3.0f}%"
-    num = lambda v: "-" if v is None else f"{v:.3f}"
+
+    def pct(v):
+        return "   -" if v is None else f"{100 * v:3.0f}%"
+
+    def num(v):
+        return "-" if v is None else f"{v:.3f}"
+
     lines = [(f"quality_score vs dice ({r['n_quality']} images): Spearman {num(r['spearman'])}, "
               f"Pearson {num(r['pearson'])}, MAE {num(r['mae'])}; threshold {num(r['threshold'])}; "
               f"{r['flagged']} of {r['n']} images QC-flagged"),
@@ -64,7 +70,8 @@ def format_qc_report(r: dict) -> str:
                      f"{pct(row['found_qc_flag']):>18}{pct(row['found_quality_score']):>18}")
     g = r["good"]
     lines.append(f"  {'dice >= ' + format(g['dice_at_least'], '.2f'):<14}{g['images']:>7}"
-                 f"{pct(g['flagged_qc_flag']):>18}{pct(g['flagged_quality_score']):>18}  (flagged: should be few)")
+                 f"{pct(g['flagged_qc_flag']):>18}{pct(g['flagged_quality_score']):>18}"
+                 "  (flagged: should be few)")
     return "\n".join(lines)
 
 
@@ -85,7 +92,8 @@ def scatter_png(dice, quality, flagged, quality_threshold: float | None = None, 
         ax.scatter(dice[sel], quality[sel], s=12, c=color, alpha=0.7, label=label)
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
     if quality_threshold is not None:
-        ax.axhline(quality_threshold, color="tab:orange", ls="--", lw=0.8, label=f"threshold {quality_threshold:.2f}")
+        ax.axhline(quality_threshold, color="tab:orange", ls="--", lw=0.8,
+                   label=f"threshold {quality_threshold:.2f}")
     ax.set(xlim=(0, 1.01), ylim=(0, 1.01), xlabel="real dice", ylabel="quality_score (predicted dice)",
            title=title or "QC: predicted vs real dice")
     ax.legend(loc="upper left", fontsize=8)

@@ -52,7 +52,8 @@ def score(prob_u8: np.ndarray, geo: Geometry, threshold: float, post: Postproces
 
     A truth file that does not load is the ground truth's problem, not the prediction's: it becomes
     `truth_error` and no metrics, never an exception. `calibration` (infer.quality.Calibration) adds the
-    quality_score and its `low_quality_score` flag (threshold: post.min_quality_score, else the calibration's).
+    quality_score and its `low_quality_score` flag (threshold: post.min_quality_score, else the
+    calibration's).
     """
     seg = postprocess(prob_u8, geo, threshold, post)
     quality = calibration.score(seg) if calibration is not None else None

@@ -21,7 +21,8 @@ Shift = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 def rotate(image: np.ndarray, mask: np.ndarray, quarter_turns: int) -> tuple[np.ndarray, np.ndarray]:
     """Rotate by 90 degrees x quarter_turns (counter-clockwise)."""
-    return np.ascontiguousarray(np.rot90(image, quarter_turns)), np.ascontiguousarray(np.rot90(mask, quarter_turns))
+    return (np.ascontiguousarray(np.rot90(image, quarter_turns)),
+            np.ascontiguousarray(np.rot90(mask, quarter_turns)))
 
 
 def rotate_deg(image: np.ndarray, mask: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:

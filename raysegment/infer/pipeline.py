@@ -628,7 +628,8 @@ def run_inference(config: InferConfig) -> dict:
             missing += part.num_rows - rows.num_rows  # inputs without any row: must be 0
             acc.add(rows)
     summary = {
-        "run_id": run_id, "output": config.output, "model_id": loaded.model_id, "calibration_id": calibration_id,
+        "run_id": run_id, "output": config.output, "model_id": loaded.model_id,
+        "calibration_id": calibration_id,
         "inputs_seen": n_inputs, "processed": n_todo, "rows_written": written,
         "skipped_resume": n_inputs - n_todo, "missing": missing, "duplicates_resolved": duplicates,
         **acc.result(),

@@ -93,7 +93,8 @@ def features(seg: Segmentation, refs: References, exclude: int | None = None) ->
     fitting on the images the references came from).
     """
     confidence = seg.mean_confidence if np.isfinite(seg.mean_confidence) else 0.0
-    return np.array([confidence, _best_dice(shape_descriptor(seg.mask), refs.shape, exclude)], dtype=np.float64)
+    return np.array([confidence, _best_dice(shape_descriptor(seg.mask), refs.shape, exclude)],
+                    dtype=np.float64)
 
 
 # --- the calibration -----------------------------------------------------------------------------
@@ -140,8 +141,8 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
         if d.get("method") != METHOD:
-            raise ValueError(f"calibration method {d.get('method')!r} is not {METHOD!r}: run `raysegment calibrate` "
-                             "again with this version")
+            raise ValueError(f"calibration method {d.get('method')!r} is not {METHOD!r}: "
+                             "run `raysegment calibrate` again with this version")
         return cls(d["model_id"], References.from_dict(d["refs"]), tuple(d["mean"]), tuple(d["scale"]),
                    tuple(d["coef"]), float(d["intercept"]), float(d["threshold"]), d["method"],
                    tuple(d["feature_names"]), d.get("fitted_on", {}))
@@ -168,8 +169,8 @@ def load_calibration(checkpoint: str, model_id: str) -> Calibration | None:
     d = json.loads(storage.read_text(uri))
     calibration = Calibration.from_dict(d)
     if calibration.model_id != model_id:
-        raise ValueError(f"{uri} was fitted for model {calibration.model_id}, but the weights are {model_id}: "
-                         "run `raysegment calibrate` for this checkpoint")
+        raise ValueError(f"{uri} was fitted for model {calibration.model_id}, "
+                         f"but the weights are {model_id}: run `raysegment calibrate` for this checkpoint")
     if d.get("calibration_id") != calibration.calibration_id:
         raise ValueError(f"{uri} was changed after it was written (its calibration_id does not match its "
                          "content): run `raysegment calibrate` again")

@@ -107,8 +107,8 @@ SCHEMA = pa.schema([
 
 # What resume and the summary need (everything but the masks).
 KEY_COLUMNS = ("image_uri", "run_id", "status")
-IDENTITY_COLUMNS = ("model_id", "calibration_id", "schema_version", "input_size", "input_mtime_ns", "input_etag",
-                    "truth_uri")
+IDENTITY_COLUMNS = ("model_id", "calibration_id", "schema_version", "input_size", "input_mtime_ns",
+                    "input_etag", "truth_uri")
 
 
 def runs_uri(output: str) -> str:
@@ -211,7 +211,8 @@ def is_done(previous: dict | None, model_id: str, size: int | None, mtime_ns: in
 # --- summary ------------------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = ["status", "error_stage", "error_type", "error", "qc_flag", "qc_reasons", "qc_notes",
-                   "quality_score", "lung_fraction", "mean_confidence", "truth_uri", "truth_error", *GT_METRICS, "tp", "fp", "fn", "total_ms"]
+                   "quality_score", "lung_fraction", "mean_confidence", "truth_uri", "truth_error",
+                   *GT_METRICS, "tp", "fp", "fn", "total_ms"]
 
 
 def _example(row: dict) -> str:

@@ -346,7 +346,8 @@ def todo(listing: pa.Table, done: pa.Table, model_id: str, calibration_id: str |
     joined = listing.join(prev, keys="image_uri", join_type="left outer")
     is_done = pc.and_(pc.fill_null(pc.equal(joined.column("prev_model_id"), model_id), False),
                       _same(joined.column("truth_uri"), joined.column("prev_truth_uri")))
-    is_done = pc.and_(is_done, pc.fill_null(pc.equal(joined.column("prev_schema_version"), SCHEMA_VERSION), False))
+    is_done = pc.and_(is_done,
+                      pc.fill_null(pc.equal(joined.column("prev_schema_version"), SCHEMA_VERSION), False))
     calibration = pa.array([calibration_id] * joined.num_rows, pa.string())
     is_done = pc.and_(is_done, _same(calibration, joined.column("prev_calibration_id")))
     for col in ("input_size", "input_mtime_ns", "input_etag"):

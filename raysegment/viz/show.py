@@ -59,8 +59,9 @@ def select_rows(table, worst: int | None = None, qc_flagged: bool = False, uris:
     """(rows to draw, error rows to list) from a light results table (LIGHT_COLUMNS).
 
     worst: the N ok rows with the lowest dice; qc_flagged: ok rows with qc_flag (at most `limit`, lowest
-    quality_score first, then lowest confidence); uris: those rows, in the given order; none of them: the `limit` lowest dice when
-    the results have dice, else the QC-flagged. Error rows: the chosen ones for `uris`, else every error
+    quality_score first, then lowest confidence); uris: those rows, in the given order; none of them: the
+    `limit` lowest dice when the results have dice, else the QC-flagged. Error rows: the chosen ones for
+    `uris`, else every error
     row of the table (they are worse than any drawn one).
     """
     rows = table.to_pylist()
