@@ -8,19 +8,20 @@ import sys
 
 from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
 
+DESCRIPTION = (
+    "Predict the validation images and shifted copies of them, fit the regression from quality features to "
+    "the real dice, choose the QC flag threshold, and store all of it as CHECKPOINT/calibration.json. "
+    "`raysegment infer` and `evaluate` then fill quality_score and flag low_quality_score. Test images are "
+    "never used.")
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the `calibrate` subcommand."""
     from raysegment.evaluation.calibrate import DEFAULT_COPIES
 
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "calibrate",
-        help="fit the quality_score (predicted dice) of a checkpoint on its validation split",
-        description="Predict the validation images and shifted copies of them, fit the regression from "
-        "quality features to the real dice, choose the QC flag threshold, and store all of it as "
-        "CHECKPOINT/calibration.json. `raysegment infer` and `evaluate` then fill quality_score and flag "
-        "low_quality_score. Test images are never used.",
-    )
+        "calibrate", description=DESCRIPTION,
+        help="fit the quality_score (predicted dice) of a checkpoint on its validation split")
     p.add_argument("--checkpoint", required=True, metavar="URI", help="checkpoint folder (local or s3://)")
     p.add_argument("--data", default=None, metavar="URI",
                    help="labelled dataset, or a run folder / its split_manifest.csv (default: the "

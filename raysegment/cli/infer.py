@@ -44,8 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-actors", type=int, metavar="N",
                    help="inference actors (default: one per GPU, or one per CPU minus a decode share)")
     p.add_argument("--min-actors", type=int, metavar="N",
-                   help="autoscaling pool: start with (and on a growing cluster wait for) N actors "
-                   "(default 1)")
+                   help="autoscaling pool: start with (and wait for) N actors (default 1)")
     p.add_argument("--max-actors", type=int, metavar="N",
                    help="autoscaling pool: grow to N actors as nodes join "
                    "(default: what the cluster can grow to)")
