@@ -79,8 +79,10 @@ def test_quiet_ray_keeps_rays_console_handlers_to_errors():
         from ray.data import DataContext
 
         assert DataContext.get_current().enable_progress_bars is False
+        # Console handlers only: Ray Data also attaches file handlers (a baseFilename; /dev/null in tests).
         consoles = [h for name in logs.RAY_LOGGERS for h in logging.getLogger(name).handlers
-                    if isinstance(h, logging.StreamHandler) and h is not logs._state["handler"]]
+                    if isinstance(h, logging.StreamHandler) and not hasattr(h, "baseFilename")
+                    and h is not logs._state["handler"]]
         assert consoles and all(h.level >= logging.ERROR for h in consoles)
     finally:
         logs.finish()
