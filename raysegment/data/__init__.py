@@ -1,6 +1,7 @@
 """Datasets and preprocessing: labelled pairs, splits, model inputs and synthetic X-rays.
 
 `datasets` finds (image, mask) pairs in the supported layouts and splits them by a hash of the image id;
-`preprocess` maps any image to the uint8 SxS model input and back; `augment` perturbs training batches;
-`synth` draws phantom chest X-rays with masks for the demo and tests.
+`preprocess` maps any image to the uint8 SxS model input and back; `inversion` detects and undoes inverted
+exports; `augment` perturbs training batches; `synth` draws phantom chest X-rays with masks for the demo
+and tests.
 """
