@@ -202,3 +202,79 @@ def test_s3_options_and_manifest_column_are_passed_through(tmp_path, monkeypatch
     monkeypatch.undo()
     (tmp_path / "m.csv").write_text("image_uri,other\nimg/a.png,img/b.png\n")
     assert [i.key for i in list_inputs(str(tmp_path / "m.csv"), column="other")] == ["b.png"]
+
+
+def test_listing_names_that_are_not_utf8(tmp_path):
+    """Escaped (file://) entries get keys from their percent-encoded text, under a plain root whose own name
+    needs quoting, and under an escaped root (a folder name that is not UTF-8, given with or without '/')."""
+    import os
+
+    from raysegment.io import names
+
+    plain = tmp_path / "sp ace% "  # a trailing space is part of the name
+    _touch(plain, "ok.png")
+    (plain / os.fsdecode(b"x\xff.png")).write_bytes(b"xy")
+    items = list_folder(str(plain))
+    assert [(i.key, i.size) for i in items] == [("ok.png", 1), ("x%FF.png", 2)]
+    assert items[1].uri == names.FILE_SCHEME + names.quote_from_bytes(os.fsencode(str(plain)) + b"/x\xff.png")
+    root = os.fsencode(str(tmp_path)) + b"/caf\xe9X"
+    os.mkdir(root)
+    for name in (b"a.png", b"b\xff.png"):
+        with open(root + b"/" + name, "wb") as f:
+            f.write(b"z")
+    uri = names.path_to_uri(root)
+    assert uri.startswith("file://") and uri.endswith("%E9X")
+    for root_uri in (uri, uri + "/"):
+        assert [i.key for i in list_folder(root_uri)] == ["a.png", "b%FF.png"]
+
+
+def test_listing_key_changed_by_sanitizing_gets_the_uri_digest(tmp_path):
+    import hashlib
+
+    _touch(tmp_path, "C:/a.png")
+    [item] = list_folder(str(tmp_path))
+    assert item.uri == str(tmp_path / "C:" / "a.png")
+    assert item.key == "a~" + hashlib.sha256(item.uri.encode()).hexdigest()[:10] + ".png"
+
+
+def test_s3_listing_keys_kinds_exclusions_and_identity(monkeypatch):
+    from raysegment.io import storage
+    from raysegment.io.inputs import iter_folder
+
+    options = storage.S3Options(endpoint_url="http://127.0.0.1:1")
+    E = storage.FileEntry
+
+    def filesystem(uri, s3=None):
+        assert s3 is options
+        return object(), uri[len("s3://"):]  # no rstrip: iter_folder must strip the trailing "/"
+
+    def iter_files(uri, s3=None):
+        assert uri == "s3://bkt/arch/" and s3 is options
+        return iter([
+            E("s3://bkt/arch/1.2.840", 0, kind="dir"),  # a UID-named series folder: not an input
+            E("s3://bkt/arch/locked.d", 0, kind="unlistable dir"),  # always a row
+            E("s3://bkt/arch/out/m.png", 5, 7, '"o"'),  # excluded: our own output
+            E("s3://bkt/arch/outside.png", 6, 8, '"p"'),
+            E("s3://bkt/arch/p1/a.png", 3, 9, '"e1"'),
+            # current behaviour: "\\" becomes "/", so this key equals a "p1/b.png" object's (docs/testing.md,
+            # "Noticed")
+            E("s3://bkt/arch/p1\\b.png", 4, None, '"e2"'),
+            E("s3://bkt/arch/p1/notes.txt", 1),
+            E("s3://bkt/arch/p1/x.png/", 0, kind="dir"),  # a folder named like an image: a row
+            E("s3://bkt/arch/p2/fifo.png", 0, kind="fifo"),
+        ])
+
+    monkeypatch.setattr(storage, "filesystem", filesystem)
+    monkeypatch.setattr(storage, "iter_files", iter_files)
+    items = list(iter_folder("s3://bkt/arch/", exclude=("s3://bkt/arch/out/", "/local/excl", ""), s3=options))
+    assert [(i.uri, i.key, i.size, i.mtime_ns, i.etag) for i in items] == [
+        ("s3://bkt/arch/locked.d", "locked.d", 0, None, None),
+        ("s3://bkt/arch/outside.png", "outside.png", 6, 8, '"p"'),
+        ("s3://bkt/arch/p1/a.png", "p1/a.png", 3, 9, '"e1"'),
+        ("s3://bkt/arch/p1\\b.png", "p1/b.png", 4, None, '"e2"'),
+        ("s3://bkt/arch/p1/x.png/", "p1/x.png", 0, None, None),
+        ("s3://bkt/arch/p2/fifo.png", "p2/fifo.png", 0, None, None),
+    ]
+
+    monkeypatch.setattr(storage, "iter_files", lambda uri, s3=None: iter([E(uri + "a.png", 1)]))
+    assert [i.key for i in iter_folder("s3://bkt/dirX/", s3=options)] == ["a.png"]

@@ -232,3 +232,38 @@ def test_segmentation_fraction_and_config_dict():
     assert PostprocessConfig().to_dict() == {"keep_largest": 2, "fill_holes": True, "min_lung_fraction": 0.05,
                                              "max_lung_fraction": 0.60, "min_confidence": 0.75,
                                              "min_quality_score": None}
+
+
+def test_severity_and_split_reasons():
+    from raysegment.infer.postprocess import QC_SEVERITY, severity, split_reasons
+
+    flags = ["no_lung", "right_lung_missing", "left_lung_missing", "lung_fraction_low", "lung_fraction_high",
+             "low_confidence", "low_quality_score"]
+    notes = ["inverted_input_corrected", "exif_mirrored", "multiframe_first_frame"]
+    assert QC_REASONS == (*flags, *notes) and sorted(QC_SEVERITY.values()) == ["flag"] * 7 + ["note"] * 3
+    assert [severity(r) for r in flags] == ["flag"] * 7
+    assert [severity(r) for r in notes] == ["note"] * 3
+    assert severity("something_new") == "note" and severity("") == "note"
+    assert split_reasons(["exif_mirrored", "no_lung", "new_thing", "low_confidence"]) == (
+        ["no_lung", "low_confidence"], ["exif_mirrored", "new_thing"])
+    assert split_reasons([]) == ([], [])
+    assert split_reasons(["low_quality_score"]) == (["low_quality_score"], [])
+
+
+@pytest.mark.parametrize("score, threshold, config_min, expected", [
+    (None, 0.5, None, []),  # no score: nothing to compare
+    (0.4, None, None, []),  # no threshold anywhere
+    (0.4, 0.5, None, ["low_quality_score"]),
+    (0.5, 0.5, None, []),  # the threshold itself passes
+    (0.6, 0.5, None, []),
+    (0.4, 0.5, 0.3, []),  # the config's threshold wins over the calibration's
+    (0.4, None, 0.45, ["low_quality_score"]),
+    (0.45, 0.1, 0.45, []),
+    (0.0, 0.0, None, []),
+    (-0.1, 0.0, None, ["low_quality_score"]),
+])
+def test_qc_reasons_quality_score(score, threshold, config_min, expected):
+    config = PostprocessConfig(min_quality_score=config_min)
+    assert qc_reasons(_seg(20, 20, 0.9), config, quality_score=score, quality_threshold=threshold) == expected
+    assert qc_reasons(_seg(0, 20, 0.9), config, score, threshold) == ["right_lung_missing", *expected]
+    assert qc_reasons(_seg(0, 0, 0.9), config, score, threshold) == ["no_lung"]

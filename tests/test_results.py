@@ -204,3 +204,252 @@ def test_summarize_results_without_any_truth_has_no_metrics():
     s = summarize_results(pa.Table.from_pylist([_row("a.png", truth_uri="t", truth_error="unreadable")]))
     assert (s["metrics"]["n_scored"] == 0 and s["metrics"]["truth_errors"] == 1
             and s["metrics"]["micro_dice"] == 1.0)
+
+
+# --- SummaryAccumulator / _Stat: partitions merged, hand-computed answers -----------------------------
+
+
+def _nan_stat() -> dict:
+    return {"mean": math.nan, "sd": math.nan, "median": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        (math.isnan(a[k]) and math.isnan(b[k])) if isinstance(a[k], float) and math.isnan(a[k])
+        else a[k] == pytest.approx(b[k]) for k in a)
+
+
+def test_accumulator_merges_partitions_exactly():
+    from raysegment.infer.results import SummaryAccumulator
+
+    part1 = [
+        _row("/d/a.png", lung_fraction=0.2, mean_confidence=0.9, qc_notes=["n1"], quality_score=0.5,
+             truth_uri="t/a", dice=0.8, iou=0.6, precision=1.0, recall=0.5, hd95=2.0, hd95_mm=1.0,
+             tp=8, fp=0, fn=4),
+        _row("/d/b.png", "error", error_stage="decode", error_type="DecodeError", error="b.png: bad"),
+        _row("/d/c.png", lung_fraction=0.4, qc_flag=True, qc_reasons=["low_quality_score"], qc_notes=["n1"],
+             quality_score=0.1),
+    ]
+    part2 = [
+        _row("/d/e.png", "error", error_stage="read", error_type="OSError", error="gone"),
+        _row("/d/f.png", lung_fraction=0.9, mean_confidence=0.7, qc_flag=True,
+             qc_reasons=["low_quality_score", "x"], qc_notes=["n2"], quality_score=0.3,
+             truth_uri="t/f", dice=0.4, iou=0.25, precision=0.5, recall=0.5, hd95=4.0, hd95_mm=None,
+             tp=2, fp=2, fn=2),
+        _row("/d/g.png", "error", error_stage="decode", error_type="DecodeError", error="g broke"),
+        _row("/d/h.png", lung_fraction=float("nan"), truth_uri="t/h", truth_error="bad truth"),
+    ]
+    acc = SummaryAccumulator(examples=2)
+    acc.add(pa.Table.from_pylist(part1))
+    acc.add(pa.Table.from_pylist(part1[:0], schema=pa.Table.from_pylist(part1).schema))  # empty: no-op
+    acc.add(pa.Table.from_pylist(part2))
+    s = acc.result()
+    assert (s["images"], s["ok"], s["errors"], s["qc_flagged"]) == (7, 4, 3, 2)
+    assert s["errors_by_reason"] == {"decode/DecodeError": 2, "read/OSError": 1}
+    assert s["error_examples"] == ["b.png: bad", "e.png: gone"]  # the first two over both partitions
+    assert s["qc_reasons"] == {"low_quality_score": 2, "x": 1}
+    assert list(s["qc_reasons"]) == ["low_quality_score", "x"]
+    assert s["qc_notes"] == {"n1": 2, "n2": 1}
+    assert (s["quality_flagged"], s["quality_scored"]) == (2, 3)
+    # lung_fraction 0.2, 0.4, 0.9 (NaN left out): mean 0.5, squared deviations .09 + .01 + .16 = .26
+    assert _same(s["lung_fraction"],
+                 {"mean": 0.5, "sd": math.sqrt(0.13), "median": 0.4, "min": 0.2, "max": 0.9, "n": 3})
+    assert _same(s["mean_confidence"],
+                 {"mean": 0.8, "sd": math.sqrt(0.02), "median": 0.8, "min": 0.7, "max": 0.9, "n": 2})
+    assert _same(s["quality_score"], {"mean": 0.3, "sd": 0.2, "median": 0.3, "min": 0.1, "max": 0.5, "n": 3})
+    m = s["metrics"]
+    assert (m["n_scored"], m["n_without_truth"], m["truth_errors"]) == (2, 1, 1)
+    assert m["micro_dice"] == pytest.approx(2 * 10 / (2 * 10 + 2 + 6))
+    assert _same(m["dice"],
+                 {"mean": 0.6, "sd": math.sqrt(0.08), "median": 0.6, "min": 0.4, "max": 0.8, "n": 2})
+    assert _same(m["hd95"],
+                 {"mean": 3.0, "sd": math.sqrt(2.0), "median": 3.0, "min": 2.0, "max": 4.0, "n": 2})
+    assert _same(m["hd95_mm"], {"mean": 1.0, "sd": 0.0, "median": 1.0, "min": 1.0, "max": 1.0, "n": 1})
+    assert set(m) == {"n_scored", "n_without_truth", "truth_errors", "micro_dice", "dice", "iou", "precision",
+                      "recall", "hd95", "hd95_mm"}
+    assert set(s) == {"images", "ok", "errors", "errors_by_reason", "error_examples", "qc_flagged",
+                      "qc_reasons", "qc_notes", "quality_flagged", "quality_scored", "lung_fraction",
+                      "mean_confidence", "quality_score", "metrics"}
+
+
+def test_accumulator_minimal_tables():
+    from raysegment.infer.results import SummaryAccumulator
+
+    # no image_uri, no dice, no qc_notes / quality_score / truth columns: counts only, no metrics section
+    t = pa.table({"status": ["ok", "error", None, "ok"], "error_stage": [None, "read", None, None],
+                  "error_type": [None, None, "E", None], "error": [None, "lost", None, None],
+                  "qc_flag": [None, None, None, True], "qc_reasons": pa.nulls(4, pa.null()),
+                  "lung_fraction": [0.25, None, None, 0.75], "mean_confidence": [1.0, None, None, 1.0]})
+    acc = SummaryAccumulator()
+    acc.add(t)
+    s = acc.result()
+    assert (s["images"], s["ok"], s["errors"], s["qc_flagged"]) == (4, 2, 2, 1)
+    assert s["errors_by_reason"] == {"read/None": 1, "None/E": 1}
+    assert s["error_examples"] == ["lost", ""]
+    assert s["qc_reasons"] == {} and s["qc_notes"] == {} and "metrics" not in s
+    assert (s["quality_flagged"], s["quality_scored"]) == (0, 0)
+    assert _same(s["quality_score"], _nan_stat())
+    assert _same(s["lung_fraction"], {"mean": 0.5, "sd": math.sqrt(0.125), "median": 0.5, "min": 0.25,
+                                      "max": 0.75, "n": 2})
+    assert acc._rows == 4
+    acc.add(t)
+    s = acc.result()
+    assert acc._rows == 8 and s["images"] == 8 and s["error_examples"] == ["lost", "", "lost", ""]
+    # truth_uri without a dice column still marks the run as having ground truth
+    acc = SummaryAccumulator()
+    acc.add(pa.table({"status": ["ok"], "qc_flag": [False], "qc_reasons": [["a"]], "truth_uri": ["t"]}))
+    s = acc.result()
+    assert s["metrics"]["n_scored"] == 0 and s["metrics"]["micro_dice"] == 1.0 and s["qc_reasons"] == {"a": 1}
+    acc = SummaryAccumulator()
+    acc.add(pa.table({"status": ["ok"], "qc_flag": [False], "qc_reasons": [[]], "truth_uri": [None]}))
+    assert "metrics" not in acc.result()
+
+
+def test_accumulator_all_ok_or_all_errors():
+    from raysegment.infer.results import SummaryAccumulator
+
+    acc = SummaryAccumulator(examples=0)
+    acc.add(pa.Table.from_pylist([_row("/a.png", "error", error_stage="s", error_type="T", error="x")]))
+    s = acc.result()
+    assert s["error_examples"] == [] and s["errors_by_reason"] == {"s/T": 1} and s["ok"] == 0
+    acc = SummaryAccumulator()
+    assert acc.examples == 5 and acc.result()["images"] == 0 and acc.result()["errors"] == 0
+    assert acc.any_truth is False and acc.stats == {} and acc.error_examples == []
+    assert (acc.n_scored, acc.n_without_truth, acc.truth_errors, acc.tp, acc.fp, acc.fn) == (0, 0, 0, 0, 0, 0)
+
+
+def test_stat_merges_chunks_with_exact_moments():
+    import numpy as np
+
+    from raysegment.infer.results import _Stat
+
+    st = _Stat()
+    assert (st.n, st.mean, st.m2, st.low, st.high) == (0, 0.0, 0.0, np.inf, -np.inf)
+    assert st.keys.dtype == np.uint64 and st.values.dtype == np.float64
+    assert st.keys.size == st.values.size == 0
+    chunks = [[1.0, 2.0], [float("nan"), float("inf")], [3.0, None], [10.0, 20.0, -float("inf")]]
+    key = 0
+    for chunk in chunks:
+        keys = np.arange(key, key + len(chunk), dtype=np.uint64)
+        key += len(chunk)
+        st.add(pa.chunked_array([pa.array(chunk, pa.float64())]), keys)
+    # 1, 2, 3, 10, 20: mean 7.2, squared deviations 38.44 + 27.04 + 17.64 + 7.84 + 163.84 = 254.8
+    assert st.n == 5 and st.mean == pytest.approx(7.2) and st.m2 == pytest.approx(254.8)
+    assert list(st.keys) == [0, 1, 4, 6, 7]
+    assert st.summary() == pytest.approx(
+        {"mean": 7.2, "sd": math.sqrt(254.8 / 4), "median": 3.0, "min": 1.0, "max": 20.0, "n": 5})
+    one = _Stat()
+    one.add(pa.chunked_array([pa.array([4], pa.int64())]), np.array([9], np.uint64))
+    assert one.summary() == {"mean": 4.0, "sd": 0.0, "median": 4.0, "min": 4.0, "max": 4.0, "n": 1}
+    neg = _Stat()
+    neg.add(pa.chunked_array([pa.array([-5.0, -7.0])]), np.array([1, 2], np.uint64))
+    assert neg.summary()["max"] == -5.0 and neg.summary()["min"] == -7.0
+
+
+def test_stat_keeps_the_smallest_keys(monkeypatch):
+    import numpy as np
+
+    from raysegment.infer import results
+
+    monkeypatch.setattr(results, "SAMPLE", 2)
+    st = results._Stat()
+    st.add(pa.chunked_array([pa.array([40.0, 30.0, 10.0, 20.0])]), np.array([4, 3, 1, 2], np.uint64))
+    assert st.keys.size == 4  # 2 * SAMPLE: not trimmed yet
+    st.add(pa.chunked_array([pa.array([50.0])]), np.array([5], np.uint64))
+    assert sorted(st.keys.tolist()) == [1, 2] and sorted(st.values.tolist()) == [10.0, 20.0]
+    s = st.summary()
+    assert (s["mean"], s["min"], s["max"], s["n"], s["median"]) == (30.0, 10.0, 50.0, 5, 15.0)
+    st = results._Stat()
+    st.add(pa.chunked_array([pa.array([30.0, 10.0, 20.0])]), np.array([7, 5, 6], np.uint64))
+    assert st.keys.size == 3
+    assert st.summary()["median"] == 15.0 and sorted(st.keys.tolist()) == [5, 6]
+    st = results._Stat()
+    st.add(pa.chunked_array([pa.array([1.0, 2.0])]), np.array([2, 1], np.uint64))
+    st._trim()
+    assert st.keys.tolist() == [2, 1] and st.values.tolist() == [1.0, 2.0]  # SAMPLE rows: left as they are
+
+
+def test_hash_and_flatten():
+    import numpy as np
+    import pandas as pd
+
+    from raysegment.infer.results import _flatten, _hash, _value_counts
+
+    strings = pa.chunked_array([pa.array(["a", "b", "a"])])
+    h = _hash(strings)
+    assert h.dtype == np.uint64 and h[0] == h[2] and h[0] != h[1]
+    expected = pd.util.hash_array(np.array(["a", "b", "a"], dtype=object), categorize=False)
+    assert h.tolist() == expected.tolist()
+    assert _flatten(pa.chunked_array([pa.nulls(2)])).to_pylist() == []
+    assert _flatten(pa.chunked_array([pa.nulls(2)])).type == pa.string()
+    assert _flatten(pa.chunked_array([pa.array([["x"], None, ["y", "x"]])])).to_pylist() == ["x", "y", "x"]
+    assert _value_counts(pa.array(["x", "y", "x"])) == (["x", "y"], [2, 1])
+
+
+def test_is_done_schema_version_and_calibration_each_matter():
+    before = {"model_id": "m", "input_size": 10, "input_mtime_ns": 5, "input_etag": None, "truth_uri": None,
+              "schema_version": SCHEMA_VERSION, "calibration_id": "c1"}
+    assert is_done(before, "m", 10, 5, None, None, "c1")
+    assert not is_done({**before, "schema_version": SCHEMA_VERSION - 1}, "m", 10, 5, None, None, "c1")
+    assert not is_done(before, "m", 10, 5, None, None, "c2")
+    assert not is_done(before, "m", 11, 5, None, None, "c1")  # size changed
+    assert not is_done(before, "m", 10, 6, None, None, "c1")  # mtime changed
+
+
+def test_accumulator_keeps_few_examples_and_merges_counts_over_partitions():
+    from raysegment.infer.results import SummaryAccumulator
+
+    acc = SummaryAccumulator(examples=2)
+    for p in range(3):
+        acc.add(pa.Table.from_pylist([
+            _row(f"/d/{p}{i}.png", "error", error_stage="read", error_type="OSError", error="gone")
+            for i in range(2)] + [_row(f"/t/{p}.png", truth_uri="t", truth_error="bad", dice=None)]))
+        assert len(acc.error_examples) == 2  # memory stays bounded
+    s = acc.result()
+    assert s["error_examples"] == ["00.png: gone", "01.png: gone"]
+    assert s["metrics"]["truth_errors"] == 3 and s["metrics"]["n_scored"] == 0
+
+
+def test_accumulator_truth_seen_in_an_earlier_partition_is_kept():
+    from raysegment.infer.results import SummaryAccumulator
+
+    with_truth = pa.table({"status": ["ok"], "qc_flag": [False], "qc_reasons": [[]], "truth_uri": ["t"]})
+    without = pa.table({"status": ["ok"], "qc_flag": [False], "qc_reasons": [[]]})
+    acc = SummaryAccumulator()
+    acc.add(with_truth)
+    acc.add(without)
+    assert acc.result()["metrics"]["n_scored"] == 0
+    scored = pa.Table.from_pylist([_row("/a.png", truth_uri="t", dice=0.5, iou=0.5, precision=0.5, recall=0.5,
+                                        tp=1, fp=1, fn=1)])
+    unscored = pa.Table.from_pylist([_row("/b.png", dice=None)])
+    acc = SummaryAccumulator()
+    acc.add(scored)
+    acc.add(unscored)
+    assert acc.any_truth is True and acc.result()["metrics"]["n_without_truth"] == 1
+
+
+def test_accumulator_median_sample_is_the_smallest_uri_hashes(monkeypatch):
+    import numpy as np
+    import pandas as pd
+
+    from raysegment.infer import results
+
+    monkeypatch.setattr(results, "SAMPLE", 2)
+    uris = [f"/d/img{i}.png" for i in range(8)]
+    hashes = pd.util.hash_array(np.array(uris, dtype=object), categorize=False)
+    kept = sorted(np.argsort(hashes)[:2].tolist())  # the rows whose image_uri hashes are smallest
+    acc = results.SummaryAccumulator()
+    for part in (range(5), range(5, 8)):
+        acc.add(pa.Table.from_pylist([_row(uris[i], lung_fraction=float(i)) for i in part]))
+    s = acc.result()["lung_fraction"]
+    assert (s["n"], s["mean"], s["min"], s["max"]) == (8, 3.5, 0.0, 7.0)
+    assert s["median"] == (kept[0] + kept[1]) / 2
+    # Without image_uri, rows are keyed by their running number over all partitions ("0", "1", ...).
+    numbers = pd.util.hash_array(np.array([str(i) for i in range(8)], dtype=object), categorize=False)
+    kept = sorted(np.argsort(numbers)[:2].tolist())
+    acc = results.SummaryAccumulator()
+    for part in (range(5), range(5, 8)):
+        acc.add(pa.table({"status": ["ok"] * len(part), "qc_flag": [False] * len(part),
+                          "qc_reasons": pa.nulls(len(part), pa.null()),
+                          "lung_fraction": [float(i) for i in part]}))
+    assert acc.result()["lung_fraction"]["median"] == (kept[0] + kept[1]) / 2
