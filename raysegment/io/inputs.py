@@ -83,8 +83,10 @@ def iter_folder(uri: str, exclude: tuple[str, ...] = (), s3: storage.S3Options |
 
     def inner(u: str) -> str:  # path inside its filesystem: absolute local path, or bucket/key
         if not storage.is_s3(u):
-            return os.path.abspath(os.path.expanduser(u)).replace("\\", "/").rstrip("/")
-        return storage.filesystem(u, s3)[1].replace("\\", "/").rstrip("/")
+            # Only the OS separator becomes "/": on POSIX a backslash is part of a file name (a\b.png and
+            # a/b.png are two inputs; stable_key gives the first a digest, so their masks never collide).
+            return os.path.abspath(os.path.expanduser(u)).replace(os.sep, "/").rstrip("/")
+        return storage.filesystem(u, s3)[1].rstrip("/")  # S3 keys: "/" is the only separator
 
     local = not storage.is_s3(uri)
     root_path = names.uri_to_path(uri) if local else uri
