@@ -25,7 +25,8 @@ from raysegment.infer.results import SCHEMA, done_inputs, read_results
 from raysegment.io.decode import PREFERRED_PLUGINS, _preferred_plugin, decode_image, decode_mask, encode_png
 from raysegment.io.rle import decode_rle, encode_rle
 from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
-from raysegment.model.unet import UNet, UNetConfig
+from raysegment.model.unet import UNetConfig
+from raysegment.testing.models import untrained_unet
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "dicom")
 _spec = importlib.util.spec_from_file_location("make_fixtures", os.path.join(FIXTURES, "make_fixtures.py"))
@@ -57,13 +58,7 @@ def tiny_model(tmp_path_factory):
 
     data = str(tmp_path_factory.mktemp("tiny_probe"))
     write_dataset(data, n=4, size=96, seed=3, layout="generic")
-    torch.manual_seed(0)
-    model = UNet(base_channels=8, depth=3)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    model.eval()
+    model = untrained_unet()
     spec = ModelSpec(UNetConfig(base_channels=8, depth=3), PreprocessConfig(size=64), threshold=0.5)
     from raysegment.data.preprocess import preprocess_image, to_tensor
 

@@ -28,6 +28,7 @@ from raysegment.cluster.plan import ClusterResources, NodeResources, PlanError
 from raysegment.data.preprocess import to_tensor
 from raysegment.infer.predict import GPU_MICRO_BATCH, forward_probabilities, gpu_recipe
 from raysegment.model.unet import UNet
+from raysegment.testing.models import untrained_unet
 from raysegment.train.config import ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,13 +47,7 @@ def structured_model() -> UNet:
     head bias set so that a quarter of the pixels of phantoms are "lung" (many pixels near the threshold)."""
     from raysegment.data.preprocess import to_tensor
 
-    torch.manual_seed(0)
-    model = UNet(base_channels=8, depth=3)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    model.eval()
+    model = untrained_unet()
     with torch.no_grad():
         model.head.bias -= torch.quantile(model(to_tensor(phantom_inputs(2))).flatten(), 0.75)
     return model

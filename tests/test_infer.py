@@ -37,6 +37,7 @@ from raysegment.io.names import is_input_name as is_image_name
 from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
 from raysegment.model.unet import UNet, UNetConfig
 from raysegment.testing.dicom import make_dicom_bytes
+from raysegment.testing.models import untrained_unet
 
 BAD = {"0_truncated.png": "truncated PNG", "0_empty.png": "empty file", "0_text.png": "not an image"}
 N_SYNTH = 30
@@ -75,13 +76,7 @@ def checkpoint(tmp_path_factory, archive) -> str:
     from raysegment.data.preprocess import preprocess_image, to_tensor
     from raysegment.io.decode import decode_image
 
-    torch.manual_seed(0)
-    model = UNet(base_channels=8, depth=3)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    model.eval()
+    model = untrained_unet()
     spec = ModelSpec(UNetConfig(base_channels=8, depth=3), PreprocessConfig(size=64), threshold=0.5)
     probe = np.stack([preprocess_image(decode_image(_read(archive, "cxr", f"SYN_000{i}_{i % 2}.png")).image,
                                        spec.preprocess)[0] for i in range(4)])
