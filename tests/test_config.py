@@ -113,7 +113,7 @@ RULES = [
     ("threshold", 0.01, 0.0, "threshold: must be in (0, 1), got 0.0"),
     ("threshold", 0.99, 1.0, "threshold: must be in (0, 1), got 1.0"),
     ("model.in_channels", 1, 3, "model.in_channels: must be 1 (the data pipeline feeds grayscale), got 3"),
-    ("model.out_channels", 1, 2, "model.out_channels: must be 1 (binary lung mask), got 2"),
+    ("model.out_channels", 1, 2, "model.out_channels: must equal the number of structures (1: lungs), got 2"),
     ("data.split", [0.5, 0.5, 0.0], [0.5, 0.6, -0.1], SPLIT_RULE + ", got [0.5, 0.6, -0.1]"),
     ("data.split", [0.3, 0.3, 0.4], [0.3, 0.3, 0.3], "data.split: must be three non-negative fractions"),
     ("data.split", [0.9, 0.1, 0.0], [0.0, 0.5, 0.5],

@@ -239,10 +239,10 @@ def test_severity_and_split_reasons():
 
     flags = ["no_lung", "right_lung_missing", "left_lung_missing", "lung_fraction_low", "lung_fraction_high",
              "low_confidence", "low_quality_score"]
-    notes = ["inverted_input_corrected", "exif_mirrored", "multiframe_first_frame"]
-    assert QC_REASONS == (*flags, *notes) and sorted(QC_SEVERITY.values()) == ["flag"] * 7 + ["note"] * 3
+    notes = ["inverted_input_corrected", "exif_mirrored", "multiframe_first_frame", "ctr_not_measurable"]
+    assert QC_REASONS == (*flags, *notes) and sorted(QC_SEVERITY.values()) == ["flag"] * 7 + ["note"] * 4
     assert [severity(r) for r in flags] == ["flag"] * 7
-    assert [severity(r) for r in notes] == ["note"] * 3
+    assert [severity(r) for r in notes] == ["note"] * 4
     assert severity("something_new") == "note" and severity("") == "note"
     assert split_reasons(["exif_mirrored", "no_lung", "new_thing", "low_confidence"]) == (
         ["no_lung", "low_confidence"], ["exif_mirrored", "new_thing"])

@@ -106,8 +106,8 @@ def test_training_learns_and_the_best_checkpoint_reloads_without_ray(scenario, p
     split = load_split_dataset(phantoms)
     val_pairs = split.pairs("val")
     prepared = [prepare_pair(p, scenario.config.preprocess) for p in val_pairs]
-    images = np.stack([i for i, _ in prepared])
-    truth = np.stack([m for _, m in prepared]).astype(bool)
+    images = np.stack([i for i, _, _ in prepared])
+    truth = np.stack([m[0] for _, m, _ in prepared]).astype(bool)
 
     def mean_dice(pred: np.ndarray) -> float:
         c = np.array([(np.sum(p & t), np.sum(p & ~t), np.sum(~p & t)) for p, t in zip(pred, truth,
@@ -147,10 +147,10 @@ def model_resolution_dice(checkpoint: str, pairs, batch_size: int) -> float:
     for start in range(0, len(pairs), batch_size):
         prepared = [prepare_pair(p, loaded.spec.preprocess) for p in pairs[start : start + batch_size]]
         with torch.no_grad():
-            logits = loaded.model(to_tensor(np.stack([image for image, _ in prepared])))
-        for pred, (_, mask) in zip(predict_masks(logits, loaded.spec.threshold)[:, 0].numpy(), prepared,
+            logits = loaded.model(to_tensor(np.stack([image for image, _, _ in prepared])))
+        for pred, (_, mask, _) in zip(predict_masks(logits, loaded.spec.threshold)[:, 0].numpy(), prepared,
                                    strict=False):
-            sums.add(image_metrics(pred, mask.astype(bool)))
+            sums.add(image_metrics(pred, mask[0].astype(bool)))
     return sums.means()["dice"]
 
 
@@ -164,7 +164,7 @@ def test_test_metrics_equal_evaluate_and_infer_ground_truth(scenario, phantoms, 
 
     run_dir, best = scenario.run_dir, os.path.join(scenario.run_dir, "best")
     test = json.loads(Path(run_dir, "test_metrics.json").read_text())
-    trained = {r["image_id"]: r["dice"] for r in test["images"]}
+    trained = {r["image_id"]: r["dice"] for r in test["per_image"]}
     assert len(trained) == 7
 
     assert main(["evaluate", "--checkpoint", best, "--data", run_dir, "--split", "test",
@@ -206,7 +206,7 @@ def test_run_directory_outputs(scenario):
                                                        "images_per_s", "epoch_time_s"} <= set(header)
     assert load_config(os.path.join(run_dir, "config.yaml")) == scenario.config  # the effective config
     test = json.loads(Path(run_dir, "test_metrics.json").read_text())
-    assert test["metrics"]["n_scored"] == len(test["images"]) == 7
+    assert test["metrics"]["n_scored"] == len(test["per_image"]) == 7
     assert {"dice", "iou", "hd95", "micro_dice"} <= set(test["metrics"])
     assert test["metrics"]["dice"]["mean"] > 0.6
     # Ray keeps the best checkpoint by val_dice plus the latest; best/ is a copy of the best one.
@@ -246,13 +246,15 @@ def test_augmentation_depends_on_seed_epoch_and_image_only():
     masks = (rng.random((4, 32, 32)) > 0.5).astype(np.uint8)
     keys = np.array([11, 22, 33, 44])
     before = images.copy()
-    x, y = TrainCollate(AugmentConfig(), seed=0, epoch=3)({"image": images, "mask": masks, "key": keys})
+    x, y, labelled = TrainCollate(AugmentConfig(), seed=0, epoch=3)({"image": images, "mask": masks,
+                                                                     "key": keys})
+    assert labelled.shape == (4, 1) and bool(labelled.all())  # rows without the column: all labelled
     assert (images == before).all()  # the caller's arrays are untouched
     order = [2, 0]  # another batch composition and order
-    x2, y2 = TrainCollate(AugmentConfig(), seed=0, epoch=3)(
+    x2, y2, _ = TrainCollate(AugmentConfig(), seed=0, epoch=3)(
         {"image": images[order], "mask": masks[order], "key": keys[order]})
     assert torch.equal(x2, x[order]) and torch.equal(y2, y[order])
-    x3, _ = TrainCollate(AugmentConfig(), seed=0, epoch=4)({"image": images, "mask": masks, "key": keys})
+    x3, _, _ = TrainCollate(AugmentConfig(), seed=0, epoch=4)({"image": images, "mask": masks, "key": keys})
     assert not torch.equal(x3, x)
     assert x.shape == (4, 1, 32, 32) and x.dtype == torch.float32 and set(y.unique().tolist()) <= {0.0, 1.0}
 

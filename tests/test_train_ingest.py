@@ -20,7 +20,6 @@ from raysegment.train import cache
 from raysegment.train.config import ConfigError, load_config
 from raysegment.train.data import (
     CACHE_BUILD_BLOCKS,
-    MASK_NAMES,
     TrainCollate,
     build_dataset,
     decoded_dataset,
@@ -45,7 +44,7 @@ def small_set(tmp_path_factory):
 def all_rows(ds) -> dict[str, np.ndarray]:
     """Every row of a dataset of training rows, sorted by key."""
     batches = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
-    rows = {name: np.concatenate([b[name] for b in batches]) for name in ("key", "image", "mask")}
+    rows = {name: np.concatenate([b[name] for b in batches]) for name in ("key", "image", "mask", "labelled")}
     order = np.argsort(rows["key"])
     return {name: value[order] for name, value in rows.items()}
 
@@ -61,6 +60,9 @@ def build_cache(root: str, split, preprocess: PreprocessConfig = PRE, calls: lis
     return cache.ensure_cache(root, "train", split.digest(), preprocess, MASK_NAMES, decoded, rows_per_file=8)
 
 
+MASK_NAMES = ("lungs",)
+
+
 def test_streamed_rows_and_augmented_batches_equal_the_materialized_ones(ray_local, small_set, tmp_path):
     _, split = small_set
     info = build_cache(str(tmp_path / "cache"), split)
@@ -74,13 +76,13 @@ def test_streamed_rows_and_augmented_batches_equal_the_materialized_ones(ray_loc
 
     streamed, materialized = (all_rows(streamed_dataset(info)),
                               all_rows(build_dataset(split.pairs("train"), PRE)))
-    for name in ("key", "image", "mask"):
+    for name in ("key", "image", "mask", "labelled"):
         assert np.array_equal(streamed[name], materialized[name]), name
     assert streamed["mask"].shape == (info.rows, 1, 32, 32)
     # The augmented batch of (seed, epoch, image) is the same on both paths.
     for epoch in (1, 2):
-        x1, y1 = TrainCollate(AugmentConfig(), seed=7, epoch=epoch)(streamed)
-        x2, y2 = TrainCollate(AugmentConfig(), seed=7, epoch=epoch)(materialized)
+        x1, y1, _ = TrainCollate(AugmentConfig(), seed=7, epoch=epoch)(streamed)
+        x2, y2, _ = TrainCollate(AugmentConfig(), seed=7, epoch=epoch)(materialized)
         assert torch.equal(x1, x2) and torch.equal(y1, y2) and y1.shape == (info.rows, 1, 32, 32)
     assert not torch.equal(x1, TrainCollate(AugmentConfig(), seed=7, epoch=1)(streamed)[0])
 

@@ -40,7 +40,7 @@ from raysegment.errors import InputError, UserError
 from raysegment.evaluation.metrics import json_safe
 from raysegment.evaluation.scoring import score
 from raysegment.infer.postprocess import PostprocessConfig
-from raysegment.infer.predict import forward_probabilities
+from raysegment.infer.predict import forward_structures
 from raysegment.infer.quality import load_calibration
 from raysegment.infer.report import REPORT_METRICS
 from raysegment.infer.results import SCHEMA, SUMMARY_COLUMNS, summarize_results
@@ -95,10 +95,13 @@ def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
     """Predict and score each pair (scoring.score). Unreadable images are rows with status "error" and the
     reason; an unreadable truth mask leaves the row ok with `truth_error` and no metrics (as in infer).
 
-    Batching only groups the decode work and the forward calls: forward_probabilities runs the same
+    Batching only groups the decode work and the forward calls: forward_structures runs the same
     fixed-size micro-batches as predict.predict and the bulk pipeline, so results do not depend on it.
+    A multi-structure model adds structure_columns() per row (each structure's dice and area, the CTR from
+    the predicted masks and from the expert masks).
     """
     post = postprocess_config or PostprocessConfig()
+    names = loaded.spec.structures
     threshold = loaded.spec.threshold if threshold is None else threshold
     rows: list[dict] = []
     bar = Progress(len(pairs), "evaluate", "images") if progress else None
@@ -106,7 +109,7 @@ def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
         chunk = pairs[start : start + batch_size]
         decoded = []  # (row, pair, DecodedImage, uint8 SxS model input, Geometry) of the pairs that decode
         for pair in chunk:
-            row = {"image_id": pair.image_id, "image_uri": pair.image_uri,
+            row = {"image_id": pair.image_id, "image_uri": pair.image_uri, "source": pair.source or None,
                    "truth_uri": "|".join(pair.mask_uris), "status": "ok", "error": None}
             rows.append(row)
             try:
@@ -121,11 +124,15 @@ def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
                 continue
             decoded.append((row, pair, image, model_input, geo))
         if decoded:
-            probs = forward_probabilities(loaded.model, np.stack([d[3] for d in decoded]))
+            probs = forward_structures(loaded.model, np.stack([d[3] for d in decoded]))
             for (row, pair, image, _, geo), prob in zip(decoded, probs, strict=True):
                 meta = image.meta
-                scored = score(prob, geo, threshold, post, pair.mask_uris, pair.image_uri,
-                               meta.pixel_spacing_mm, calibration)
+                others = {name: prob[c] for c, name in enumerate(names) if c > 0}
+                truths = {k: v for k, v in pair.masks().items() if k in others}
+                scored = score(prob[0], geo, threshold, post, pair.mask_uris, pair.image_uri,
+                               meta.pixel_spacing_mm, calibration, others, truths)
+                if others:
+                    row.update(structure_values(scored))
                 seg = scored.segmentation
                 row.update(height=meta.height, width=meta.width, lung_fraction=seg.fraction,
                            mean_confidence=json_safe(seg.mean_confidence), qc_flag=bool(scored.qc_reasons),
@@ -137,6 +144,60 @@ def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
     if bar:
         bar.close()
     return rows
+
+
+def structure_columns(names) -> list[str]:
+    """Per-image columns of a multi-structure model's evaluation (none for a lungs-only model)."""
+    others = [n for n in names if n != "lungs"]
+    cols = [f"{n}_{k}" for n in others for k in ("dice", "iou", "hd95", "area_px", "truth_error")]
+    if "heart" in others:
+        cols += ["ctr", "heart_width_px", "thoracic_width_px", "thoracic_row", "truth_ctr", "ctr_abs_diff"]
+    return cols
+
+
+def structure_values(scored) -> dict:
+    """The structure_columns() of one scored image."""
+    out = {}
+    for part in scored.structures:
+        m = part.metrics or {}
+        out.update({f"{part.name}_dice": m.get("dice"), f"{part.name}_iou": m.get("iou"),
+                    f"{part.name}_hd95": m.get("hd95"), f"{part.name}_area_px": part.area_px,
+                    f"{part.name}_truth_error": part.truth_error})
+    if scored.ctr is not None:
+        c, t = scored.ctr, scored.truth_ctr
+        out.update(ctr=c.ctr, heart_width_px=c.heart_width_px, thoracic_width_px=c.thoracic_width_px,
+                   thoracic_row=c.thoracic_row, truth_ctr=t.ctr if t is not None else None)
+        out["ctr_abs_diff"] = (abs(c.ctr - t.ctr) if t is not None and c.ctr is not None and t.ctr is not None
+                               else None)
+    return out
+
+
+def _stats(values) -> dict:
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if not len(v):
+        return {"n": 0}
+    return {"n": len(v), "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
+
+
+def structure_summary(rows: list[dict], names) -> dict:
+    """Per structure the dice statistics over the images whose truth labels it; the CTR agreement
+    (predicted vs expert: mean absolute difference); lung dice per source when rows have several."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    out = {"structure_dice": {"lungs": _stats(r.get("dice") for r in ok),
+                              **{n: _stats(r.get(f"{n}_dice") for r in ok) for n in names if n != "lungs"}}}
+    if "heart" in names:
+        diffs = [r.get("ctr_abs_diff") for r in ok]
+        out["ctr_agreement"] = {"predicted": _stats(r.get("ctr") for r in ok),
+                      "expert": _stats(r.get("truth_ctr") for r in ok),
+                      "abs_diff": _stats(diffs),
+                      "not_measurable": sum(1 for r in ok if r.get("ctr") is None)}
+    sources = sorted({r.get("source") for r in ok if r.get("source")})
+    if len(sources) > 1:
+        out["sources"] = {s: {n: _stats(r.get("dice" if n == "lungs" else f"{n}_dice")
+                                        for r in ok if r.get("source") == s) for n in names}
+                          for s in sources}
+    return out
 
 
 def summarize_rows(rows: list[dict], worst: int = 5) -> dict:
@@ -151,9 +212,11 @@ def summarize_rows(rows: list[dict], worst: int = 5) -> dict:
                        "qc_reasons": r["qc_reasons"]} for r in scored[:worst]]}
 
 
-def write_outputs(rows: list[dict], summary: dict, out: str) -> list[str]:
+def write_outputs(rows: list[dict], summary: dict, out: str,
+                  extra_columns: list[str] | None = None) -> list[str]:
     """per_image.parquet, per_image.csv, summary.json under `out`; returns their URIs."""
-    frame = pd.DataFrame(rows).reindex(columns=ROW_COLUMNS)
+    extra = [c for c in (["source"] if any(r.get("source") for r in rows) else []) + (extra_columns or [])]
+    frame = pd.DataFrame(rows).reindex(columns=ROW_COLUMNS + extra)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
     csv = frame.assign(**{  # lists do not fit in a CSV cell
@@ -202,6 +265,9 @@ def evaluate(checkpoint: str, data: str | None = None, split: str = "test", out:
     summary = {"checkpoint": checkpoint, "model_id": loaded.model_id, "data": data, "split": split,
                "threshold": loaded.spec.threshold if threshold is None else threshold,
                "split_warning": warning, **summarize_rows(rows), "wall_s": round(wall, 3)}
+    names = loaded.spec.structures
+    if len(names) > 1 or any(r.get("source") for r in rows):
+        summary.update(structures=list(names), **structure_summary(rows, names))
     if calibration:
         from raysegment.evaluation.qc_report import qc_report
 
@@ -211,5 +277,5 @@ def evaluate(checkpoint: str, data: str | None = None, split: str = "test", out:
                                   [r["qc_flag"] for r in ok],
                                   calibration.threshold if quality_threshold is None else quality_threshold)
     if out:
-        write_outputs(rows, summary, out)
+        write_outputs(rows, summary, out, structure_columns(names) if len(names) > 1 else None)
     return Evaluation(rows, summary, out)

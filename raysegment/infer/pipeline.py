@@ -55,7 +55,7 @@ from raysegment.cluster.plan import (
     connect,
     plan_inference,
 )
-from raysegment.data.datasets import discover
+from raysegment.data.datasets import discover, parse_truth
 from raysegment.data.preprocess import PreprocessConfig, geometry, preprocess_image
 from raysegment.errors import InputError
 from raysegment.evaluation.metrics import json_safe
@@ -134,7 +134,7 @@ DECODED_SCHEMA = pa.schema([
 ])
 INFERRED_SCHEMA = pa.schema([
     *[f for f in DECODED_SCHEMA if f.name != "image"],
-    ("prob", pa.binary()),  # uint8 SxS probability x 255, row-major
+    ("prob", pa.binary()),  # uint8 CxSxS probability x 255, row-major (C: the model's structures)
     SCHEMA.field("infer_ms"),
 ])
 
@@ -273,9 +273,9 @@ class InferActor:
         self.bf16 = use_gpu
 
     def _forward(self, images: np.ndarray) -> np.ndarray:
-        from raysegment.infer.predict import forward_probabilities
+        from raysegment.infer.predict import forward_structures
 
-        return forward_probabilities(self.loaded.model, images, self.micro_batch, self.threads, self.bf16)
+        return forward_structures(self.loaded.model, images, self.micro_batch, self.threads, self.bf16)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -321,10 +321,26 @@ class PostprocessJob:
     dicom_seg_out: str | None = None
     dicom_seg_sides: bool = False
     calibration: Calibration | None = None  # quality_score; None: the checkpoint has no calibration.json
+    structures: tuple[str, ...] = ("lungs",)  # the model's output channels (checkpoint spec.structures)
 
 
 def _finite(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+def structure_columns(scored, spacing: tuple[float, float] | None) -> dict:
+    """The structures list and CTR columns of a multi-structure model's row; {} for a lungs-only model (its
+    rows keep those columns null)."""
+    if not scored.structures:
+        return {}
+    cm2 = spacing[0] * spacing[1] / 100.0 if spacing else None
+    parts = [{"name": p.name, "area_px": p.area_px, "area_cm2": p.area_px * cm2 if cm2 else None,
+              "mask_rle": encode_rle(p.mask), "dice": _finite((p.metrics or {}).get("dice"))}
+             for p in scored.structures]
+    c = scored.ctr
+    ctr = ({"ctr": c.ctr, "heart_width_px": c.heart_width_px, "thoracic_width_px": c.thoracic_width_px,
+            "thoracic_row": c.thoracic_row} if c else {})
+    return {"structures": parts, **ctr}
 
 
 def _finish_row(row: dict, job: PostprocessJob) -> dict:
@@ -339,10 +355,12 @@ def _finish_row(row: dict, job: PostprocessJob) -> dict:
     spacing = (row["pixel_spacing_row_mm"], row["pixel_spacing_col_mm"])
     spacing = spacing if None not in spacing else None
     try:
-        prob = np.frombuffer(row["prob"], np.uint8).reshape(size, size)
-        truth_uris = tuple(row["truth_uri"].split("|")) if row.get("truth_uri") else None
-        scored = score(prob, geometry(row["height"], row["width"], job.preprocess), job.threshold,
-                       job.postprocess, truth_uris, row["image_uri"], spacing, job.calibration)
+        prob = np.frombuffer(row["prob"], np.uint8).reshape(len(job.structures), size, size)
+        truth_uris, other_truths = parse_truth(row.get("truth_uri") or "")
+        others = {name: prob[c] for c, name in enumerate(job.structures) if c > 0}
+        scored = score(prob[0], geometry(row["height"], row["width"], job.preprocess), job.threshold,
+                       job.postprocess, truth_uris or None, row["image_uri"], spacing, job.calibration,
+                       others, other_truths)
         seg, flags = scored.segmentation, scored.qc_reasons
         notes = [*(row.get("qc_notes") or []), *scored.qc_notes]  # the decode stage's first (inversion, ...)
         png = encode_mask_png(seg.mask) if job.mask_png or job.masks_out else None
@@ -355,12 +373,14 @@ def _finish_row(row: dict, job: PostprocessJob) -> dict:
             "n_components": seg.n_components, "mean_confidence": _finite(seg.mean_confidence),
             "qc_flag": bool(flags), "qc_reasons": flags, "qc_notes": notes,
             "quality_score": scored.quality_score,
+            **structure_columns(scored, spacing),
         }
         if job.masks_out:
             measured["mask_uri"] = storage.join(job.masks_out, mask_key(row["key"]))
             storage.write_bytes(measured["mask_uri"], png, job.s3)
         if job.dicom_seg_out and row["image_format"] == "dicom":
-            measured["dicom_seg_uri"] = write_dicom_seg(row, seg.mask, job)
+            measured["dicom_seg_uri"] = write_dicom_seg(row, seg.mask, job,
+                                                        {p.name: p.mask for p in scored.structures})
     except Exception as e:  # noqa: BLE001 - per-row error row
         _fail(out, "postprocess", e)
         return out
@@ -431,8 +451,9 @@ def elastic_plan(config: InferConfig, resources: ClusterResources):
 
 
 def _truth_index(uri: str) -> dict[str, str]:
-    """image id (file stem) -> '|'-joined mask URIs of the ground truth."""
-    return {p.image_id: "|".join(p.mask_uris) for p in discover(uri).pairs}
+    """image id (file stem) -> the ground truth's mask URIs (Pair.truth_string: lungs '|'-joined, then
+    ';heart=...' etc. when the truth has further structures)."""
+    return {p.image_id: p.truth_string() for p in discover(uri).pairs}
 
 
 def build_dataset(todo_files: list[str], config: InferConfig, plan_: InferPlan, job: PostprocessJob,
@@ -582,7 +603,7 @@ def run_inference(config: InferConfig) -> dict:
         counter = remote_counter() if n_todo else None
         job = PostprocessJob(run_id, loaded.model_id, threshold, loaded.spec.preprocess, config.postprocess,
                              config.masks_out, config.s3, counter, config.mask_png, config.dicom_seg_out,
-                             config.dicom_seg_sides, calibration)
+                             config.dicom_seg_sides, calibration, tuple(loaded.spec.structures))
         if calibration is None:
             print("  no calibration.json in the checkpoint: quality_score stays empty (run `raysegment "
                   "calibrate`)", flush=True)

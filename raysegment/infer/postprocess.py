@@ -36,6 +36,7 @@ QC_SEVERITY = {
     "inverted_input_corrected": "note",  # an inverted PNG/JPEG/TIFF export was inverted back (decode stage)
     "exif_mirrored": "note",  # an EXIF orientation with a mirror was applied
     "multiframe_first_frame": "note",  # a multi-frame DICOM: frame 1 was segmented
+    "ctr_not_measurable": "note",  # a heart model: no heart, or no row showing both lungs (ctr is null)
 }
 QC_REASONS = tuple(QC_SEVERITY)
 
@@ -168,6 +169,14 @@ def postprocess(prob_u8: np.ndarray, geo: Geometry, threshold: float,
     right_area, left_area = int(areas[image_left].sum()), int(areas[~image_left].sum())
     confidence = float(prob[mask].mean(dtype=np.float64)) if mask.any() else float("nan")
     return Segmentation(mask, right_area, left_area, n_raw, confidence)
+
+
+def postprocess_structure(prob_u8: np.ndarray, geo: Geometry, threshold: float, keep_largest: int,
+                          fill: bool = True) -> np.ndarray:
+    """A further structure's (heart, clavicles) uint8 SxS probability -> bool HxW mask at the original
+    resolution: the lungs' steps (resize back, threshold, keep its `keep_largest` parts, fill holes)."""
+    config = PostprocessConfig(keep_largest=keep_largest, fill_holes=fill)
+    return postprocess(prob_u8, geo, threshold, config).mask
 
 
 def qc_reasons(seg: Segmentation, config: PostprocessConfig = PostprocessConfig(),

@@ -66,14 +66,15 @@ def gpu_recipe(x: torch.Tensor, bf16: bool):
     return x, torch.autocast(x.device.type, dtype=torch.bfloat16)
 
 
-def forward_probabilities(
+def forward_structures(
     model: torch.nn.Module,
     images: np.ndarray,
     micro_batch: int | None = None,
     threads: int | None = CPU_THREADS,
     bf16: bool | None = None,
 ) -> np.ndarray:
-    """uint8 (N, S, S) model inputs -> uint8 (N, S, S) lung probability x 255 (round half to even).
+    """uint8 (N, S, S) model inputs -> uint8 (N, C, S, S) probability x 255 (round half to even), one channel
+    per structure of the model (checkpoint spec.structures; channel 0 = the lungs).
 
     Runs on the model's device in chunks of exactly `micro_batch` images (the last one zero-padded, which
     does not change the other images' results: eval-mode layers never mix images). `bf16` (default: on
@@ -85,7 +86,7 @@ def forward_probabilities(
     micro_batch = micro_batch or default_micro_batch(device)
     on_gpu = device.type == "cuda"
     bf16 = on_gpu if bf16 is None else bf16
-    out = np.empty(images.shape, dtype=np.uint8)
+    out = None
     with torch_threads(None if on_gpu else threads), torch.inference_mode():
         for start in range(0, len(images), micro_batch):
             chunk = images[start : start + micro_batch]
@@ -97,9 +98,23 @@ def forward_probabilities(
             x, precision = gpu_recipe(x.unsqueeze(1).float().div_(255.0), bf16)
             with precision:
                 logits = model(x)
-            prob = torch.sigmoid(logits[:n, 0].float())
+            prob = torch.sigmoid(logits[:n].float())
+            if out is None:
+                out = np.empty((len(images), prob.shape[1], *images.shape[1:]), dtype=np.uint8)
             out[start : start + n] = (prob * 255.0).round_().to(torch.uint8).cpu().numpy()
-    return out
+    return out if out is not None else np.empty((0, 1, *images.shape[1:]), dtype=np.uint8)
+
+
+def forward_probabilities(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    micro_batch: int | None = None,
+    threads: int | None = CPU_THREADS,
+    bf16: bool | None = None,
+) -> np.ndarray:
+    """uint8 (N, S, S) model inputs -> uint8 (N, S, S) LUNG probability x 255: forward_structures' channel 0
+    (see there), for the callers that only need the lungs."""
+    return forward_structures(model, images, micro_batch, threads, bf16)[:, 0]
 
 
 @dataclass

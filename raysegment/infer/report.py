@@ -28,6 +28,30 @@ def _num(value) -> str:
     return "nan" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
+def format_structures(s: dict) -> list[str]:
+    """Lines for a multi-structure model's summary: dice per structure, the CTR, its agreement with the
+    expert masks' CTR and lung dice per source (evaluate); nothing for a lungs-only summary."""
+    lines = []
+    if s.get("structure_dice"):
+        parts = [f"{name} {_num(d.get('mean'))} (n {d.get('n', 0)})"
+                 for name, d in s["structure_dice"].items()]
+        lines.append("  dice per structure (mean over the images whose truth labels it): " + ", ".join(parts))
+    agreement = s.get("ctr_agreement")
+    if agreement:
+        p, e, d = agreement["predicted"], agreement["expert"], agreement["abs_diff"]
+        lines.append(f"  CTR: predicted mean {_num(p.get('mean'))}, expert mean {_num(e.get('mean'))}; "
+                     f"|predicted - expert| mean {_num(d.get('mean'))}, max {_num(d.get('max'))} over "
+                     f"{d.get('n', 0)} images; {agreement['not_measurable']} not measurable")
+    elif s.get("ctr") and s["ctr"].get("n"):
+        c = s["ctr"]
+        lines.append(f"  CTR: median {_num(c['median'])} (min {_num(c['min'])}, max {_num(c['max'])}) over "
+                     f"{c['n']} images")
+    for source, per in (s.get("sources") or {}).items():
+        lines.append(f"  source {source}: " + ", ".join(f"{n} dice {_num(d.get('mean'))} (n {d['n']})"
+                                                        for n, d in per.items() if d.get("n")))
+    return lines
+
+
 def format_summary(s: dict, worst: list[dict] | None = None, micro: bool = True) -> str:
     """A summarize_results() dict (plus optional worst cases: image_id, dice, iou, hd95, qc_reasons).
 
@@ -51,6 +75,7 @@ def format_summary(s: dict, worst: list[dict] | None = None, micro: bool = True)
         lines += metrics_table(m)
         if micro:
             lines.append(f"  micro dice (pixels pooled over images): {_num(m['micro_dice'])}")
+    lines += format_structures(s)
     if worst:
         lines.append(f"  worst {len(worst)} by dice:")
         for w in worst:

@@ -212,7 +212,7 @@ def is_done(previous: dict | None, model_id: str, size: int | None, mtime_ns: in
 
 SUMMARY_COLUMNS = ["status", "error_stage", "error_type", "error", "qc_flag", "qc_reasons", "qc_notes",
                    "quality_score", "lung_fraction", "mean_confidence", "truth_uri", "truth_error",
-                   *GT_METRICS, "tp", "fp", "fn", "total_ms"]
+                   *GT_METRICS, "tp", "fp", "fn", "total_ms", "ctr", "structures"]
 
 
 def _example(row: dict) -> str:
@@ -247,6 +247,7 @@ class SummaryAccumulator:
         self.n_scored = self.n_without_truth = self.truth_errors = 0
         self.tp = self.fp = self.fn = 0
         self._rows = 0  # rows seen: sample key when a table has no image_uri
+        self.structures: set[str] = set()  # further structures seen (multi-structure models)
 
     def add(self, table: pa.Table) -> None:
         n = table.num_rows
@@ -283,6 +284,7 @@ class SummaryAccumulator:
         for name in self.MEASURES:
             if name in good.column_names:  # quality_score: absent from results written before schema 2
                 self.stats.setdefault(name, _Stat()).add(good.column(name), good_keys)
+        self._add_structures(good, good_keys)
         truth = col("truth_uri") if "truth_uri" in table.column_names else pa.nulls(n, pa.string())
         has_truth = pc.invert(pc.is_null(truth))
         if "dice" not in table.column_names:
@@ -302,6 +304,24 @@ class SummaryAccumulator:
         for name in ("tp", "fp", "fn"):
             if name in scored.column_names:
                 setattr(self, name, getattr(self, name) + int(pc.sum(scored.column(name)).as_py() or 0))
+
+    def _add_structures(self, good: pa.Table, keys: np.ndarray) -> None:
+        """Multi-structure models: the CTR and each further structure's dice (with ground truth); lungs-only
+        results have these columns null and add nothing."""
+        if "ctr" in good.column_names and good.column("ctr").null_count < good.num_rows:
+            self.stats.setdefault("ctr", _Stat()).add(good.column("ctr"), keys)
+        if "structures" not in good.column_names or good.column("structures").null_count == good.num_rows:
+            return
+        column = good.column("structures").combine_chunks()
+        parts = pc.list_flatten(column)
+        parents = np.asarray(pc.list_parent_indices(column).to_numpy(zero_copy_only=False), dtype=np.int64)
+        names = np.asarray(pc.struct_field(parts, "name").to_numpy(zero_copy_only=False))
+        dice = pc.struct_field(parts, "dice")
+        for name in sorted(set(names.tolist())):
+            chosen = names == name
+            self.structures.add(name)
+            self.stats.setdefault(f"{name}_dice", _Stat()).add(
+                pa.chunked_array([dice.filter(pa.array(chosen))]), keys[parents[chosen]])
 
     def result(self) -> dict:
         empty = _Stat()
@@ -330,6 +350,10 @@ class SummaryAccumulator:
                 "micro_dice": float(scores_from_counts(self.tp, self.fp, self.fn)["dice"]),
                 **{name: self.stats.get(name, empty).summary() for name in GT_METRICS},
             }
+        if "ctr" in self.stats:
+            out["ctr"] = self.stats["ctr"].summary()
+        if self.structures:  # dice per further structure, over the images whose truth labels it
+            out["structure_dice"] = {n: self.stats[f"{n}_dice"].summary() for n in sorted(self.structures)}
         return out
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from raysegment.data.preprocess import PreprocessConfig
+from raysegment.data.structures import DEFAULT_STRUCTURES, check_structures
 from raysegment.errors import CheckpointError
 from raysegment.io import storage
 from raysegment.model.unet import UNet, UNetConfig
@@ -33,15 +34,23 @@ class ModelSpec:
     model: UNetConfig = field(default_factory=UNetConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     threshold: float = 0.5  # on the sigmoid probability
+    structures: tuple[str, ...] = DEFAULT_STRUCTURES  # one per output channel, in order; lungs first
+
+    def __post_init__(self) -> None:
+        check_structures(self.structures)
+        if len(self.structures) != self.model.out_channels:
+            raise ValueError(f"structures {list(self.structures)} do not match the model's "
+                             f"{self.model.out_channels} output channel(s)")
 
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "preprocess": self.preprocess.to_dict(),
-                "threshold": self.threshold}
+                "threshold": self.threshold, "structures": list(self.structures)}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
+        # Checkpoints from before multi-structure models have no "structures": they segment the lungs.
         return cls(UNetConfig(**d["model"]), PreprocessConfig(**d["preprocess"]),
-                   float(d.get("threshold", 0.5)))
+                   float(d.get("threshold", 0.5)), tuple(d.get("structures", DEFAULT_STRUCTURES)))
 
 
 @dataclass

@@ -10,7 +10,8 @@ before the first step); a Parquet cache on the run's storage (local or s3://) co
 Row schema (one row per image; plain bytes and ints, so any Parquet reader can use it, not only Ray):
     key int64 (image_key: seeds augmentation), image_id string, size int32 (S),
     image binary (uint8 SxS, C order), mask binary (uint8 CxSxS in {0, 1}, C order),
-    mask_channels int32 (C), mask_names string (channel names joined by "|", e.g. "lungs")
+    mask_channels int32 (C), mask_names string (channel names joined by "|", e.g. "lungs"),
+    labelled binary (uint8 C in {0, 1}: which structures the row's source labels)
 
 Key: sha256 of (format, split name, split digest, preprocess config, mask channel names). Same key = same
 rows, so a rerun or resume reuses the cache; any change gets a new folder (and the stale one is removed
@@ -37,7 +38,7 @@ from raysegment.io import storage
 if TYPE_CHECKING:
     import ray.data
 
-CACHE_FORMAT = 1  # bump when the row schema or its meaning changes: old caches then miss
+CACHE_FORMAT = 2  # 2: labelled column; bump when the row schema or its meaning changes: old caches then miss
 MARKER = "_COMPLETE.json"  # Parquet readers skip names starting with "_"
 MAX_SHARD_BYTES = 64 * 2**20  # big enough that per-file overhead is small, small enough to stream
 MIN_SHARD_BYTES = 16 * 2**10
@@ -93,6 +94,8 @@ def to_parquet_rows(batch: dict[str, np.ndarray], mask_names: Sequence[str]) -> 
         "mask": np.array([np.ascontiguousarray(m).tobytes() for m in masks], dtype=object),
         "mask_channels": np.full(n, masks.shape[1] if n else len(mask_names), dtype=np.int32),
         "mask_names": np.array(["|".join(mask_names)] * n, dtype=object),
+        "labelled": np.array([np.asarray(f, np.uint8).tobytes() for f in batch["labelled"]], dtype=object)
+        if "labelled" in batch else np.array([b"\x01" * masks.shape[1]] * n, dtype=object),
     }
 
 
@@ -108,6 +111,9 @@ def from_parquet_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "image_id": batch["image_id"],
         "image": np.frombuffer(b"".join(batch["image"]), dtype=np.uint8).reshape(n, size, size),
         "mask": np.frombuffer(b"".join(batch["mask"]), dtype=np.uint8).reshape(n, channels, size, size),
+        # which structures each row labels (partial labels: its loss is masked for the others)
+        "labelled": np.frombuffer(b"".join(batch["labelled"]), dtype=np.uint8).reshape(n, channels)
+        if "labelled" in batch else np.ones((n, channels), np.uint8),
     }
 
 

@@ -6,7 +6,9 @@ Every problem names its key: unknown keys ("optim.lrr: unknown key; known: ...")
 The effective config is saved as `config.yaml` in the run directory; loading it gives an equal object.
 
 Schema (defaults in the dataclasses below; `configs/train-small.yaml` is a tiny CPU example):
-    data:       path, split [train, val, test fractions], split_seed, object_store_budget_mb
+    structures: what the model segments, one output channel each (data/structures.py), lungs first
+    data:       path (one source) or sources (a list of {name, path, structures}), split [train, val, test
+                fractions], split_seed, object_store_budget_mb
     model:      UNetConfig (in_channels, out_channels, base_channels, depth)
     preprocess: PreprocessConfig (size, resize, normalize, low_percentile, high_percentile)
     augment:    AugmentConfig (enabled, rotation_deg, scale, shift, brightness, contrast, gamma, noise_std)
@@ -33,6 +35,7 @@ import yaml
 
 from raysegment.data.augment import AugmentConfig
 from raysegment.data.preprocess import PreprocessConfig
+from raysegment.data.structures import LUNGS, check_structures
 from raysegment.errors import UserError
 from raysegment.io import storage
 from raysegment.model.unet import UNetConfig
@@ -44,8 +47,18 @@ class ConfigError(UserError, ValueError):
 
 
 @dataclass(frozen=True)
+class SourceSection:
+    """One labelled data set of a multi-source run; its loss is masked for the structures it lacks."""
+
+    path: str = ""  # dataset folder, s3:// prefix or manifest
+    name: str | None = None  # None: the folder's name
+    structures: tuple[str, ...] | None = None  # what to learn from it; None: every run structure it labels
+
+
+@dataclass(frozen=True)
 class DataSection:
-    path: str = ""  # dataset folder, s3:// prefix or manifest .csv/.parquet (required to train)
+    path: str = ""  # dataset folder, s3:// prefix or manifest .csv/.parquet (or sources: one is required)
+    sources: tuple[SourceSection, ...] = ()  # several data sets, each split on its own (partial labels)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test fractions
     split_seed: int = 42  # the seed's split seed
     # Train + val preprocessed arrays up to this size are materialized in Ray's object store (fastest);
@@ -106,6 +119,14 @@ class TrainConfig:
     run: RunSection = field(default_factory=RunSection)
     debug: DebugSection = field(default_factory=DebugSection)
     threshold: float = 0.5  # on the sigmoid probability
+    structures: tuple[str, ...] = ("lungs",)  # model output channels, in order; model.out_channels = count
+
+    def source_list(self) -> list[tuple[str, str, tuple[str, ...] | None]]:
+        """(name, path, structures) of each source: data.sources, or data.path as the one source."""
+        if not self.data.sources:
+            return [(storage.basename(self.data.path.rstrip("/")) or "data", self.data.path, None)]
+        return [(s.name or storage.basename(s.path.rstrip("/")), s.path, s.structures)
+                for s in self.data.sources]
 
     def to_dict(self) -> dict:
         """Plain dict of YAML/JSON types (tuples become lists)."""
@@ -148,6 +169,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)  # only Optional[X] is used
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list of any length
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
@@ -209,8 +234,29 @@ def validate(config: TrainConfig) -> None:
     _check(config.model.in_channels == 1, "model.in_channels",
            "must be 1 (the data pipeline feeds grayscale)",
            config.model.in_channels)
-    _check(config.model.out_channels == 1, "model.out_channels", "must be 1 (binary lung mask)",
+    try:
+        check_structures(config.structures)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _check(config.structures[0] == LUNGS, "structures", "must start with lungs (the lung columns, QC and the "
+           "CTR are built on the lung channel)", list(config.structures))
+    _check(config.model.out_channels == len(config.structures), "model.out_channels",
+           f"must equal the number of structures ({len(config.structures)}: {', '.join(config.structures)})",
            config.model.out_channels)
+    _check(not (d.path and d.sources), "data.sources", "give data.path or data.sources, not both",
+           [s.path for s in d.sources])
+    for i, src in enumerate(d.sources):
+        _check(bool(src.path), f"data.sources[{i}].path", "required", src.path)
+        if src.structures is not None:
+            try:
+                check_structures(src.structures, f"data.sources[{i}].structures")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            extra = [n for n in src.structures if n not in config.structures]
+            _check(not extra, f"data.sources[{i}].structures", f"{extra} not among the model's structures "
+                   f"{list(config.structures)}", list(src.structures))
+    names_ = [n for n, _, _ in config.source_list()]
+    _check(len(set(names_)) == len(names_), "data.sources", "source names must differ (set name:)", names_)
     _check(o.epochs >= 1, "optim.epochs", "must be >= 1", o.epochs)
     _check(o.batch_size >= 1, "optim.batch_size", "must be >= 1", o.batch_size)
     _check(o.lr > 0, "optim.lr", "must be > 0", o.lr)

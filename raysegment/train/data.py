@@ -1,12 +1,14 @@
 """Ray Data ingest for training.
 
     pairs --(Ray Data map_batches: decode + preprocess, ONCE)--> rows
-          {key: int64, image_id: str, image: uint8 SxS, mask: uint8 CxSxS in {0, 1}}  (C = len(MASK_NAMES))
+          {key: int64, image_id: str, image: uint8 SxS, mask: uint8 CxSxS in {0, 1},
+           labelled: uint8 C in {0, 1}}  (C = len(config.structures); labelled 0: the source does not
+           label that structure, its channel is zeros and its loss is masked out)
       at most data.object_store_budget_mb of them: materialized in the object store (small sets)
       above it: written once to a sharded Parquet cache in the run dir, streamed each epoch (train/cache.py)
     per epoch, in each worker: get_dataset_shard -> iter_torch_batches(collate_fn=...)
           train: augment (per image, seed = (run seed, epoch, image key)) -> x (N,1,S,S) float,
-          y (N,C,S,S) float
+          y (N,C,S,S) float, labelled (N,C) bool
           val:   no augmentation
 
 Augmentation runs in the collate function, i.e. in Ray Data's prefetch threads inside each worker (OpenCV
@@ -18,6 +20,7 @@ the same whichever worker or batch it lands in, so runs and resumes are reproduc
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -27,10 +30,18 @@ import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raysegment.data.augment import AugmentConfig, augment_pair
-from raysegment.data.datasets import Pair, SplitDataset, load_pair
+from raysegment.data.datasets import (
+    Pair,
+    SplitDataset,
+    load_sources,
+    load_split_dataset,
+    load_structures,
+    restrict,
+)
 from raysegment.data.preprocess import PreprocessConfig, preprocess_image, preprocess_mask, to_tensor
+from raysegment.data.structures import LUNGS
 from raysegment.io import storage
-from raysegment.io.decode import DecodeError
+from raysegment.io.decode import DecodeError, decode_image
 from raysegment.train import cache
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the decode tasks never need it
@@ -41,14 +52,38 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: the decode tasks 
 
 log = logging.getLogger(__name__)
 
-MASK_NAMES = ("lungs",)  # the mask channels of a training row, in order (one today: the lung union)
 CACHE_BUILD_BLOCKS = 1024  # decode tasks of a cache build: ~100 pairs (~50 MB at 512 px) each at 100k pairs
 
 
-def prepare_pair(pair: Pair, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and preprocess one pair: (uint8 SxS model-input image, uint8 SxS {0, 1} mask)."""
-    image, mask = load_pair(pair)
-    return preprocess_image(image, config)[0], preprocess_mask(mask, config)
+def load_split(config: TrainConfig) -> SplitDataset:
+    """The run's pairs and split: data.sources each split on its own (partial labels), or data.path as
+    today (pairs keep only the labels of config.structures; no source column, so a lungs-only run's split
+    manifest and its digest are what they always were)."""
+    from raysegment.train.config import ConfigError
+
+    fractions, seed = tuple(config.data.split), config.data.split_seed
+    try:
+        if config.data.sources:
+            return load_sources(config.source_list(), fractions, seed, config.structures)
+        split = load_split_dataset(config.data.path, fractions, seed)
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from None
+    pairs = [r for p in split.discovery.pairs if (r := restrict(p, config.structures, "")) is not None]
+    if not pairs:
+        raise ConfigError(f"data.path: {config.data.path} labels none of {', '.join(config.structures)} "
+                          f"(it labels {', '.join(split.structures())})")
+    split.discovery.pairs = pairs
+    return split
+
+
+def prepare_pair(pair: Pair, config: PreprocessConfig, structures: tuple[str, ...] = (LUNGS,)
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode and preprocess one pair: (uint8 SxS model-input image, uint8 CxSxS {0, 1} masks, uint8 C
+    labelled flags), C = len(structures)."""
+    image = decode_image(storage.read_bytes(pair.image_uri), pair.image_uri).image
+    masks, labelled = load_structures(pair, structures, image.shape)
+    return (preprocess_image(image, config)[0], np.stack([preprocess_mask(m, config) for m in masks]),
+            labelled.astype(np.uint8))
 
 
 def image_key(image_id: str) -> int:
@@ -56,28 +91,36 @@ def image_key(image_id: str) -> int:
     return int(hashlib.sha256(image_id.encode()).hexdigest()[:15], 16)
 
 
-def _decode_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig) -> dict[str, np.ndarray]:
+def _row_pair(image_id, image_uri, labels) -> Pair:
+    """A pair back from a decode row: labels is JSON {structure: [files]}."""
+    files = {name: tuple(uris) for name, uris in json.loads(str(labels)).items()}
+    lungs = files.pop(LUNGS, ())
+    return Pair(str(image_id), str(image_uri), lungs, tuple(files.items()))
+
+
+def _decode_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig,
+                  structures: tuple[str, ...] = (LUNGS,)) -> dict[str, np.ndarray]:
     """Ray Data map_batches: rows of file URIs -> rows of preprocessed arrays. Undecodable pairs are dropped
     with a warning (the driver reports how many are missing)."""
-    keep, images, masks = [], [], []
-    for i, (image_id, image_uri, mask_uris) in enumerate(zip(batch["image_id"], batch["image_uri"],
-                                                              batch["mask_uris"], strict=False)):
-        pair = Pair(str(image_id), str(image_uri), tuple(str(mask_uris).split("|")))
+    keep, images, masks, labelled = [], [], [], []
+    for i, (image_id, image_uri, labels) in enumerate(zip(batch["image_id"], batch["image_uri"],
+                                                          batch["labels"], strict=False)):
         try:
-            image, mask = prepare_pair(pair, preprocess)
+            image, mask, flags = prepare_pair(_row_pair(image_id, image_uri, labels), preprocess, structures)
         except DecodeError as e:
             log.warning("skipping %s: %s", image_id, e)
             continue
         keep.append(i)
         images.append(image)
         masks.append(mask)
-    size = preprocess.size
+        labelled.append(flags)
+    size, c = preprocess.size, len(structures)
     return {
         "key": batch["key"][keep],
         "image_id": batch["image_id"][keep],
         "image": np.stack(images) if images else np.zeros((0, size, size), np.uint8),
-        # (N, C, S, S): one channel per MASK_NAMES entry, the lung union today
-        "mask": np.stack(masks)[:, None] if masks else np.zeros((0, len(MASK_NAMES), size, size), np.uint8),
+        "mask": np.stack(masks) if masks else np.zeros((0, c, size, size), np.uint8),  # (N, C, S, S)
+        "labelled": np.stack(labelled) if labelled else np.zeros((0, c), np.uint8),  # (N, C)
     }
 
 
@@ -89,7 +132,7 @@ def _quiet(ds):
 
 
 def decoded_dataset(pairs: list[Pair], preprocess: PreprocessConfig, rows_per_block: int = 16,
-                    max_blocks: int = 64) -> ray.data.Dataset:
+                    max_blocks: int = 64, structures: tuple[str, ...] = (LUNGS,)) -> ray.data.Dataset:
     """A lazy Ray Dataset of preprocessed rows for `pairs` (decoded in parallel Ray tasks when executed).
 
     One decode task per block of ~rows_per_block pairs: enough tasks to spread over the cluster, few
@@ -99,17 +142,17 @@ def decoded_dataset(pairs: list[Pair], preprocess: PreprocessConfig, rows_per_bl
     import ray
 
     rows = [{"key": image_key(p.image_id), "image_id": p.image_id, "image_uri": p.image_uri,
-             "mask_uris": "|".join(p.mask_uris)} for p in pairs]
+             "labels": json.dumps(p.masks())} for p in pairs]
     blocks = max(1, math.ceil(len(rows) / rows_per_block))
     ds = _quiet(ray.data.from_items(rows, override_num_blocks=min(blocks, max_blocks)))
-    return ds.map_batches(_decode_batch, fn_kwargs={"preprocess": preprocess}, batch_size=rows_per_block,
-                          batch_format="numpy")
+    return ds.map_batches(_decode_batch, batch_size=rows_per_block, batch_format="numpy",
+                          fn_kwargs={"preprocess": preprocess, "structures": tuple(structures)})
 
 
 def build_dataset(pairs: list[Pair], preprocess: PreprocessConfig, rows_per_block: int = 16,
-                  max_blocks: int = 64):
+                  max_blocks: int = 64, structures: tuple[str, ...] = (LUNGS,)):
     """A materialized Ray Dataset of preprocessed rows for `pairs` (decoded in parallel Ray tasks)."""
-    ds = decoded_dataset(pairs, preprocess, rows_per_block, max_blocks).materialize()
+    ds = decoded_dataset(pairs, preprocess, rows_per_block, max_blocks, structures).materialize()
     ds.context.enable_progress_bars = False  # the per-epoch re-reads in the workers need no progress bars
     return ds
 
@@ -169,11 +212,13 @@ def build_datasets(split: SplitDataset, config: TrainConfig, run_dir: str, split
     else a Parquet cache in RUN_DIR/cache (built once per split digest + preprocessing) streamed each
     epoch."""
     pairs = {name: split.pairs(name) for name in ("train", "val")}
-    size, channels = config.preprocess.size, len(MASK_NAMES)
+    structures = tuple(config.structures)
+    size, channels = config.preprocess.size, len(structures)
     estimate = cache.estimate_bytes(sum(len(p) for p in pairs.values()), size, channels)
     budget = int(config.data.object_store_budget_mb * 2**20)
     if estimate <= budget:
-        datasets = {name: build_dataset(p, config.preprocess) for name, p in pairs.items()}
+        datasets = {name: build_dataset(p, config.preprocess, structures=structures)
+                    for name, p in pairs.items()}
         rows = {name: ds.count() for name, ds in datasets.items()}
         val_keys = [int(k) for batch in datasets["val"].iter_batches(batch_size=None, batch_format="numpy")
                     for k in batch["key"]]
@@ -181,9 +226,10 @@ def build_datasets(split: SplitDataset, config: TrainConfig, run_dir: str, split
 
     root = storage.join(run_dir, "cache")
     per_file = cache.shard_rows(budget, size, channels)
-    caches = {name: cache.ensure_cache(root, name, split_digest, config.preprocess, MASK_NAMES,
+    caches = {name: cache.ensure_cache(root, name, split_digest, config.preprocess, structures,
                                        lambda p=p: decoded_dataset(p, config.preprocess,
-                                                                   max_blocks=CACHE_BUILD_BLOCKS),
+                                                                   max_blocks=CACHE_BUILD_BLOCKS,
+                                                                   structures=structures),
                                        per_file)
               for name, p in pairs.items()}
     val_keys = cache.read_keys(caches["val"].uri) if caches["val"].files else []
@@ -205,20 +251,31 @@ def mask_tensor(masks: np.ndarray) -> torch.Tensor:
     return (t.unsqueeze(1) if t.ndim == 3 else t).float()
 
 
+def labelled_tensor(batch: dict[str, np.ndarray]) -> torch.Tensor:
+    """bool (N, C): which structures each row labels (all, for rows of a cache without the column)."""
+    import torch
+
+    if "labelled" not in batch:
+        masks = batch["mask"]
+        return torch.ones((len(masks), masks.shape[1] if masks.ndim == 4 else 1), dtype=torch.bool)
+    return torch.from_numpy(_writable(np.asarray(batch["labelled"], dtype=np.uint8))).bool()
+
+
 class TrainCollate(NumpyBatchCollateFn):
-    """Numpy batch -> augmented (x, y) tensors for one epoch. Per-image seeds: (seed, epoch, key)."""
+    """Numpy batch -> augmented (x, y, labelled) tensors for one epoch. Per-image seeds: (seed, epoch,
+    key)."""
 
     def __init__(self, augment: AugmentConfig, seed: int, epoch: int) -> None:
         self.augment, self.seed, self.epoch = augment, seed, epoch
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not self.augment.enabled:
-            return to_tensor(_writable(batch["image"])), mask_tensor(batch["mask"])
+            return to_tensor(_writable(batch["image"])), mask_tensor(batch["mask"]), labelled_tensor(batch)
         images, masks = np.array(batch["image"]), np.array(batch["mask"])  # copies: filled in place below
         for i, key in enumerate(batch["key"]):
             rng = np.random.default_rng([self.seed, self.epoch, int(key)])
             images[i], masks[i] = augment_pair(images[i], masks[i], rng, self.augment)
-        return to_tensor(images), mask_tensor(masks)
+        return to_tensor(images), mask_tensor(masks), labelled_tensor(batch)
 
 
 KEY_CHECK_MODULUS = 2**20  # key checksums stay exact integers in float64 sums over any realistic val set
@@ -230,10 +287,10 @@ def key_checksum(keys) -> int:
 
 
 class EvalCollate(NumpyBatchCollateFn):
-    """Numpy batch -> (x, y, key % KEY_CHECK_MODULUS as int64 (N,)) tensors, unaugmented."""
+    """Numpy batch -> (x, y, labelled, key % KEY_CHECK_MODULUS as int64 (N,)) tensors, unaugmented."""
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: dict[str, np.ndarray]):
         import torch
 
         keys = torch.from_numpy(np.asarray(batch["key"], dtype=np.int64) % KEY_CHECK_MODULUS)
-        return to_tensor(_writable(batch["image"])), mask_tensor(batch["mask"]), keys
+        return to_tensor(_writable(batch["image"])), mask_tensor(batch["mask"]), labelled_tensor(batch), keys

@@ -55,13 +55,17 @@ def copy_checkpoint(src_uri: str, dest_uri: str) -> None:
 
 def evaluate_checkpoint(checkpoint_uri: str, run_dir: str, split: str = "test") -> dict:
     """The checkpoint on the run's `split`, scored as `raysegment evaluate` scores it (the one scoring path:
-    post-processed at the original resolution). Returns evaluate's summary plus per-image rows ("images")."""
-    from raysegment.evaluation.evaluate import evaluate
+    post-processed at the original resolution). Returns evaluate's summary plus per-image rows
+    ("per_image")."""
+    from raysegment.evaluation.evaluate import evaluate, structure_columns
 
     result = evaluate(checkpoint_uri, storage.join(run_dir, "split_manifest.csv"), split)
     keep = ("image_id", "status", "error", "dice", "iou", "precision", "recall", "hd95", "hd95_mm", "tp",
             "fp", "fn", "qc_reasons", "truth_error")
-    return {**result.summary, "images": [{k: r.get(k) for k in keep} for r in result.rows]}
+    structures = result.summary.get("structures") or ["lungs"]
+    keep += (*(["source"] if any(r.get("source") for r in result.rows) else []),
+             *(structure_columns(structures) if len(structures) > 1 else []))
+    return {**result.summary, "per_image": [{k: r.get(k) for k in keep} for r in result.rows]}
 
 
 def epoch_progress(run_dir: str) -> tuple[int, str]:
@@ -71,8 +75,11 @@ def epoch_progress(run_dir: str) -> tuple[int, str]:
     if not rows:
         return 0, ""
     last = rows[-1]
+    per = " ".join(f"{k[len('val_dice_'):]} {float(v):.3f}" for k, v in last.items()
+                   if k.startswith("val_dice_"))
     return int(last["epoch"]), (f"loss {float(last['train_loss']):.4f}  val dice "
-                                f"{float(last['val_dice']):.4f}  {float(last['epoch_time_s']):.0f}s/epoch")
+                                f"{float(last['val_dice']):.4f}{f' ({per})' if per else ''}  "
+                                f"{float(last['epoch_time_s']):.0f}s/epoch")
 
 
 def _sha256(data: bytes) -> str:
@@ -84,7 +91,7 @@ def _check_resumable(config: TrainConfig, previous_uri: str) -> None:
     if not storage.exists(previous_uri):
         return
     previous = load_config(previous_uri)
-    for section in ("model", "preprocess"):
+    for section in ("model", "preprocess", "structures"):
         if getattr(previous, section) != getattr(config, section):
             raise ConfigError(
                 f"run.name: run {config.run.name!r} already exists with a different {section} section "
@@ -99,24 +106,27 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
     On a cluster that can grow (joined with `address`/$RAY_ADDRESS, or `wait_for_capacity` seconds given) a
     plan that does not fit yet is waited for (cluster.capacity: bounded, visible; RetryableError at the end).
     """
-    if not config.data.path:
-        raise ConfigError("data.path: required (a dataset folder, s3:// prefix or manifest); pass --data DIR")
+    if not config.data.path and not config.data.sources:
+        raise ConfigError("data.path: required (a dataset folder, s3:// prefix or manifest); pass --data "
+                          "DIR, or list data.sources in the config")
     # Everything that can be wrong with the request fails here, in seconds, before Ray starts.
-    preflight.check_reachable(config.data.path, config.run.storage_path)
-    preflight.require_exists(config.data.path, "data.path")
+    paths = [path for _, path, _ in config.source_list()]
+    preflight.check_reachable(*paths, config.run.storage_path)
+    for i, path in enumerate(paths):
+        preflight.require_exists(path, f"data.sources[{i}].path" if config.data.sources else "data.path")
     t_start = time.perf_counter()
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from raysegment.cluster import capacity
     from raysegment.cluster.plan import cluster_resources, connect, plan_training
-    from raysegment.data.datasets import load_split_dataset, write_manifest
-    from raysegment.train.data import build_datasets
+    from raysegment.data.datasets import write_manifest
+    from raysegment.train.data import build_datasets, load_split
     from raysegment.train.loop import train_loop_per_worker
 
     if config.run.name is None:
         config = config.replace({"run.name": default_run_name()})
-    split = load_split_dataset(config.data.path, tuple(config.data.split), config.data.split_seed)
+    split = load_split(config)
     connect(address)
     t_ray = time.perf_counter()
     s = config.scaling
@@ -153,7 +163,9 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
     ingest = build_datasets(split, config, run_dir, digest)  # materialized, or a Parquet cache streamed
     datasets, decoded = ingest.datasets, ingest.rows
     t_ingest = time.perf_counter()
-    print(f"data: {split.discovery.layout} layout, {counts} images per split; decoded train "
+    per_source = "".join(f"\n  source {name}: {c['train']}/{c['val']}/{c['test']} train/val/test"
+                         for name, c in split.source_counts().items())
+    print(f"data: {split.discovery.layout} layout, {counts} images per split{per_source}\n  decoded train "
           f"{decoded['train']}/{counts['train']}, val {decoded['val']}/{counts['val']} "
           f"({t_ingest - t_ray:.1f} s); {ingest.describe()}", flush=True)
 

@@ -53,22 +53,41 @@ class TrainState:
 
 
 def predict_masks(logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Logits (N, 1, H, W) -> bool masks (N, 1, H, W): sigmoid probability > threshold."""
+    """Logits (N, C, H, W) -> bool masks (N, C, H, W): sigmoid probability > threshold."""
     return torch.sigmoid(logits.float()) > threshold
 
 
 def confusion_counts(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Per-image (tp, fp, fn) of bool (N, 1, H, W) masks -> int64 (N, 3), on their device."""
+    """Per image and structure (tp, fp, fn) of bool (N, C, H, W) masks -> int64 (N, C, 3), on their device."""
     truth = truth.bool()
-    tp = (pred & truth).flatten(1).sum(1)
-    return torch.stack([tp, pred.flatten(1).sum(1) - tp, truth.flatten(1).sum(1) - tp], dim=1)
+    tp = (pred & truth).flatten(2).sum(2)
+    return torch.stack([tp, pred.flatten(2).sum(2) - tp, truth.flatten(2).sum(2) - tp], dim=2)
 
 
-def _score_sums(counts: torch.Tensor) -> list[float]:
-    """Sum over images of each of METRICS, from (N, 3) counts (metrics.scores_from_counts does the math)."""
+def _score_sums(counts: torch.Tensor, labelled: torch.Tensor | None = None) -> list[float]:
+    """Per structure: [labelled images, sum over them of each of METRICS], from (N, C, 3) counts
+    (metrics.scores_from_counts does the math). Returns C * (1 + len(METRICS)) numbers, structure-major."""
     c = counts.cpu().numpy()
-    scores = scores_from_counts(c[:, 0], c[:, 1], c[:, 2])
-    return [float(np.sum(scores[m])) for m in METRICS]
+    keep = np.ones(c.shape[:2], bool) if labelled is None else labelled.cpu().numpy().astype(bool)
+    out = []
+    for ch in range(c.shape[1]):
+        rows = c[keep[:, ch], ch]
+        scores = scores_from_counts(rows[:, 0], rows[:, 1], rows[:, 2])
+        out += [float(len(rows)), *(float(np.sum(scores[m])) for m in METRICS)]
+    return out
+
+
+def structure_means(sums: list[float], structures: tuple[str, ...]) -> dict[str, float]:
+    """_score_sums (summed over workers) -> val_<metric> (mean over structures of each structure's mean over
+    its labelled images; for lungs alone the mean over images) and, with several structures,
+    val_dice_<name>."""
+    width = 1 + len(METRICS)
+    per = {name: [v / max(sums[i * width], 1) for v in sums[i * width + 1 : (i + 1) * width]]
+           for i, name in enumerate(structures)}
+    out = {f"val_{m}": float(np.mean([per[s][j] for s in structures])) for j, m in enumerate(METRICS)}
+    if len(structures) > 1:
+        out.update({f"val_dice_{s}": per[s][METRICS.index("dice")] for s in structures})
+    return out
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -97,32 +116,37 @@ def train_epoch(model, shard, optimizer, loss_fn, config: TrainConfig, epoch: in
     model.train()
     collate = TrainCollate(config.augment, config.run.seed, epoch)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    counts = []
+    counts, flags = [], []
     start, cpu_start, first_step_at = time.perf_counter(), time.process_time(), None
     batches = shard.iter_torch_batches(
         batch_size=config.optim.batch_size, collate_fn=collate, prefetch_batches=config.run.prefetch_batches,
         local_shuffle_buffer_size=max(64, 8 * config.optim.batch_size),
         local_shuffle_seed=config.run.seed * 100_003 + epoch, device=device,
     )
-    for x, y in batches:
+    for x, y, labelled in batches:
         if bf16:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, bf16):
             logits = model(x)
-        loss = loss_fn(logits, y)
+        loss = loss_fn(logits, y, labelled)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         first_step_at = first_step_at or time.time()
         loss_sum += loss.detach().double() * len(x)
         counts.append(confusion_counts(predict_masks(logits.detach(), config.threshold), y))
+        flags.append(labelled.cpu())
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    local = torch.cat(counts) if counts else torch.zeros((0, 3), dtype=torch.int64)
-    dice_sum = _score_sums(local)[METRICS.index("dice")]
-    n, loss_total, dice_total, cpu_total = _all_reduce_sum([len(local), loss_sum.item(), dice_sum,
-                                                            cpu_seconds],
-                                                           device)
-    return loss_total / max(n, 1), dice_total / max(n, 1), int(n), cpu_total, seconds, first_step_at
+    channels = len(config.structures)
+    local = torch.cat(counts) if counts else torch.zeros((0, channels, 3), dtype=torch.int64)
+    local_flags = torch.cat(flags) if flags else torch.zeros((0, channels), dtype=torch.bool)
+    sums = _score_sums(local, local_flags)  # train dice: over every labelled (image, structure)
+    width, dice_at = 1 + len(METRICS), 1 + METRICS.index("dice")
+    entries = sum(sums[i * width] for i in range(channels))
+    dice_sum = sum(sums[i * width + dice_at] for i in range(channels))
+    n, loss_total, entries, dice_total, cpu_total = _all_reduce_sum(
+        [len(local), loss_sum.item(), entries, dice_sum, cpu_seconds], device)
+    return loss_total / max(n, 1), dice_total / max(entries, 1), int(n), cpu_total, seconds, first_step_at
 
 
 @torch.no_grad()
@@ -139,10 +163,11 @@ def validate(model, shard, loss_fn, config: TrainConfig, device: torch.device, r
         for buffer in net.buffers():
             dist.broadcast(buffer, src=0)
     net.eval()
-    loss_sum, sums, n, checksum = 0.0, [0.0] * len(METRICS), 0, 0
+    structures = tuple(config.structures)
+    loss_sum, sums, n, checksum = 0.0, [0.0] * (len(structures) * (1 + len(METRICS))), 0, 0
     batches = shard.iter_torch_batches(batch_size=config.optim.batch_size, collate_fn=EvalCollate(),
                                        prefetch_batches=config.run.prefetch_batches, device=device)
-    for i, (x, y, keys) in enumerate(batches):
+    for i, (x, y, labelled, keys) in enumerate(batches):
         if i % world != rank:
             continue
         checksum += int(keys.sum())
@@ -150,22 +175,21 @@ def validate(model, shard, loss_fn, config: TrainConfig, device: torch.device, r
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, bf16):
             logits = net(x)
-        loss_sum += float(loss_fn(logits, y)) * len(x)
-        batch_sums = _score_sums(confusion_counts(predict_masks(logits, config.threshold), y))
-        sums = [a + b for a, b in zip(sums, batch_sums, strict=False)]
+        loss_sum += float(loss_fn(logits, y, labelled)) * len(x)
+        batch_sums = _score_sums(confusion_counts(predict_masks(logits, config.threshold), y), labelled)
+        sums = [a + b for a, b in zip(sums, batch_sums, strict=True)]
         n += len(x)
     total = _all_reduce_sum([n, checksum, loss_sum, *sums], device)
     if (int(total[0]), int(total[1])) != expected:
         raise RuntimeError(f"validation covered {int(total[0])} images (key checksum {int(total[1])}), "
                            f"expected {expected[0]} ({expected[1]}): the val batches were not in the same "
                            f"order on all workers")
-    n = max(total[0], 1)
-    return {"val_loss": total[2] / n, **{f"val_{m}": s / n for m, s in zip(METRICS, total[3:], strict=False)}}
+    return {"val_loss": total[2] / max(total[0], 1), **structure_means(total[3:], structures)}
 
 
 def _save(folder: str, model, optimizer, scheduler, state: TrainState, config: TrainConfig,
           extra: dict) -> None:
-    spec = ModelSpec(config.model, config.preprocess, config.threshold)
+    spec = ModelSpec(config.model, config.preprocess, config.threshold, tuple(config.structures))
     save_checkpoint(folder, model, spec, extra)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "state": dataclasses.asdict(state)}, os.path.join(folder, STATE_FILE))
@@ -206,7 +230,8 @@ def write_run_outputs(run_dir: str, history: list[dict]) -> None:
     """metrics.csv and training_curves.png in the run dir (local or s3)."""
     from raysegment.viz.curves import plot_training_curves
 
-    lines = [",".join(COLUMNS)] + [",".join(f"{row[c]:.8g}" if c != "epoch" else str(row[c]) for c in COLUMNS)
+    columns = [*COLUMNS, *(k for k in (history[0] if history else {}) if k not in COLUMNS)]  # val_dice_<s>
+    lines = [",".join(columns)] + [",".join(f"{row[c]:.8g}" if c != "epoch" else str(row[c]) for c in columns)
                                    for row in history]
     storage.write_text(storage.join(run_dir, "metrics.csv"), "\n".join(lines) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,9 +261,11 @@ def _quiet_worker_logs() -> None:
 
 
 def progress_line(row: dict, epochs: int) -> str:
+    per = "".join(f" {k[len('val_dice_'):]} {v:.3f}" for k, v in row.items() if k.startswith("val_dice_"))
     return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f}  "
-            f"val loss {row['val_loss']:.4f}  val dice {row['val_dice']:.4f}  lr {row['lr']:.1e}  "
-            f"{row['images_per_s']:.1f} img/s  {row['epoch_time_s']:.1f} s")
+            f"val loss {row['val_loss']:.4f}  val dice {row['val_dice']:.4f}"
+            f"{f' ({per.strip()})' if per else ''}"
+            f"  lr {row['lr']:.1e}  {row['images_per_s']:.1f} img/s  {row['epoch_time_s']:.1f} s")
 
 
 def train_loop_per_worker(params: dict) -> dict:
