@@ -102,7 +102,8 @@ def test_write_dataset_montgomery(tmp_path):
 
 
 def test_write_dataset_rejects_unknown_layout(tmp_path):
-    with pytest.raises(ValueError, match=r"^unknown layout 'nih': expected 'montgomery' or 'generic'$"):
+    expected = r"^unknown layout 'nih': expected 'montgomery', 'generic' or 'structures'$"
+    with pytest.raises(ValueError, match=expected):
         write_dataset(str(tmp_path), n=1, size=32, layout="nih")
 
 

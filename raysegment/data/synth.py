@@ -4,6 +4,15 @@ A phantom is drawn as an attenuation map (bright = dense, as on a radiograph): a
 body with shoulders and arms, two air-filled lungs (dark), ribs, clavicles, spine, mediastinum,
 heart, vessels; then the film is tilted, exposed (gain / gamma / non-uniformity) and made noisy.
 The lung masks are the lung outlines minus what the heart and aorta cover, as in expert masks.
+The heart mask is the heart (not the aorta), so it never overlaps the lungs; the clavicle masks are
+the clavicles as drawn, inside the body, and do overlap the lungs (as in JSRT/SCR).
+
+Data set layouts (write_dataset, `raysegment synth --layout`):
+    generic     cxr/SYN_0000_0.png, masks/SYN_0000_0.png (both lungs)
+    montgomery  CXR_png/MCUCXR_0000_0.png, ManualMask/{leftMask,rightMask}/MCUCXR_0000_0.png
+    structures  generic + structures/{left_lung,right_lung,heart,left_clavicle,right_clavicle}/SYN_0000_0.png,
+                like the JSRT/SCR set (../shared/data/jsrt_512)
+All masks are 0/255 uint8 PNGs. Patient's left = image right.
 
 Everything low-frequency is drawn at half resolution and upsampled; only the masks and the
 noise are made at full resolution, so one 512x512 phantom takes a few milliseconds.
@@ -25,6 +34,8 @@ _SHIFT = 4  # fixed-point bits for cv2 drawing: sub-pixel accurate outlines at a
 # Standard normal quantiles of 256 equal-probability bins: cv2.LUT of random bytes through this
 # table gives Gaussian noise at a fraction of the cost of rng.standard_normal.
 _GAUSS = np.array([NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)], np.float32)
+# The folders of the `structures` layout, as in JSRT/SCR (data/structures.py: the parts of each structure).
+STRUCTURE_FOLDERS = ("left_lung", "right_lung", "heart", "left_clavicle", "right_clavicle")
 
 
 @dataclass(frozen=True)
@@ -32,11 +43,25 @@ class Phantom:
     image: np.ndarray  # uint8 (H, W), the X-ray as stored in a PNG
     left_mask: np.ndarray  # bool (H, W), patient's LEFT lung = IMAGE RIGHT side
     right_mask: np.ndarray  # bool (H, W), patient's RIGHT lung = IMAGE LEFT side
+    heart_mask: np.ndarray  # bool (H, W), the heart shadow (not the aorta); disjoint from the lung masks
+    left_clavicle_mask: np.ndarray  # bool (H, W), patient's LEFT clavicle = IMAGE RIGHT side
+    right_clavicle_mask: np.ndarray  # bool (H, W), patient's RIGHT clavicle = IMAGE LEFT side
 
     @property
     def mask(self) -> np.ndarray:
         """Both lungs, bool (H, W)."""
         return self.left_mask | self.right_mask
+
+    @property
+    def clavicles(self) -> np.ndarray:
+        """Both clavicles, bool (H, W)."""
+        return self.left_clavicle_mask | self.right_clavicle_mask
+
+    def structure_masks(self) -> dict[str, np.ndarray]:
+        """The masks of a structures/ layout (as in JSRT/SCR), folder name -> bool (H, W)."""
+        masks = (self.left_mask, self.right_mask, self.heart_mask, self.left_clavicle_mask,
+                 self.right_clavicle_mask)
+        return dict(zip(STRUCTURE_FOLDERS, masks, strict=True))
 
 
 # ----------------------------------------------------------------------------- drawing helpers
@@ -69,6 +94,14 @@ def _ellipse(c, axes, angle_deg: float = 0.0) -> np.ndarray:
     a = np.deg2rad(angle_deg)
     x, y = axes[0] * np.cos(t), axes[1] * np.sin(t)
     return np.stack([c[0] + x * np.cos(a) - y * np.sin(a), c[1] + x * np.sin(a) + y * np.cos(a)], 1)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """bool (H, W) -> its largest 8-connected component, bool (H, W) (all False when mask is)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
 def _chaikin(p: np.ndarray, iters: int = 3) -> np.ndarray:
@@ -114,10 +147,15 @@ def _lungs(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def _ribs(rng: np.random.Generator, res: int, width: float) -> np.ndarray:
-    """Ribs and clavicles of a chest width (relative to the average), float32 (res, res) attenuation."""
+def _ribs(rng: np.random.Generator, res: int, width: float) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """Ribs and clavicles of a chest width (relative to the average).
+
+    Returns float32 (res, res) attenuation, the (right, left) clavicle centre lines [(3, 2), (3, 2)] in
+    unit coordinates, and the clavicles' drawn thickness in unit coordinates (for their masks).
+    """
     bones = np.zeros((res, res), np.float32)
     thick = max(1, round(0.022 * res))
+    clavicles = []
     t = np.linspace(0, 1, 16)  # position along a rib, medial to lateral
     k = np.arange(10)[:, None]
     for s in (-1, 1):  # -1: image left
@@ -136,7 +174,8 @@ def _ribs(rng: np.random.Generator, res: int, width: float) -> np.ndarray:
         cv2.polylines(bones, list(_px(post, res)), False, 0.2, thick, cv2.LINE_AA, _SHIFT)
         cv2.polylines(bones, list(_px(ant, res)), False, 0.1, max(1, thick - 1), cv2.LINE_AA, _SHIFT)
         cv2.polylines(bones, [_px(clav, res)], False, 0.25, round(1.4 * thick), cv2.LINE_AA, _SHIFT)
-    return bones
+        clavicles.append(clav)
+    return bones, clavicles, round(1.4 * thick) / res
 
 
 def _vessels(rng: np.random.Generator, res: int) -> np.ndarray:
@@ -156,8 +195,9 @@ def _vessels(rng: np.random.Generator, res: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- rendering
-def _render(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Float32 image (size, size) in [0, 1] and the (left, right) bool lung masks."""
+def _render(seed: int, index: int, size: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Float32 image (size, size) in [0, 1] and the bool (size, size) masks in Phantom's field order:
+    (left lung, right lung, heart, left clavicle, right clavicle)."""
     rng = np.random.default_rng([seed, index])
     h = max(size // 2, 16)  # working resolution of the attenuation map
     u = (np.arange(h, dtype=np.float32) + 0.5) / h  # pixel centres, unit coordinates
@@ -225,7 +265,8 @@ def _render(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, n
     att += blur(extra, 0.012)
     # Ribs stand out against air far more than against the abdomen or the mediastinum (and
     # clavicles must not poke out of low shoulders); vessels show only in the lungs.
-    ribs = _ribs(rng, h, bw) * (tissue > 0.5) * (0.3 + 0.7 * air) * f32(rng.uniform(0.7, 1.3))
+    bones, clavicles, clavicle_thickness = _ribs(rng, h, bw)
+    ribs = bones * (tissue > 0.5) * (0.3 + 0.7 * air) * f32(rng.uniform(0.7, 1.3))
     att += blur(ribs + _vessels(rng, h) * air, 0.0025)
     if rng.random() < 0.7:  # side marker, as on most films
         mark = np.zeros((h, h), np.uint8)  # cv2 draws text on 8-bit images only
@@ -256,13 +297,27 @@ def _render(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, n
     labels = _fill([tilt(right)], size, value=1)
     _fill([tilt(left)], size, value=2, out=labels)  # disjoint whatever the jitter did
     _fill([tilt(p) for p in heart], size, value=0, out=labels)
-    return img, labels == 2, labels == 1
+    # The heart is the first two ellipses (the aorta is not heart in expert masks): exactly the pixels
+    # just cleared from the lungs, so heart and lung masks never overlap.
+    heart_mask = _fill([tilt(p) for p in heart[:2]], size).astype(bool)
+    # Clavicles: their centre lines at the thickness they were drawn with, only where the image shows
+    # bone, i.e. inside the body (tissue > 0.5, the same map the bones were multiplied by, tilted and
+    # upsampled as the image was). Where the shoulder line cuts a clavicle's lateral end, a sliver can
+    # come off: keep the largest piece, one clavicle a side (as in expert masks).
+    inside = cv2.warpAffine((tissue > 0.5).astype(np.float32), m, (h, h), flags=cv2.INTER_LINEAR)
+    inside = cv2.resize(inside, (size, size), interpolation=cv2.INTER_LINEAR) > 0.5
+    clavicle_px = max(1, round(clavicle_thickness * size))
+    right_clavicle, left_clavicle = (
+        _largest_component(cv2.polylines(np.zeros((size, size), np.uint8), [_px(tilt(c), size)], False, 1,
+                                         clavicle_px, cv2.LINE_8, _SHIFT).astype(bool) & inside)
+        for c in clavicles)
+    return img, (labels == 2, labels == 1, heart_mask, left_clavicle, right_clavicle)
 
 
 def make_phantom(seed: int, index: int, size: int = 512) -> Phantom:
-    """Phantom number index of run seed: uint8 (size, size) image and bool lung masks."""
-    img, left, right = _render(seed, index, size)
-    return Phantom((img * 255 + 0.5).astype(np.uint8), left, right)
+    """Phantom number index of run seed: uint8 (size, size) image and bool lung, heart, clavicle masks."""
+    img, masks = _render(seed, index, size)
+    return Phantom((img * 255 + 0.5).astype(np.uint8), *masks)
 
 
 def make_phantom_16bit(seed: int, index: int, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -270,7 +325,7 @@ def make_phantom_16bit(seed: int, index: int, size: int = 512) -> tuple[np.ndarr
 
     Quantized to 12 bits like a DR detector, then scaled by 16 to span 0..65520.
     """
-    img, left, right = _render(seed, index, size)
+    img, (left, right, *_) = _render(seed, index, size)
     return np.round(img * 4095).astype(np.uint16) << 4, left | right
 
 
@@ -280,14 +335,18 @@ def write_dataset(out_dir: str, n: int, size: int = 512, seed: int = 0, layout: 
 
     montgomery: CXR_png/MCUCXR_{i:04d}_{label}.png, ManualMask/{leftMask,rightMask}/<same name>
     generic:    cxr/SYN_{i:04d}_{label}.png, masks/<same name> (union of both lungs)
+    structures: as generic (so lungs-only training reads it too), plus, as in JSRT/SCR,
+                structures/{left_lung,right_lung,heart,left_clavicle,right_clavicle}/<same name>
     label = i % 2 (Montgomery: 0 normal, 1 tuberculosis; here it means nothing).
     """
     if layout == "montgomery":
         subdirs, prefix = ("CXR_png", "ManualMask/leftMask", "ManualMask/rightMask"), "MCUCXR"
     elif layout == "generic":
         subdirs, prefix = ("cxr", "masks"), "SYN"
+    elif layout == "structures":
+        subdirs, prefix = ("cxr", "masks", *(f"structures/{s}" for s in STRUCTURE_FOLDERS)), "SYN"
     else:
-        raise ValueError(f"unknown layout {layout!r}: expected 'montgomery' or 'generic'")
+        raise ValueError(f"unknown layout {layout!r}: expected 'montgomery', 'generic' or 'structures'")
     dirs = [os.path.join(out_dir, d) for d in subdirs]
     for d in dirs:
         os.makedirs(d, exist_ok=True)
@@ -295,9 +354,15 @@ def write_dataset(out_dir: str, n: int, size: int = 512, seed: int = 0, layout: 
     for i in range(n):
         name = f"{prefix}_{i:04d}_{i % 2}"
         p = make_phantom(seed, i, size)
-        masks = (p.left_mask, p.right_mask) if layout == "montgomery" else (p.mask,)
+        if layout == "montgomery":
+            masks = (p.left_mask, p.right_mask)
+        elif layout == "generic":
+            masks = (p.mask,)
+        else:
+            parts = p.structure_masks()
+            masks = (p.mask, *(parts[s] for s in STRUCTURE_FOLDERS))
         cv2.imwrite(os.path.join(dirs[0], name + ".png"), p.image)
-        for d, m in zip(dirs[1:], masks, strict=False):
+        for d, m in zip(dirs[1:], masks, strict=True):
             cv2.imwrite(os.path.join(d, name + ".png"), m.astype(np.uint8) * 255)
         ids.append(name)
     return ids

@@ -40,7 +40,8 @@ def heart_extent(heart: np.ndarray) -> tuple[int, int] | None:
 
 def thoracic_extent(lungs: np.ndarray) -> tuple[int, int, int] | None:
     """bool HxW lungs -> (row, right lung's outer column, left lung's outer column) of the widest row that
-    shows both lungs; None when no row does."""
+    shows both lungs; None when no row does (or the lungs cross: the left lung's outer column is left of
+    the right lung's in every such row)."""
     right, left = split_lungs(lungs)  # patient's right = image left
     w = lungs.shape[1]
     both = right.any(axis=1) & left.any(axis=1)
@@ -49,8 +50,13 @@ def thoracic_extent(lungs: np.ndarray) -> tuple[int, int, int] | None:
     # Per row: first True column of the right lung, last True column of the left lung.
     outer_right = np.argmax(right, axis=1)
     outer_left = w - 1 - np.argmax(left[:, ::-1], axis=1)
-    width = np.where(both, outer_left - outer_right, -1)
+    # Rows without both lungs must never win (their argmax columns mean nothing): rank them below every
+    # row with both, whose widths are > -w. A width <= 0 means the lungs cross (a piece of the left lung
+    # left of the right lung in every shared row): not measurable either.
+    width = np.where(both, outer_left - outer_right, -w)
     row = int(np.argmax(width))
+    if width[row] <= 0:
+        return None
     return row, int(outer_right[row]), int(outer_left[row])
 
 
