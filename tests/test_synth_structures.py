@@ -124,9 +124,10 @@ def test_structures_layout(tmp_path):
             assert got.dtype == np.uint8 and np.array_equal(got, expected[sub]), (name, sub)
             if sub != "cxr":
                 assert set(np.unique(got)) <= {0, 255}
-    # The lung union also sits in masks/, so lungs-only training reads the folder as a generic layout.
+    # Read back as the structures layout: every image labels lungs, heart and clavicles.
     found = discover(str(tmp_path))
-    assert found.layout == "generic" and len(found.pairs) == 3 and not found.unmatched_images
+    assert found.layout == "structures" and len(found.pairs) == 3 and not found.unmatched_images
+    assert all(sorted(pair.masks()) == ["clavicles", "heart", "lungs"] for pair in found.pairs)
 
 
 def test_cli_structures_layout(tmp_path, capsys):
