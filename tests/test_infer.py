@@ -155,6 +155,9 @@ def test_masks_equal_single_image_predict_pixel_for_pixel(runs, results, checkpo
         assert row["n_components"] == reference.segmentation.n_components
         assert row["mean_confidence"] == pytest.approx(reference.segmentation.mean_confidence)
         assert row["qc_reasons"] == qc_reasons(reference.segmentation)  # the exact list, not just the flag
+        # A lungs-only checkpoint: the multi-structure columns stay null, no CTR note.
+        assert row["structures"] is None and row["ctr"] is None and row["thoracic_row"] is None
+        assert "ctr_not_measurable" not in row["qc_notes"]
         areas.append(row["lung_fraction"])
     assert len(areas) == 32 and 0.02 < np.median(areas) < 0.98  # masks are far from trivial
 
