@@ -3,10 +3,11 @@
     raysegment train --config configs/train-small.yaml --data DATA_DIR --epochs 3
     raysegment train --config configs/train-small.yaml --data DATA_DIR --set model.base_channels=16
     raysegment train --config FILE --name my-run            # again with the same name: resumes my-run
+    raysegment train --config configs/anatomy-cpu.yaml      # lungs, heart, clavicles from two sources
 
 Settings come from the dataclass defaults, then --config FILE (YAML), then --set KEY=VALUE, then the
 explicit flags below; the effective config is printed with --print-config and saved as RUN_DIR/config.yaml.
-The schema is in raysegment/train_config.py. Ray and torch are imported only when training runs.
+The schema is in raysegment/train/config.py. Ray and torch are imported only when training runs.
 """
 
 from __future__ import annotations
