@@ -124,8 +124,8 @@ def test_evaluate_with_an_oracle_model_gives_known_scores(tmp_path, monkeypatch,
         (tmp_path / "masks" / f"{pair.image_id}.png").write_bytes(encode_png(truth.astype(np.uint8) * 255))
         overlap = int((mask & truth).sum())
         expected[pair.image_id] = (2 * overlap / (mask.sum() + truth.sum()), overlap)
-    monkeypatch.setattr(evaluate_module, "forward_probabilities",
-                        lambda model, images, *a, **k: images.copy())
+    monkeypatch.setattr(evaluate_module, "forward_structures",  # (N, C=1, S, S): the lung channel only
+                        lambda model, images, *a, **k: images[:, None].copy())
     spec = ModelSpec(UNetConfig(base_channels=4, depth=2), PreprocessConfig(size=128, normalize="unit"), 0.5)
     save_checkpoint(str(tmp_path / "ckpt"), UNet(base_channels=4, depth=2), spec)
     # keep_largest=0 / no hole filling would not matter for clean masks; the defaults are used.
