@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from raysegment.infer.results import read_results
@@ -93,6 +94,17 @@ def test_infer_with_ground_truth_matches_evaluate_per_structure(anatomy, tmp_pat
             assert r["ctr"] == pytest.approx(r["heart_width_px"] / r["thoracic_width_px"])
         else:
             assert "ctr_not_measurable" in r["qc_notes"]
+    # The Python API (predict) gives the pipeline's masks and CTR pixel for pixel.
+    from raysegment.infer.predict import predict
+    from raysegment.model.checkpoint import load_model
+
+    loaded = load_model(best)
+    for r in rows[:3]:
+        single = predict(loaded, Path(r["image_uri"]).read_bytes(), r["image_uri"])
+        for part in r["structures"]:
+            assert np.array_equal(single.structures[part["name"]],
+                                  decode_rle(part["mask_rle"], r["height"], r["width"]))
+        assert (single.ctr.ctr if single.ctr else None) == r["ctr"]
     summary = json.loads((tmp_path / "infer" / "summary.json").read_text())
     assert summary["structure_dice"]["heart"]["n"] == 20
 

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from raysegment.data.inversion import correct_inversion
 from raysegment.data.preprocess import Geometry, preprocess_image
-from raysegment.infer.postprocess import PostprocessConfig, Segmentation, postprocess
+from raysegment.data.structures import STRUCTURES
+from raysegment.infer.ctr import CTR, measure_ctr
+from raysegment.infer.postprocess import PostprocessConfig, Segmentation, postprocess, postprocess_structure
 from raysegment.io.decode import ImageMeta, decode_image
 from raysegment.model.checkpoint import LoadedModel
 
@@ -105,13 +107,8 @@ def forward_structures(
     return out if out is not None else np.empty((0, 1, *images.shape[1:]), dtype=np.uint8)
 
 
-def forward_probabilities(
-    model: torch.nn.Module,
-    images: np.ndarray,
-    micro_batch: int | None = None,
-    threads: int | None = CPU_THREADS,
-    bf16: bool | None = None,
-) -> np.ndarray:
+def forward_probabilities(model: torch.nn.Module, images: np.ndarray, micro_batch: int | None = None,
+                          threads: int | None = CPU_THREADS, bf16: bool | None = None) -> np.ndarray:
     """uint8 (N, S, S) model inputs -> uint8 (N, S, S) LUNG probability x 255: forward_structures' channel 0
     (see there), for the callers that only need the lungs."""
     return forward_structures(model, images, micro_batch, threads, bf16)[:, 0]
@@ -119,10 +116,12 @@ def forward_probabilities(
 
 @dataclass
 class Prediction:
-    segmentation: Segmentation  # mask at the original resolution + measurements
-    probability: np.ndarray  # uint8 SxS, model resolution, probability x 255
+    segmentation: Segmentation  # lung mask at the original resolution + measurements
+    probability: np.ndarray  # uint8 SxS, model resolution, lung probability x 255
     geometry: Geometry  # how the original image maps into the model input
     meta: ImageMeta | None  # from the decoder; None when an array was given
+    structures: dict[str, np.ndarray] = field(default_factory=dict)  # heart, clavicles: bool HxW masks
+    ctr: CTR | None = None  # a model with a heart channel: the cardiothoracic ratio and its parts
 
 
 def predict(
@@ -149,6 +148,12 @@ def predict(
         if fix_inversion:
             image, _ = correct_inversion(image, meta.format)
     model_input, geo = preprocess_image(image, loaded.spec.preprocess)
-    prob = forward_probabilities(loaded.model, model_input[None], micro_batch, threads)[0]
+    probs = forward_structures(loaded.model, model_input[None], micro_batch, threads)[0]
     threshold = loaded.spec.threshold if threshold is None else threshold
-    return Prediction(postprocess(prob, geo, threshold, config or PostprocessConfig()), prob, geo, meta)
+    config = config or PostprocessConfig()
+    seg = postprocess(probs[0], geo, threshold, config)
+    others = {name: postprocess_structure(probs[c], geo, threshold, STRUCTURES[name].keep_largest,
+                                          config.fill_holes)
+              for c, name in enumerate(loaded.spec.structures) if c > 0}
+    ctr = measure_ctr(seg.mask, others["heart"]) if "heart" in others else None
+    return Prediction(seg, probs[0], geo, meta, others, ctr)
