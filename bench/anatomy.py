@@ -18,7 +18,7 @@ lungs-only checkpoints trained on one source (configs/montgomery-cpu.yaml with -
      Montgomery model's on the SAME images: mean of the paired per-image difference, with a 95% interval.
   3. Leave-one-source-out, both ways: the Montgomery model on every JSRT film, the JSRT model on every
      Montgomery film (lungs; neither saw the other source).
-Prints a table, writes JSON.
+Prints a table, writes JSON and, beside it, a scatter plot of predicted vs expert CTR (*_ctr.png).
 """
 
 from __future__ import annotations
@@ -54,6 +54,29 @@ def paired(a: dict[str, float], b: dict[str, float]) -> dict:
     return {"n": n, "mean": float(d.mean()), "sd": sd,
             "ci95": [float(d.mean() - half), float(d.mean() + half)],
             "min": float(d.min()), "max": float(d.max())}
+
+
+def ctr_scatter(rows: list[dict], path: str) -> None:
+    """Predicted vs expert CTR per film, with the identity line and the 0.5 cardiomegaly cut-off."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(r["truth_ctr"], r["ctr"]) for r in rows if r.get("ctr") is not None and r.get("truth_ctr")]
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=120)
+    lo = min(min(p) for p in pts) - 0.03
+    hi = max(max(p) for p in pts) + 0.03
+    ax.plot([lo, hi], [lo, hi], color="0.6", lw=1, label="identity")
+    ax.axvline(0.5, color="0.85", lw=1, ls="--")
+    ax.axhline(0.5, color="0.85", lw=1, ls="--")
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, color="#0072B2")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="CTR from the expert masks",
+           ylabel="CTR from the predicted masks", title=f"JSRT test split ({len(pts)} films)")
+    ax.legend(loc="upper left", frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -127,6 +150,8 @@ def main() -> None:
     for name, v in loso.items():
         print(f"  {name:<28} {v['n']:>4} {v['mean']:7.4f} {v['median']:7.4f} {v['min']:7.4f}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    if j["ctr_measured"]:
+        ctr_scatter(jsrt, os.path.splitext(args.out)[0] + "_ctr.png")
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2)
     print(f"wrote {args.out} ({out['wall_s']} s)")
