@@ -281,6 +281,107 @@ def test_dicom_seg_is_readable_pixel_equal_and_references_its_source(sides):
         assert pixels[0, :, :, 1].sum() == mask[:, 32:].sum()
 
 
+def _dicom_with_study(shape: tuple[int, int]) -> bytes:
+    """make_dicom_bytes plus the patient / study attributes a SEG copies from its source."""
+    from pydicom.uid import generate_uid
+
+    from raysegment.testing.dicom import make_dicom_bytes
+
+    ds = pydicom.dcmread(io.BytesIO(make_dicom_bytes(np.zeros(shape, np.uint16))))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "P7", "Test^Patient", "", ""
+    ds.StudyID, ds.AccessionNumber, ds.StudyDate, ds.StudyTime = "1", "", "20260101", "120000"
+    ds.ReferringPhysicianName = ""
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def _anatomy(shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Lungs, heart and clavicles that overlap as real ones do (clavicles over the lung tops, heart over the
+    left lung's inner edge); odd sizes, so the 1-bit frames do not end on a byte boundary."""
+    h, w = shape
+    m = {k: np.zeros(shape, bool) for k in ("lungs", "heart", "clavicles")}
+    m["lungs"][6 : h - 5, 4 : w // 2 - 4] = True
+    m["lungs"][8 : h - 4, w // 2 + 3 : w - 5] = True
+    m["heart"][h // 2 : h - 6, w // 2 - 10 : w // 2 + 12] = True
+    m["clavicles"][5:11, 2 : w - 2] = True
+    return m
+
+
+@pytest.mark.parametrize("sides", [False, True])
+def test_dicom_seg_with_heart_and_clavicles_has_one_segment_each_pixel_equal_over_lungs(sides, tmp_path):
+    from raysegment.infer.dicom_seg import make_dicom_seg, read_seg_mask, read_seg_segments
+    from raysegment.infer.postprocess import split_lungs
+
+    source = _dicom_with_study((53, 71))
+    m = _anatomy((53, 71))
+    assert (m["clavicles"] & m["lungs"]).any() and (m["heart"] & m["lungs"]).any()
+    data = make_dicom_seg(source, m["lungs"], "0123456789abcdef", sides=sides,
+                          structures={"clavicles": m["clavicles"], "heart": m["heart"]})
+    seg = pydicom.dcmread(io.BytesIO(data))
+    lung_types = [("Right lung", "3341006"), ("Left lung", "44029006")] if sides else [("Lung", "39607008")]
+    expected = [*lung_types, ("Heart", "80891009"), ("Clavicles", "51299004")]  # STRUCTURES order
+    got = [(s.SegmentLabel, s.SegmentedPropertyTypeCodeSequence[0].CodeValue) for s in seg.SegmentSequence]
+    assert got == expected
+    assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == list(range(1, len(expected) + 1))
+    for s in seg.SegmentSequence:
+        assert s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
+        assert s.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"  # anatomical structure
+    assert seg.SegmentationType == "BINARY" and int(seg.NumberOfFrames) == len(expected)
+
+    segments = read_seg_segments(data)
+    assert list(segments) == [label for label, _ in expected]
+    assert np.array_equal(segments["Heart"], m["heart"])
+    assert np.array_equal(segments["Clavicles"], m["clavicles"])  # whole, also over the lungs
+    if sides:
+        right, left = split_lungs(m["lungs"])
+        assert np.array_equal(segments["Right lung"], right) and np.array_equal(segments["Left lung"], left)
+    else:
+        assert np.array_equal(segments["Lung"], m["lungs"])  # whole, also under clavicles and heart
+    assert np.array_equal(read_seg_mask(data), m["lungs"] | m["heart"] | m["clavicles"])  # the union
+    import highdicom as hd  # a viewer's reading: highdicom's, by source instance and segment number
+
+    src = pydicom.dcmread(io.BytesIO(source))
+    pixels = hd.seg.segread(io.BytesIO(data)).get_pixels_by_source_instance(
+        [src.SOPInstanceUID], segment_numbers=list(range(1, len(expected) + 1)))
+    assert np.array_equal(pixels[0, :, :, -1].astype(bool), m["clavicles"])
+    assert np.array_equal(pixels[0, :, :, -2].astype(bool), m["heart"])
+
+    class Job:  # archive.write_dicom_seg passes the structures through
+        s3, model_id, dicom_seg_sides, dicom_seg_out = None, "0123456789abcdef", sides, str(tmp_path)
+
+    from raysegment.infer.archive import write_dicom_seg
+
+    (tmp_path / "a.dcm").write_bytes(source)
+    uri = write_dicom_seg({"image_uri": str(tmp_path / "a.dcm"), "key": "a.dcm"}, m["lungs"], Job,
+                          {"heart": m["heart"]})
+    with open(uri, "rb") as f:
+        assert list(read_seg_segments(f.read()))[-1] == "Heart"
+
+    with pytest.raises(ValueError, match="not a further structure"):
+        make_dicom_seg(source, m["lungs"], "0123456789abcdef", structures={"lungs": m["lungs"]})
+    with pytest.raises(ValueError, match="heart mask"):
+        make_dicom_seg(source, m["lungs"], "0123456789abcdef", structures={"heart": m["heart"][:-1]})
+
+
+def test_dicom_seg_without_structures_is_unchanged():
+    """structures None or {}: the lungs-only SEG of before: one segment "Lung", the lung model's names."""
+    from raysegment.infer.dicom_seg import make_dicom_seg, read_seg_mask, read_seg_segments
+
+    source = _dicom_with_study((53, 71))
+    lungs = _anatomy((53, 71))["lungs"]
+    for structures in (None, {}):
+        data = make_dicom_seg(source, lungs, "0123456789abcdef", structures=structures)
+        seg = pydicom.dcmread(io.BytesIO(data))
+        assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Lung"] and int(seg.NumberOfFrames) == 1
+        assert seg.SeriesDescription == "raysegment lung segmentation"
+        assert seg.ManufacturerModelName == "raysegment lung UNet"
+        segments = read_seg_segments(data)
+        assert list(segments) == ["Lung"] and np.array_equal(segments["Lung"], lungs)
+        assert np.array_equal(read_seg_mask(data), lungs)
+
+
 # --------------------------------------------------------------------------- schema versions
 
 

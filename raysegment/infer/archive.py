@@ -36,12 +36,14 @@ def prepare_image(decoded: DecodedImage, fix_inversion: bool, row: dict) -> np.n
     return image
 
 
-def write_dicom_seg(row: dict, mask: np.ndarray, job) -> str:
+def write_dicom_seg(row: dict, mask: np.ndarray, job, structures: dict[str, np.ndarray] | None = None) -> str:
     """Write the DICOM SEG of one DICOM input row under job.dicom_seg_out; returns its URI. The source is
-    read again (only its header and size matter): the decode stage does not ship bytes this far."""
+    read again (only its header and size matter): the decode stage does not ship bytes this far.
+    structures: a multi-structure model's further masks by name (heart, clavicles), one segment each."""
     from raysegment.infer.dicom_seg import make_dicom_seg, seg_key
 
     source = storage.read_bytes(row["image_uri"], job.s3)
     uri = storage.join(job.dicom_seg_out, seg_key(row["key"]))
-    storage.write_bytes(uri, make_dicom_seg(source, mask, job.model_id, job.dicom_seg_sides), job.s3)
+    seg = make_dicom_seg(source, mask, job.model_id, job.dicom_seg_sides, structures)
+    storage.write_bytes(uri, seg, job.s3)
     return uri
