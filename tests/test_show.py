@@ -59,6 +59,165 @@ def test_contact_sheet_grid():
     assert sheet[gap + 50, gap + 2 * (80 + gap) + 40].tolist() == [40, 40, 40]  # a pixel of tile 2
 
 
+# --- several structures (multi-structure models) ------------------------------------------------------
+
+def _anatomy(h: int = 384, w: int = 384) -> dict[str, np.ndarray]:
+    """A gray gradient 'X-ray' and masks that overlap as real ones do: clavicles over the lung tops, the
+    heart over the left lung's (image right) inner edge; both lungs widest on one row."""
+    import cv2
+
+    image = np.tile(np.linspace(60, 200, w, dtype=np.float32), (h, 1)).astype(np.uint8)
+    m = {k: np.zeros((h, w), np.uint8) for k in ("lungs", "heart", "clavicles")}
+    cv2.ellipse(m["lungs"], (w * 3 // 10, h // 2), (w // 8, h * 3 // 10), 0, 0, 360, 1, -1)
+    cv2.ellipse(m["lungs"], (w * 7 // 10, h // 2), (w // 8, h * 3 // 10), 0, 0, 360, 1, -1)
+    cv2.ellipse(m["heart"], (w * 11 // 20, h * 13 // 20), (w // 7, h // 9), 0, 0, 360, 1, -1)
+    m["clavicles"][h // 5 : h // 5 + h // 30, w // 10 : w * 9 // 10] = 1
+    return {"image": image, **{k: v.astype(bool) for k, v in m.items()}}
+
+
+def _near(rgb: np.ndarray, color, tol: int = 30) -> np.ndarray:
+    return np.abs(rgb.astype(int) - color).sum(axis=-1) < tol
+
+
+def test_overlay_draws_each_structure_in_its_colour_where_its_mask_is():
+    import cv2
+
+    from raysegment.infer.ctr import measure_ctr
+
+    a = _anatomy()
+    extra = {"heart": a["heart"], "clavicles": a["clavicles"]}
+    assert len(set(viz.STRUCTURE_COLORS.values()) | {viz.TRUE_COLOR}) == 4  # four different colours
+    outlined = viz.overlay(a["image"], None, a["lungs"], height=384, fill=0, structures=extra)
+    ring = np.ones((7, 7), np.uint8)
+    for name, mask in (("lungs", a["lungs"]), *extra.items()):
+        drawn = _near(outlined, viz.STRUCTURE_COLORS[name])
+        assert drawn.sum() > 100, name  # its outline is there ...
+        assert not (drawn & ~cv2.dilate(mask.astype(np.uint8), ring).astype(bool)).any(), name  # ... on it
+    # Filled lightly: a heart-only pixel away from every outline is the X-ray tinted 25 % toward the heart's
+    # colour; where the clavicles lie over a lung both tints apply.
+    filled = viz.overlay(a["image"], None, a["lungs"], height=384, structures=extra)
+    inside = cv2.erode(a["heart"].astype(np.uint8), ring).astype(bool) & ~cv2.dilate(
+        a["lungs"].astype(np.uint8), ring).astype(bool)
+    gray = a["image"][inside].astype(np.float32)[:, None]
+    expected = np.round(gray * 0.75 + np.float32(viz.STRUCTURE_COLORS["heart"]) * 0.25).astype(np.uint8)
+    assert inside.sum() > 100 and np.array_equal(filled[inside], expected)
+    # The CTR's widths: the thoracic width in the lungs' colour on its row between the lungs' outer
+    # borders, the heart width in the heart's colour on the heart's centre row between its extremes.
+    ctr = measure_ctr(a["lungs"], a["heart"])
+    lined = viz.overlay(a["image"], None, a["lungs"], height=384, fill=0, structures=extra, ctr=ctr)
+    x0, x1 = ctr.thorax_cols
+    assert _near(lined[ctr.thoracic_row, x0 + 8 : x1 - 8], viz.STRUCTURE_COLORS["lungs"]).mean() > 0.95
+    rows = np.flatnonzero(a["heart"].any(axis=1))
+    heart_row = round((rows[0] + rows[-1]) / 2)
+    h0, h1 = ctr.heart_cols
+    assert _near(lined[heart_row, h0 + 8 : h1 - 8], viz.STRUCTURE_COLORS["heart"]).mean() > 0.95
+    assert not _near(outlined[heart_row, h0 + 8 : h1 - 8], viz.STRUCTURE_COLORS["heart"]).any()
+
+
+def test_side_by_side_with_structures_colours_each_mask_and_names_it_in_the_legend():
+    a = _anatomy(300, 250)
+    extra = {"clavicles": a["clavicles"], "heart": a["heart"]}
+    out = viz.side_by_side(a["image"], a["lungs"], a["lungs"], "t", height=300, structures=extra,
+                           true_structures=extra)
+    bar = viz.bar_height(300)
+    top, w = round(bar * 1.2), 250
+    assert out.shape == (top + 300 + bar, 4 * w + 3 * viz.GAP, 3)
+    predicted = out[top : top + 300, 2 * (w + viz.GAP) : 3 * (w + viz.GAP) - viz.GAP]
+    colors = viz.STRUCTURE_COLORS
+    heart_only = a["heart"] & ~a["lungs"]
+    assert (predicted[heart_only] == colors["heart"]).all()
+    assert (predicted[a["lungs"] & ~a["heart"] & ~a["clavicles"]] == colors["lungs"]).all()
+    both = a["clavicles"] & a["lungs"]  # overlaps show as the mean of the two colours
+    blend = np.round((np.float32(colors["clavicles"]) + colors["lungs"]) / 2).astype(np.uint8)
+    assert both.any() and (predicted[both] == blend).all()
+    assert (predicted[~(a["lungs"] | a["heart"] | a["clavicles"])] == 0).all()
+    legend = out[top + 300 :, 3 * (w + viz.GAP) :]
+    for color in (*colors.values(), viz.TRUE_COLOR):  # a swatch for each structure, and the truth
+        assert _near(legend, color, 10).sum() > 20, color
+    with pytest.raises(ValueError, match="not a further structure"):
+        viz.overlay(a["image"], None, a["lungs"], structures={"lungs": a["lungs"]})
+    with pytest.raises(ValueError, match="masks must match"):
+        viz.side_by_side(a["image"], None, a["lungs"], structures={"heart": a["heart"][:10]})
+
+
+def test_lungs_only_pictures_are_unchanged_by_the_structure_options():
+    """No structures (None or {}): exactly the lungs-only picture, without any structure colour."""
+    a = _anatomy()
+    for draw in (viz.side_by_side, viz.overlay):
+        plain = draw(a["image"], a["lungs"], np.roll(a["lungs"], 5, axis=1))
+        again = draw(a["image"], a["lungs"], np.roll(a["lungs"], 5, axis=1), structures={},
+                     true_structures={})
+        assert np.array_equal(plain, again)
+        for name in ("heart", "clavicles"):
+            assert not _near(plain, viz.STRUCTURE_COLORS[name], 10).any()
+
+
+def _results_with_structures(tmp_path) -> tuple[str, dict]:
+    """A results folder with two rows (SCHEMA, as `raysegment infer` writes them): a multi-structure row
+    (heart, clavicles, CTR) and a lungs-only row, over the same synthetic 384 x 384 X-ray."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysegment.infer.ctr import measure_ctr
+    from raysegment.infer.results import SCHEMA
+    from raysegment.io.decode import encode_mask_png, encode_png
+    from raysegment.io.rle import encode_rle
+
+    a = _anatomy()
+    image_uri = str(tmp_path / "cxr.png")
+    Path(image_uri).write_bytes(encode_png(a["image"]))
+    ctr = measure_ctr(a["lungs"], a["heart"])
+    rows = []
+    for i, multi in enumerate((True, False)):
+        row = {name: None for name in SCHEMA.names}
+        row.update(schema_version=2, run_id=f"20260101T00000{i}Z-cccccc", model_id="m1", package_version="0",
+                   image_uri=image_uri if multi else str(tmp_path / "lungs_only.png"),
+                   image_id="multi" if multi else "lungs_only", status="ok", height=384, width=384,
+                   mask_png=encode_mask_png(a["lungs"]), mask_rle=encode_rle(a["lungs"]), qc_flag=True)
+        if multi:
+            row.update(ctr=ctr.ctr, heart_width_px=ctr.heart_width_px,
+                       thoracic_width_px=ctr.thoracic_width_px, thoracic_row=ctr.thoracic_row,
+                       structures=[{"name": n, "area_px": int(a[n].sum()), "area_cm2": None,
+                                    "mask_rle": encode_rle(a[n]), "dice": None}
+                                   for n in ("heart", "clavicles")])
+        rows.append(row)
+    Path(rows[1]["image_uri"]).write_bytes(encode_png(a["image"]))
+    results = tmp_path / "results"
+    for row in rows:
+        folder = results / "runs" / row["run_id"]
+        folder.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), folder / "part-0.parquet")
+    return str(results), {"anatomy": a, "ctr": ctr, "rows": rows}
+
+
+def test_show_draws_the_structures_of_a_row_and_its_ctr_lines(tmp_path):
+    from raysegment.viz.show import caption, show
+
+    results, case = _results_with_structures(tmp_path)
+    a, ctr, rows = case["anatomy"], case["ctr"], case["rows"]
+    drawn = show(results, str(tmp_path / "out"), uris=[r["image_uri"] for r in rows])
+    assert [os.path.basename(p) for p in drawn.pictures] == ["001_multi.png", "002_lungs_only.png"]
+    multi, lungs_only = (_read_rgb(p) for p in drawn.pictures)
+    top = round(viz.bar_height(384) * 1.2)
+    assert multi.shape == lungs_only.shape == (top + 384 + viz.bar_height(384), 3 * 384 + 2 * viz.GAP, 3)
+    ov = multi[top : top + 384, 2 * (384 + viz.GAP) :]  # X-ray | predicted masks | overlay (no truth)
+    for name in ("lungs", "heart", "clavicles"):
+        assert _near(ov, viz.STRUCTURE_COLORS[name]).sum() > 100, name
+    x0, x1 = ctr.thorax_cols
+    assert _near(ov[ctr.thoracic_row, x0 + 8 : x1 - 8], viz.STRUCTURE_COLORS["lungs"]).mean() > 0.95
+    rows_ = np.flatnonzero(a["heart"].any(axis=1))
+    h0, h1 = ctr.heart_cols
+    heart_row = round((rows_[0] + rows_[-1]) / 2)
+    assert _near(ov[heart_row, h0 + 8 : h1 - 8], viz.STRUCTURE_COLORS["heart"]).mean() > 0.95
+    assert f"CTR {ctr.ctr:.2f}" in caption(rows[0]) and "CTR" not in caption(rows[1])
+    # The lungs-only row: exactly the lungs-only picture of before.
+    image = decode_image(Path(rows[1]["image_uri"]).read_bytes()).image
+    expected = viz.side_by_side(image, None, a["lungs"], f"#2  {caption(rows[1])}", 384)
+    assert np.array_equal(lungs_only, expected)
+    sheet = _read_rgb(drawn.contact_sheet)
+    assert _near(sheet, viz.STRUCTURE_COLORS["heart"]).sum() > 50
+
+
 # --- show on real inference results --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

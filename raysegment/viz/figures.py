@@ -1,7 +1,9 @@
 """Pictures of segmentations, in OpenCV + NumPy (fast, no fonts to install, no display needed).
 
 side_by_side:  X-ray | true mask | predicted mask | overlay   (the seed's display, plus the overlay)
-overlay:       the X-ray with the predicted outline (orange, lightly filled) and the true outline (blue)
+overlay:       the X-ray with the predicted outline (orange, lightly filled) and the true outline (blue);
+               a multi-structure model's heart and clavicles each in their own colour (STRUCTURE_COLORS),
+               and the cardiothoracic ratio's two widths as lines
 contact_sheet: a grid of tiles with a label under each (worst cases, QC-flagged images)
 
 All functions take float images in [0, 1] or uint8 and bool masks at the image's resolution, and return
@@ -14,12 +16,27 @@ The colours are from the Okabe-Ito palette, distinguishable with the common colo
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from raysegment.data.structures import LUNGS, STRUCTURES
+
+if TYPE_CHECKING:
+    from raysegment.infer.ctr import CTR
+
 PRED_COLOR = (255, 150, 0)  # orange: the model's prediction
 TRUE_COLOR = (70, 180, 255)  # sky blue: the ground truth
+# One Okabe-Ito colour per structure, all apart from the truth's sky blue: the lungs keep the prediction's
+# orange, the heart (which overlaps the lungs' inner edges) takes reddish purple rather than vermillion
+# (too close to orange), the clavicles (over the lung tops) bluish green.
+STRUCTURE_COLORS: dict[str, tuple[int, int, int]] = {
+    LUNGS: PRED_COLOR,
+    "heart": (204, 121, 167),  # reddish purple
+    "clavicles": (0, 158, 115),  # bluish green
+}
+SHADOW_COLOR = (0, 0, 0)  # under the CTR lines, so they read over bright bone and dark lung alike
 TEXT_COLOR = (235, 235, 235)
 BAR_COLOR = (32, 32, 32)  # title and caption bars
 GAP_COLOR = (70, 70, 70)  # lines between panels
@@ -84,11 +101,22 @@ def text_bar(width: int, text: str, height: int, scale: float, color=TEXT_COLOR)
     return bar
 
 
-def _legend_bar(width: int, height: int, scale: float, with_truth: bool) -> np.ndarray:
-    """Caption of the overlay panel: a colour swatch before each name."""
+def _legend_bar(width: int, height: int, scale: float, with_truth: bool,
+                structures: tuple[str, ...] | None = None) -> np.ndarray:
+    """Caption of the overlay panel: a colour swatch before each name: "prediction" (and "truth") for a
+    lungs-only picture (structures None), else "lungs" and each further structure's name (and "truth");
+    then the font shrinks a little when the names do not fit."""
     bar = np.full((height, width, 3), BAR_COLOR, np.uint8)
     x, mid = 6, height // 2
-    items = [("prediction", PRED_COLOR)] + ([("truth", TRUE_COLOR)] if with_truth else [])
+    items = ([("prediction", PRED_COLOR)] if structures is None
+             else [(STRUCTURES[n].label.lower(), STRUCTURE_COLORS[n]) for n in (LUNGS, *structures)])
+    items += [("truth", TRUE_COLOR)] if with_truth else []
+    if structures is not None:
+        for _ in range(4):
+            need = 6 + sum(24 + cv2.getTextSize(n, FONT, scale, 1)[0][0] + 14 for n, _ in items)
+            if need <= width or scale <= 0.35:
+                break
+            scale *= 0.85
     for name, color in items:
         cv2.line(bar, (x, mid), (x + 18, mid), color, 3, cv2.LINE_AA)
         x += 24
@@ -118,14 +146,62 @@ def draw_outline(rgb: np.ndarray, mask: np.ndarray, color: tuple[int, int, int],
     return rgb
 
 
+def _ordered(structures: dict[str, np.ndarray] | None) -> tuple[str, ...]:
+    """The further structures' names (not the lungs) in STRUCTURES order; ValueError for unknown ones."""
+    structures = structures or {}
+    unknown = [n for n in structures if n not in STRUCTURES or n == LUNGS]
+    if unknown:
+        raise ValueError(f"not a further structure: {unknown[0]!r} (the lungs are pred_mask / true_mask)")
+    return tuple(n for n in STRUCTURES if n in structures)
+
+
+def _scale_col(x: int, width: int, new_width: int) -> int:
+    """A pixel column of the original image -> the column of its centre in the resized one."""
+    return round((x + 0.5) * new_width / width - 0.5)
+
+
+def _measure_line(rgb: np.ndarray, y: int, x0: int, x1: int, color, thickness: int) -> None:
+    """A horizontal measurement line with end ticks, over a dark shadow, onto rgb in place."""
+    tick = 3 * thickness
+    for c, t in ((SHADOW_COLOR, thickness + 2), (color, thickness)):
+        cv2.line(rgb, (x0, y), (x1, y), c, t, cv2.LINE_AA)
+        for x in (x0, x1):
+            cv2.line(rgb, (x, y - tick), (x, y + tick), c, t, cv2.LINE_AA)
+
+
+def draw_ctr(rgb: np.ndarray, ctr: CTR, heart: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Draw the CTR's two widths onto rgb (an image of original size `shape`, resized) in place: the heart
+    width between ctr.heart_cols at the heart's centre row (heart colour), the thoracic width between
+    ctr.thorax_cols at ctr.thoracic_row (lung colour). Nothing when the CTR was not measurable."""
+    if ctr.heart_cols is None or ctr.thorax_cols is None or ctr.thoracic_row is None:
+        return rgb
+    (h, w), (nh, nw) = shape, rgb.shape[:2]
+    thickness = max(2, round(nh / 190))
+    rows = np.flatnonzero(np.asarray(heart, dtype=bool).any(axis=1))
+    heart_row = (rows[0] + rows[-1]) / 2 if rows.size else h / 2
+    for row, (x0, x1), color in ((ctr.thoracic_row, ctr.thorax_cols, STRUCTURE_COLORS[LUNGS]),
+                                 (heart_row, ctr.heart_cols, STRUCTURE_COLORS["heart"])):
+        y = round((row + 0.5) * nh / h - 0.5)
+        _measure_line(rgb, y, _scale_col(x0, w, nw), _scale_col(x1, w, nw), color, thickness)
+    return rgb
+
+
 def overlay(
     image: np.ndarray, true_mask: np.ndarray | None, pred_mask: np.ndarray, height: int = TILE_HEIGHT,
-    fill: float = 0.25,
+    fill: float = 0.25, structures: dict[str, np.ndarray] | None = None,
+    true_structures: dict[str, np.ndarray] | None = None, ctr: CTR | None = None,
 ) -> np.ndarray:
     """X-ray with the prediction filled (alpha `fill`) and outlined in orange, the truth outlined in blue.
 
     image: float HxW in [0, 1] or uint8; masks: bool HxW. Returns uint8 (h, w, 3), h = min(H, height).
+    structures: a multi-structure model's further predicted masks by name ("heart", "clavicles"; bool
+    HxW), each filled and outlined in its STRUCTURE_COLORS colour over the lungs; true_structures: their
+    truths, outlined in blue like the lungs'; ctr: the CTR measured on pred_mask and structures["heart"]
+    (infer.ctr.measure_ctr), drawn as its two width lines. Without structures: the lungs-only picture.
     """
+    if structures or true_structures or ctr is not None:
+        return _overlay_structures(image, true_mask, pred_mask, height, fill, structures or {},
+                                   true_structures or {}, ctr)
     size = tile_size(image.shape[0], image.shape[1], height)
     rgb = _shrink(to_rgb(image), size).copy()
     pred = _shrink_mask(pred_mask, size)
@@ -139,20 +215,62 @@ def overlay(
     return rgb
 
 
+def _overlay_structures(image, true_mask, pred_mask, height, fill, structures, true_structures, ctr):
+    """overlay() with further structures: every structure filled and outlined in its colour (lungs first,
+    so the smaller heart and clavicles lie on top), all truths outlined in blue, then the CTR lines."""
+    size = tile_size(image.shape[0], image.shape[1], height)
+    rgb = _shrink(to_rgb(image), size).copy()
+    names = (LUNGS, *_ordered(structures))
+    preds = {n: _shrink_mask(pred_mask if n == LUNGS else structures[n], size) for n in names}
+    if fill > 0:
+        for n, m in preds.items():
+            tint = np.array(STRUCTURE_COLORS[n], np.float32)
+            rgb[m] = np.round(rgb[m] * (1 - fill) + tint * fill).astype(np.uint8)
+    thickness = max(2, round(size[0] / 190))
+    truths = {LUNGS: true_mask, **true_structures}
+    for n in (LUNGS, *_ordered(true_structures)):
+        if truths[n] is not None:
+            draw_outline(rgb, _shrink_mask(truths[n], size), TRUE_COLOR, thickness)
+    for n, m in preds.items():
+        draw_outline(rgb, m, STRUCTURE_COLORS[n], thickness)
+    if ctr is not None and "heart" in structures:
+        draw_ctr(rgb, ctr, structures["heart"], image.shape[:2])
+    return rgb
+
+
+def mask_panel(mask: np.ndarray, structures: dict[str, np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """Lungs + further structures -> uint8 RGB at `size`: each structure in its colour on black, the mean
+    of the colours where structures overlap (clavicles over the lungs show as a blend)."""
+    total = np.zeros((*size, 3), np.float32)
+    count = np.zeros(size, np.float32)
+    for n in (LUNGS, *_ordered(structures)):
+        m = _shrink_mask(mask if n == LUNGS else structures[n], size)
+        total[m] += STRUCTURE_COLORS[n]
+        count[m] += 1
+    return np.round(total / np.maximum(count, 1)[..., None]).astype(np.uint8)
+
+
 def side_by_side(
     image: np.ndarray, true_mask: np.ndarray | None, pred_mask: np.ndarray, title: str = "",
-    height: int = TILE_HEIGHT,
+    height: int = TILE_HEIGHT, structures: dict[str, np.ndarray] | None = None,
+    true_structures: dict[str, np.ndarray] | None = None, ctr: CTR | None = None,
 ) -> np.ndarray:
     """X-ray | true mask | predicted mask | overlay, each captioned, under a title bar.
 
     image: float HxW in [0, 1] or uint8; masks: bool HxW (true_mask None: that panel is left out).
     Returns uint8 RGB: panels `height` pixels tall, a caption bar under each, the title bar on top.
+    structures / true_structures / ctr: a multi-structure model's further masks, their truths and the
+    CTR, as in overlay(); the mask panels then show each structure in its colour, and the legend names
+    them. Without them: the lungs-only picture.
     """
     if pred_mask.shape != image.shape[:2] or (true_mask is not None and true_mask.shape != image.shape[:2]):
         raise ValueError(
             f"masks must match the image's HxW {image.shape[:2]}: pred {pred_mask.shape}, "
             f"truth {None if true_mask is None else true_mask.shape}"
         )
+    if structures or true_structures or ctr is not None:
+        return _side_by_side_structures(image, true_mask, pred_mask, title, height, structures or {},
+                                        true_structures or {}, ctr)
     size = tile_size(image.shape[0], image.shape[1], height)
     scale, bar_h = _font_scale(size[0]), bar_height(size[0])
 
@@ -166,6 +284,32 @@ def side_by_side(
     drawn = overlay(image, true_mask, pred_mask, height)
     columns = [np.vstack([p, text_bar(p.shape[1], name, bar_h, scale)]) for name, p in panels]
     columns.append(np.vstack([drawn, _legend_bar(drawn.shape[1], bar_h, scale, true_mask is not None)]))
+    body = _hstack(columns)
+    if not title:
+        return body
+    return np.vstack([text_bar(body.shape[1], title, round(bar_h * 1.2), scale * 1.15), body])
+
+
+def _side_by_side_structures(image, true_mask, pred_mask, title, height, structures, true_structures, ctr):
+    for what, masks in (("", structures), ("true ", true_structures)):
+        bad = {n: m.shape for n, m in masks.items() if m.shape != image.shape[:2]}
+        if bad:
+            raise ValueError(f"masks must match the image's HxW {image.shape[:2]}: {what}{bad}")
+    names = _ordered(structures)
+    size = tile_size(image.shape[0], image.shape[1], height)
+    scale, bar_h = _font_scale(size[0]), bar_height(size[0])
+    has_truth = true_mask is not None or bool(true_structures)
+    panels = [("X-ray", _shrink(to_rgb(image), size))]
+    if has_truth:
+        blank = np.zeros(image.shape[:2], bool)
+        panels.append(("true masks", mask_panel(blank if true_mask is None else true_mask, true_structures,
+                                                 size)))
+    panels.append(("predicted masks", mask_panel(pred_mask, structures, size)))
+    drawn = overlay(image, true_mask, pred_mask, height, structures=structures,
+                    true_structures=true_structures, ctr=ctr)
+    columns = [np.vstack([p, text_bar(p.shape[1], name, bar_h, scale)]) for name, p in panels]
+    legend = _legend_bar(drawn.shape[1], bar_h, scale, has_truth, names)
+    columns.append(np.vstack([drawn, legend]))
     body = _hstack(columns)
     if not title:
         return body

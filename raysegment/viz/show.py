@@ -7,6 +7,9 @@ Rows are picked from results.read_results: the N lowest dice (needs the dice col
 choice, the --limit lowest dice when there are dice, else the QC-flagged. For each, the input is decoded
 again (storage + imageio.decode_image), the mask comes from the row's mask_png, and the true mask, when
 there is one, from --ground-truth (matched by image id = file stem) or else the row's own truth_uri.
+A multi-structure model's rows also carry `structures` (heart, clavicles: their mask_rle): each is drawn
+in its own colour (viz.STRUCTURE_COLORS), and when the row has a CTR its two widths are drawn as lines
+(columns measured again with infer.ctr.measure_ctr on the decoded masks) and "CTR 0.47" is captioned.
 DIR (local or s3://) gets one side-by-side PNG per image (viz.side_by_side), contact_sheet.png (their
 overlays in a grid) and index.csv; error rows are listed with their reason, not drawn.
 """
@@ -17,11 +20,13 @@ import math
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysegment.data.datasets import discover, load_mask
 from raysegment.errors import InputError, UserError
+from raysegment.infer.ctr import measure_ctr
 from raysegment.infer.results import read_results, result_files
 from raysegment.io import storage
 from raysegment.io.decode import decode_image, decode_mask_png, encode_mask_png, encode_png
@@ -30,7 +35,8 @@ from raysegment.viz import figures as viz
 
 # Measurements read to choose and caption rows (mask_png is read only for the chosen ones).
 LIGHT_COLUMNS = ["image_uri", "image_id", "run_id", "status", "error_stage", "error", "dice", "iou", "hd95",
-                 "qc_flag", "qc_reasons", "truth_uri", "lung_fraction", "mean_confidence", "quality_score"]
+                 "qc_flag", "qc_reasons", "truth_uri", "lung_fraction", "mean_confidence", "quality_score",
+                 "ctr"]
 SHEET_TILE_HEIGHT = 256
 
 
@@ -94,9 +100,13 @@ def select_rows(table, worst: int | None = None, qc_flagged: bool = False, uris:
     raise AssertionError("unreachable")
 
 
-def read_masks(results: str, rows: list[dict]) -> dict[str, bytes]:
+def read_masks(results: str, rows: list[dict],
+               structures: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, bytes]:
     """image_uri -> mask PNG of the given rows, reading only those rows' masks from the Parquet files
-    (mask_png, or mask_rle re-encoded when the run dropped mask_png)."""
+    (mask_png, or mask_rle re-encoded when the run dropped mask_png).
+
+    structures: when given, filled with image_uri -> {name: bool HxW} of the rows' further structures
+    (heart, clavicles: decoded from their mask_rle); rows of lungs-only models add nothing."""
     wanted = {(r["image_uri"], r["run_id"]) for r in rows}
     uris = sorted({u for u, _ in wanted})
     found: dict[str, bytes] = {}
@@ -105,7 +115,9 @@ def read_masks(results: str, rows: list[dict]) -> dict[str, bytes]:
         try:
             present = pq.read_schema(path, filesystem=fs).names
             rle = [c for c in ("mask_rle", "height", "width") if c in present]
-            part = pq.read_table(path, filesystem=fs, columns=["image_uri", "run_id", "mask_png", *rle],
+            more = ["structures"] if structures is not None and "structures" in present else []
+            columns = ["image_uri", "run_id", "mask_png", *rle, *more]
+            part = pq.read_table(path, filesystem=fs, columns=columns,
                                  filters=[("image_uri", "in", uris)])
         except (OSError, pa.ArrowException):  # a partial file of a killed run; read_results skipped it too
             continue
@@ -113,6 +125,10 @@ def read_masks(results: str, rows: list[dict]) -> dict[str, bytes]:
             if r["mask_png"] is None and r.get("mask_rle"):  # written with --no-mask-png
                 r["mask_png"] = encode_mask_png(decode_rle(r["mask_rle"], r["height"], r["width"]))
             if (r["image_uri"], r["run_id"]) in wanted and r["mask_png"] is not None:
+                if r["image_uri"] not in found and r.get("structures"):
+                    structures[r["image_uri"]] = {
+                        s["name"]: decode_rle(s["mask_rle"], r["height"], r["width"])
+                        for s in r["structures"] if s.get("mask_rle")}
                 found.setdefault(r["image_uri"], r["mask_png"])
     return found
 
@@ -128,6 +144,8 @@ def caption(row: dict) -> str:
             parts.append(f"hd95 {row['hd95']:.1f}px")
     if _value(row, "quality_score") is not None:
         parts.append(f"quality {row['quality_score']:.2f}")
+    if _value(row, "ctr") is not None:
+        parts.append(f"CTR {row['ctr']:.2f}")
     if row.get("qc_reasons"):
         parts.append("QC: " + ", ".join(row["qc_reasons"]))
     return "  ".join(parts)
@@ -143,7 +161,8 @@ def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = Fa
                          hint="pass the --output folder of a `raysegment infer` run")
     rows, error_rows = select_rows(table, worst, qc_flagged, uris, limit)
     truth_index = {p.image_id: p.mask_uris for p in discover(ground_truth).pairs} if ground_truth else {}
-    masks = read_masks(results, rows)
+    structures: dict[str, dict[str, np.ndarray]] = {}
+    masks = read_masks(results, rows, structures)
 
     result = ShowResult(errors=[(r["image_uri"], f"{r.get('error_stage')}: {r.get('error')}")
                                 for r in error_rows])
@@ -173,14 +192,18 @@ def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = Fa
             elif ground_truth or row.get("truth_uri"):
                 note = "no ground truth for this image"
             picture = storage.join(out, f"{rank:03d}_{safe_name(image_id)}.png")
-            drawing = viz.side_by_side(image, truth, pred, f"#{rank}  {caption(row)}", tile_height)
+            extra, ctr = _structures_of(row, structures.get(image_uri), pred)
+            drawing = viz.side_by_side(image, truth, pred, f"#{rank}  {caption(row)}", tile_height,
+                                       structures=extra, ctr=ctr)
             storage.write_bytes(picture, encode_png(drawing))
             result.pictures.append(picture)
             if note:
                 result.notes[picture] = note
-            tiles.append(viz.overlay(image, truth, pred, min(tile_height, SHEET_TILE_HEIGHT)))
+            tiles.append(viz.overlay(image, truth, pred, min(tile_height, SHEET_TILE_HEIGHT),
+                                     structures=extra, ctr=ctr))
             score = _value(row, "dice")  # short labels: the sheet's tiles are narrow
-            labels.append(f"#{rank} {image_id}" + ("" if score is None else f"  dice {score:.3f}"))
+            labels.append(f"#{rank} {image_id}" + ("" if score is None else f"  dice {score:.3f}")
+                          + ("" if _value(row, "ctr") is None else f"  CTR {row['ctr']:.2f}"))
         dice = "" if _value(row, "dice") is None else f"{row['dice']:.6f}"
         index.append(",".join(_csv(v) for v in (rank, image_id, dice, "|".join(row.get("qc_reasons") or []),
                                                    picture, image_uri, note)))
@@ -195,6 +218,20 @@ def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = Fa
     result.index = storage.join(out, "index.csv")
     storage.write_text(result.index, "\n".join(index) + "\n")
     return result
+
+
+def _structures_of(row: dict, masks: dict[str, np.ndarray] | None, pred: np.ndarray):
+    """(further structures to draw or None, the CTR's measurement or None) of one row: its decoded
+    structure masks (the ones with a colour; a mask of another size is left out rather than failing the
+    picture), and, when the row has a CTR, its lines measured again on the decoded lungs and heart (the
+    row keeps only the widths)."""
+    if not masks:
+        return None, None
+    extra = {n: m for n, m in masks.items() if n in viz.STRUCTURE_COLORS and m.shape == pred.shape}
+    ctr = None
+    if _value(row, "ctr") is not None and "heart" in extra:
+        ctr = measure_ctr(pred, extra["heart"])
+    return extra or None, ctr
 
 
 def _csv(value) -> str:
