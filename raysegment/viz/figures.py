@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 PRED_COLOR = (255, 150, 0)  # orange: the model's prediction
 TRUE_COLOR = (70, 180, 255)  # sky blue: the ground truth
 # One Okabe-Ito colour per structure, all apart from the truth's sky blue: the lungs keep the prediction's
-# orange, the heart (which overlaps the lungs' inner edges) takes reddish purple rather than vermillion
-# (too close to orange), the clavicles (over the lung tops) bluish green.
+# orange, the heart (which borders the lungs) takes reddish purple: vermillion turns the same olive as the
+# orange under red-green deficiencies (simulated), yellow hardly shows over the bright mediastinum. The
+# clavicles (over the lung tops) take bluish green. Under red-green deficiencies the heart's outline comes
+# close to the truth's blue; its fill (the truth is never filled) tells them apart.
 STRUCTURE_COLORS: dict[str, tuple[int, int, int]] = {
     LUNGS: PRED_COLOR,
     "heart": (204, 121, 167),  # reddish purple
