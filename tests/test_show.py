@@ -152,12 +152,14 @@ def test_lungs_only_pictures_are_unchanged_by_the_structure_options():
             assert not _near(plain, viz.STRUCTURE_COLORS[name], 10).any()
 
 
-def _results_with_structures(tmp_path) -> tuple[str, dict]:
+def _results_with_structures(tmp_path, truths: dict[str, np.ndarray] | None = None) -> tuple[str, dict]:
     """A results folder with two rows (SCHEMA, as `raysegment infer` writes them): a multi-structure row
-    (heart, clavicles, CTR) and a lungs-only row, over the same synthetic 384 x 384 X-ray."""
+    (heart, clavicles, CTR) and a lungs-only row, over the same synthetic 384 x 384 X-ray; with `truths`
+    (structure -> mask), both rows' truth_uri names their files as infer writes it ('lungs;heart=...')."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from raysegment.data.datasets import Pair
     from raysegment.infer.ctr import measure_ctr
     from raysegment.infer.results import SCHEMA
     from raysegment.io.decode import encode_mask_png, encode_png
@@ -167,13 +169,21 @@ def _results_with_structures(tmp_path) -> tuple[str, dict]:
     image_uri = str(tmp_path / "cxr.png")
     Path(image_uri).write_bytes(encode_png(a["image"]))
     ctr = measure_ctr(a["lungs"], a["heart"])
+    truth_uri = None
+    if truths:
+        files = {n: str(tmp_path / f"truth_{n}.png") for n in truths}
+        for n, m in truths.items():
+            Path(files[n]).write_bytes(encode_mask_png(m))
+        truth_uri = Pair("x", image_uri, (files["lungs"],),
+                         tuple((n, (f,)) for n, f in files.items() if n != "lungs")).truth_string()
     rows = []
     for i, multi in enumerate((True, False)):
         row = {name: None for name in SCHEMA.names}
         row.update(schema_version=2, run_id=f"20260101T00000{i}Z-cccccc", model_id="m1", package_version="0",
                    image_uri=image_uri if multi else str(tmp_path / "lungs_only.png"),
                    image_id="multi" if multi else "lungs_only", status="ok", height=384, width=384,
-                   mask_png=encode_mask_png(a["lungs"]), mask_rle=encode_rle(a["lungs"]), qc_flag=True)
+                   mask_png=encode_mask_png(a["lungs"]), mask_rle=encode_rle(a["lungs"]), qc_flag=True,
+                   truth_uri=truth_uri)
         if multi:
             row.update(ctr=ctr.ctr, heart_width_px=ctr.heart_width_px,
                        thoracic_width_px=ctr.thoracic_width_px, thoracic_row=ctr.thoracic_row,
@@ -216,6 +226,56 @@ def test_show_draws_the_structures_of_a_row_and_its_ctr_lines(tmp_path):
     assert np.array_equal(lungs_only, expected)
     sheet = _read_rgb(drawn.contact_sheet)
     assert _near(sheet, viz.STRUCTURE_COLORS["heart"]).sum() > 50
+
+
+def test_show_draws_the_structures_truths_from_truth_uri_and_from_a_structures_dataset(tmp_path):
+    from raysegment.data.synth import make_phantom, write_dataset
+    from raysegment.infer.results import SCHEMA
+    from raysegment.io.decode import encode_mask_png
+    from raysegment.io.rle import encode_rle
+    from raysegment.viz.show import caption, show
+
+    a = _anatomy()
+    truths = {n: np.roll(a[n], 12, axis=0) for n in ("lungs", "heart", "clavicles")}  # visibly apart
+    results, case = _results_with_structures(tmp_path, truths)
+    rows = case["rows"]
+    assert ";heart=" in rows[0]["truth_uri"]
+    drawn = show(results, str(tmp_path / "out"), uris=[r["image_uri"] for r in rows])
+    multi, lungs_only = (_read_rgb(p) for p in drawn.pictures)
+    top, step = round(viz.bar_height(384) * 1.2), 384 + viz.GAP
+    assert multi.shape[1] == 4 * 384 + 3 * viz.GAP  # X-ray | true masks | predicted masks | overlay
+    true_panel = multi[top : top + 384, step : step + 384]
+    heart_only = truths["heart"] & ~truths["lungs"]
+    assert (true_panel[heart_only] == viz.STRUCTURE_COLORS["heart"]).all()
+    assert _near(multi[top : top + 384, 3 * step :], viz.TRUE_COLOR).sum() > 300
+    # A lungs-only row draws the lung truth alone, whatever further truths its truth_uri names.
+    image = decode_image(Path(rows[1]["image_uri"]).read_bytes()).image
+    expected = viz.side_by_side(image, truths["lungs"], a["lungs"], f"#2  {caption(rows[1])}", 384)
+    assert np.array_equal(lungs_only, expected)
+
+    # --ground-truth DATA with a structures/ layout: the truths come from its structures folders.
+    data = tmp_path / "data"
+    write_dataset(str(data), n=1, size=128, seed=3, layout="structures")
+    p = make_phantom(3, 0, 128)
+    row = {name: None for name in SCHEMA.names}
+    row.update(schema_version=2, run_id="20260101T000009Z-dddddd", model_id="m1", package_version="0",
+               image_uri=str(data / "cxr" / "SYN_0000_0.png"), image_id="SYN_0000_0", status="ok",
+               height=128, width=128, mask_png=encode_mask_png(p.mask), mask_rle=encode_rle(p.mask),
+               structures=[{"name": "heart", "area_px": int(p.heart_mask.sum()), "area_cm2": None,
+                            "mask_rle": encode_rle(np.roll(p.heart_mask, 6, axis=1)), "dice": None}])
+    folder = tmp_path / "results2" / "runs" / row["run_id"]
+    folder.mkdir(parents=True)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), folder / "part-0.parquet")
+    drawn = show(str(tmp_path / "results2"), str(tmp_path / "out2"), uris=[row["image_uri"]],
+                 ground_truth=str(data), tile_height=128)
+    picture = _read_rgb(drawn.pictures[0])
+    top = round(viz.bar_height(128) * 1.2)
+    true_panel = picture[top : top + 128, 128 + viz.GAP : 2 * 128 + viz.GAP]
+    assert (true_panel[p.heart_mask] == viz.STRUCTURE_COLORS["heart"]).all()  # the heart's truth
+    assert not drawn.notes
 
 
 # --- show on real inference results --------------------------------------------------------------------

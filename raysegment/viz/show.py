@@ -8,7 +8,8 @@ choice, the --limit lowest dice when there are dice, else the QC-flagged. For ea
 again (storage + imageio.decode_image), the mask comes from the row's mask_png, and the true mask, when
 there is one, from --ground-truth (matched by image id = file stem) or else the row's own truth_uri.
 A multi-structure model's rows also carry `structures` (heart, clavicles: their mask_rle): each is drawn
-in its own colour (viz.STRUCTURE_COLORS), and when the row has a CTR its two widths are drawn as lines
+in its own colour (viz.STRUCTURE_COLORS), their truths (the ground truth's or truth_uri's ';heart=...'
+parts) outlined in blue like the lungs', and when the row has a CTR its two widths are drawn as lines
 (columns measured again with infer.ctr.measure_ctr on the decoded masks) and "CTR 0.47" is captioned.
 DIR (local or s3://) gets one side-by-side PNG per image (viz.side_by_side), contact_sheet.png (their
 overlays in a grid) and index.csv; error rows are listed with their reason, not drawn.
@@ -24,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raysegment.data.datasets import discover, load_mask
+from raysegment.data.datasets import discover, load_mask, parse_truth
 from raysegment.errors import InputError, UserError
 from raysegment.infer.ctr import measure_ctr
 from raysegment.infer.results import read_results, result_files
@@ -160,7 +161,8 @@ def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = Fa
         raise InputError(f"no inference results under {results}",
                          hint="pass the --output folder of a `raysegment infer` run")
     rows, error_rows = select_rows(table, worst, qc_flagged, uris, limit)
-    truth_index = {p.image_id: p.mask_uris for p in discover(ground_truth).pairs} if ground_truth else {}
+    truth_index = {p.image_id: (p.mask_uris, dict(p.others)) for p in discover(ground_truth).pairs
+                   } if ground_truth else {}
     structures: dict[str, dict[str, np.ndarray]] = {}
     masks = read_masks(results, rows, structures)
 
@@ -180,27 +182,32 @@ def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = Fa
             note = f"not drawn: {type(e).__name__}: {storage.redact(str(e))}"
             result.errors.append((image_uri, note))
         else:
-            truth_uris = truth_index.get(image_id)
-            if truth_uris is None and row.get("truth_uri") and not ground_truth:
-                truth_uris = tuple(row["truth_uri"].split("|"))
-            truth = None
-            if truth_uris:
+            truth_uris, other_truths = truth_index.get(image_id, ((), {}))
+            if image_id not in truth_index and row.get("truth_uri") and not ground_truth:
+                truth_uris, other_truths = parse_truth(row["truth_uri"])  # lungs '|'-joined; ';heart=...'
+            extra, ctr = _structures_of(row, structures.get(image_uri), pred)
+            # Only the truths of structures the row predicts: a lungs-only row's picture stays lungs-only.
+            other_truths = {n: f for n, f in other_truths.items() if f and n in (extra or {})}
+            truth, true_structures = None, {}
+            if truth_uris or other_truths:
                 try:
-                    truth = load_mask(truth_uris, image.shape, image_uri)
+                    truth = load_mask(truth_uris, image.shape, image_uri) if truth_uris else None
+                    true_structures = {n: load_mask(files, image.shape, image_uri)
+                                       for n, files in other_truths.items()}
                 except Exception as e:  # noqa: BLE001 - a bad truth file: draw the prediction alone
+                    truth, true_structures = None, {}
                     note = f"ground truth not drawn: {type(e).__name__}: {storage.redact(str(e))}"
             elif ground_truth or row.get("truth_uri"):
                 note = "no ground truth for this image"
             picture = storage.join(out, f"{rank:03d}_{safe_name(image_id)}.png")
-            extra, ctr = _structures_of(row, structures.get(image_uri), pred)
             drawing = viz.side_by_side(image, truth, pred, f"#{rank}  {caption(row)}", tile_height,
-                                       structures=extra, ctr=ctr)
+                                       structures=extra, true_structures=true_structures, ctr=ctr)
             storage.write_bytes(picture, encode_png(drawing))
             result.pictures.append(picture)
             if note:
                 result.notes[picture] = note
             tiles.append(viz.overlay(image, truth, pred, min(tile_height, SHEET_TILE_HEIGHT),
-                                     structures=extra, ctr=ctr))
+                                     structures=extra, true_structures=true_structures, ctr=ctr))
             score = _value(row, "dice")  # short labels: the sheet's tiles are narrow
             labels.append(f"#{rank} {image_id}" + ("" if score is None else f"  dice {score:.3f}")
                           + ("" if _value(row, "ctr") is None else f"  CTR {row['ctr']:.2f}"))
