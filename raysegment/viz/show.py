@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysegment.data.datasets import discover, load_mask, parse_truth
+from raysegment.data.structures import LUNGS
 from raysegment.errors import InputError, UserError
 from raysegment.infer.ctr import measure_ctr
 from raysegment.infer.results import read_results, result_files
@@ -234,7 +235,8 @@ def _structures_of(row: dict, masks: dict[str, np.ndarray] | None, pred: np.ndar
     row keeps only the widths)."""
     if not masks:
         return None, None
-    extra = {n: m for n, m in masks.items() if n in viz.STRUCTURE_COLORS and m.shape == pred.shape}
+    extra = {n: m for n, m in masks.items()
+             if n in viz.STRUCTURE_COLORS and n != LUNGS and m.shape == pred.shape}
     ctr = None
     if _value(row, "ctr") is not None and "heart" in extra:
         ctr = measure_ctr(pred, extra["heart"])
