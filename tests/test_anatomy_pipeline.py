@@ -113,3 +113,30 @@ def _read_rows(path):
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
+
+
+def test_dicom_input_gets_a_seg_with_a_segment_per_structure(anatomy, tmp_path):
+    """A DICOM film through a multi-structure model: area in cm2 from its pixel spacing, and a DICOM SEG whose
+    Heart and Clavicles segments are exactly the row's masks."""
+    import cv2
+
+    from raysegment.cli import main
+    from raysegment.infer.dicom_seg import read_seg_segments
+    from raysegment.testing.dicom import make_dicom_bytes, with_study
+
+    root, result = anatomy
+    image = cv2.imread(str(root / "scr" / "cxr" / "SYN_0001_1.png"), cv2.IMREAD_GRAYSCALE)
+    (tmp_path / "in").mkdir()
+    film = make_dicom_bytes(image.astype(np.uint16) * 16, pixel_spacing=(0.5, 0.5))
+    (tmp_path / "in" / "film.dcm").write_bytes(with_study(film))
+    best = os.path.join(result.run_dir, "best")
+    assert main(["infer", "--input", str(tmp_path / "in"), "--checkpoint", best,
+                 "--output", str(tmp_path / "out"), "--dicom-seg-out", str(tmp_path / "seg")]) == 0
+    [row] = read_results(str(tmp_path / "out")).to_pylist()
+    assert row["status"] == "ok" and row["dicom_seg_uri"]
+    segments = read_seg_segments(Path(row["dicom_seg_uri"]).read_bytes())
+    assert list(segments) == ["Lung", "Heart", "Clavicles"]
+    for part in row["structures"]:
+        mask = decode_rle(part["mask_rle"], row["height"], row["width"])
+        assert np.array_equal(segments[part["name"].capitalize()], mask)
+        assert part["area_cm2"] == pytest.approx(mask.sum() * 0.25 / 100)

@@ -283,18 +283,9 @@ def test_dicom_seg_is_readable_pixel_equal_and_references_its_source(sides):
 
 def _dicom_with_study(shape: tuple[int, int]) -> bytes:
     """make_dicom_bytes plus the patient / study attributes a SEG copies from its source."""
-    from pydicom.uid import generate_uid
+    from raysegment.testing.dicom import make_dicom_bytes, with_study
 
-    from raysegment.testing.dicom import make_dicom_bytes
-
-    ds = pydicom.dcmread(io.BytesIO(make_dicom_bytes(np.zeros(shape, np.uint16))))
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "P7", "Test^Patient", "", ""
-    ds.StudyID, ds.AccessionNumber, ds.StudyDate, ds.StudyTime = "1", "", "20260101", "120000"
-    ds.ReferringPhysicianName = ""
-    out = io.BytesIO()
-    ds.save_as(out)
-    return out.getvalue()
+    return with_study(make_dicom_bytes(np.zeros(shape, np.uint16)))
 
 
 def _anatomy(shape: tuple[int, int]) -> dict[str, np.ndarray]:

@@ -61,3 +61,21 @@ def make_dicom_bytes(
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def with_study(data: bytes) -> bytes:
+    """A DICOM file (e.g. from make_dicom_bytes) plus the patient and study attributes that a DICOM SEG
+    copies from its source."""
+    import io
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "P7", "Test^Patient", "", ""
+    ds.StudyID, ds.AccessionNumber, ds.StudyDate, ds.StudyTime = "1", "", "20260101", "120000"
+    ds.ReferringPhysicianName = ""
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
