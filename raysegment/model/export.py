@@ -1,7 +1,8 @@
 """`raysegment export`: a checkpoint as a standalone ONNX or TorchScript model, verified against PyTorch.
 
 The exported model takes what the UNet takes, (N, 1, S, S) float32 in [0, 1] (the output of
-preprocess.preprocess_image + to_tensor), and returns (N, 1, S, S) logits; N is dynamic in ONNX.
+preprocess.preprocess_image + to_tensor), and returns (N, C, S, S) logits, one channel per structure of
+the checkpoint (config.json "structures": C = 1, the lungs, for a lungs-only model); N is dynamic in ONNX.
 S is fixed at the checkpoint's preprocessing size: the model never sees any other size in this project.
 
 Both files carry the checkpoint's config.json (architecture, preprocessing, threshold, model id):
@@ -142,6 +143,8 @@ def export_model(
     config = {**loaded.config, "export": {
         "format": fmt, "source_checkpoint": checkpoint, "input": INPUT_NAME, "output": OUTPUT_NAME,
         "input_shape": ["N", 1, size, size], "input_range": [0.0, 1.0], "output_kind": "logits",
+        "output_shape": ["N", len(loaded.spec.structures), size, size],
+        "output_channels": list(loaded.spec.structures),
         **({"opset": opset} if fmt == "onnx" else {}),
     }}
     if fmt == "onnx":
