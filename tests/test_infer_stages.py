@@ -38,6 +38,11 @@ def _oracle(model, images, micro_batch=None, threads=None):
     return np.ascontiguousarray(images, dtype=np.uint8)
 
 
+def _oracle_structures(model, images, micro_batch=None, threads=None):
+    """The oracle as forward_structures returns it: (N, C=1, S, S), the lung channel."""
+    return _oracle(model, images)[:, None]
+
+
 def _blob(h: int, w: int) -> np.ndarray:
     """Two bright asymmetric 'lungs' on black: an L on the image left, a block on the right."""
     m = np.zeros((h, w), bool)
@@ -64,7 +69,7 @@ def _loaded(resize: str = "letterbox", threshold: float = 0.5) -> LoadedModel:
 @pytest.mark.parametrize("shape", [(90, 150), (150, 90), (120, 120)])
 @pytest.mark.parametrize("resize", ["letterbox", "stretch"])
 def test_predict_puts_the_mask_where_the_lungs_are(monkeypatch, shape, resize):
-    monkeypatch.setattr(predict_module, "forward_probabilities", _oracle)
+    monkeypatch.setattr(predict_module, "forward_structures", _oracle_structures)
     truth = _blob(*shape)
     # fix_inversion=False: bright blobs on black are no X-ray; the inversion rule (tested elsewhere) would
     # read them as an inverted export.
@@ -78,7 +83,7 @@ def test_predict_puts_the_mask_where_the_lungs_are(monkeypatch, shape, resize):
 def test_predict_monochrome1_dicom_is_inverted_before_the_model(monkeypatch):
     """MONOCHROME1 stores lungs (air) as HIGH values shown dark... inverted: the decoded image must look like
     MONOCHROME2, so the oracle sees bright lungs and the mask is the lungs, not the background."""
-    monkeypatch.setattr(predict_module, "forward_probabilities", _oracle)
+    monkeypatch.setattr(predict_module, "forward_structures", _oracle_structures)
     truth = _blob(80, 100)
     stored = np.where(truth, 0, 4000).astype(np.uint16)  # MONOCHROME1: low value = bright on screen
     data = make_dicom_bytes(stored, photometric="MONOCHROME1", pixel_spacing=(0.5, 0.25))
