@@ -265,3 +265,11 @@ def test_summary_adds_structure_dice_and_ctr_only_for_multi_structure_rows():
     assert out["ctr"]["n"] == 3 and out["ctr"]["mean"] == pytest.approx(0.5)
     heart = out["structure_dice"]["heart"]
     assert heart["n"] == 2 and heart["mean"] == pytest.approx(0.85)
+
+
+def test_sources_are_named_after_their_folder_unless_named():
+    one = TrainConfig.from_dict({"data": {"path": "/x/montgomery_512/"}})
+    assert one.source_list() == [("montgomery_512", "/x/montgomery_512/", None)]
+    two = TrainConfig.from_dict({"structures": ["lungs", "heart"], "model": {"out_channels": 2}, "data": {
+        "sources": [{"path": "/d/jsrt_512"}, {"path": "/d/m", "name": "mont", "structures": ["lungs"]}]}})
+    assert two.source_list() == [("jsrt_512", "/d/jsrt_512", None), ("mont", "/d/m", ("lungs",))]
