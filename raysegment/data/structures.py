@@ -52,3 +52,16 @@ def check_structures(names, what: str = "structures") -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"{what}: a structure is listed twice: {list(names)}")
     return names
+
+
+def further_structures(names) -> tuple[str, ...]:
+    """The further structures (not the lungs) among `names`, in STRUCTURES order (the channel order).
+
+    Raises ValueError for the lungs (callers pass them apart, as the lung mask) or an unknown name."""
+    names = list(names)
+    for name in names:
+        if name not in STRUCTURES or name == LUNGS:
+            known = ", ".join(n for n in STRUCTURES if n != LUNGS)
+            raise ValueError(f"{name!r} is not a further structure (known: {known}); the lungs are passed "
+                             "as the lung mask")
+    return tuple(n for n in STRUCTURES if n in names)

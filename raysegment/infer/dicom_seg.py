@@ -21,7 +21,7 @@ import io
 
 import numpy as np
 
-from raysegment.data.structures import LUNGS, STRUCTURES
+from raysegment.data.structures import LUNGS, STRUCTURES, further_structures
 from raysegment.infer.postprocess import split_lungs
 from raysegment.io import names
 
@@ -111,14 +111,15 @@ def make_dicom_seg(source: bytes, mask: np.ndarray, model_id: str, sides: bool =
 
 def _check_structures(structures: dict[str, np.ndarray], shape: tuple[int, int]) -> tuple[str, ...]:
     """The further structures' names in STRUCTURES order. ValueError: the lungs, unknown, wrong size."""
-    for name, m in structures.items():
-        if name not in STRUCTURES or name == LUNGS:
-            known = ", ".join(n for n in STRUCTURES if n != LUNGS)
-            raise ValueError(f"DICOM SEG: {name!r} is not a further structure (known: {known}); "
-                             "the lungs are the mask argument")
-        if np.shape(m) != shape:
-            raise ValueError(f"DICOM SEG: the {name} mask is {np.shape(m)}, the lung mask {shape}")
-    return tuple(n for n in STRUCTURES if n in structures)
+    try:
+        names = further_structures(structures)
+    except ValueError as e:
+        raise ValueError(f"DICOM SEG: {e}") from None
+    for name in names:
+        got = np.shape(structures[name])
+        if got != shape:
+            raise ValueError(f"DICOM SEG: the {name} mask is {got}, the lung mask {shape}")
+    return names
 
 
 def read_seg_mask(data: bytes) -> np.ndarray:

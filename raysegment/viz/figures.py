@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from raysegment.data.structures import LUNGS, STRUCTURES
+from raysegment.data.structures import LUNGS, STRUCTURES, further_structures
 
 if TYPE_CHECKING:
     from raysegment.infer.ctr import CTR
@@ -150,11 +150,7 @@ def draw_outline(rgb: np.ndarray, mask: np.ndarray, color: tuple[int, int, int],
 
 def _ordered(structures: dict[str, np.ndarray] | None) -> tuple[str, ...]:
     """The further structures' names (not the lungs) in STRUCTURES order; ValueError for unknown ones."""
-    structures = structures or {}
-    unknown = [n for n in structures if n not in STRUCTURES or n == LUNGS]
-    if unknown:
-        raise ValueError(f"not a further structure: {unknown[0]!r} (the lungs are pred_mask / true_mask)")
-    return tuple(n for n in STRUCTURES if n in structures)
+    return further_structures(structures or {})
 
 
 def _scale_col(x: int, width: int, new_width: int) -> int:
