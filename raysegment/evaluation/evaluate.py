@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from raysegment.data.datasets import load_split_dataset
 from raysegment.data.preprocess import preprocess_image
 from raysegment.errors import InputError, UserError
-from raysegment.evaluation.metrics import json_safe
+from raysegment.evaluation.metrics import json_safe, summarize
 from raysegment.evaluation.scoring import score
 from raysegment.infer.postprocess import PostprocessConfig
 from raysegment.infer.predict import forward_structures
@@ -173,11 +173,8 @@ def structure_values(scored) -> dict:
 
 
 def _stats(values) -> dict:
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if not len(v):
-        return {"n": 0}
-    return {"n": len(v), "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
+    """metrics.summarize of the values that are there (None: no truth for that image)."""
+    return summarize([x for x in values if x is not None])
 
 
 def structure_summary(rows: list[dict], names) -> dict:
