@@ -25,9 +25,9 @@ import torch
 
 from raysegment.data.inversion import correct_inversion
 from raysegment.data.preprocess import Geometry, preprocess_image
-from raysegment.data.structures import STRUCTURES
-from raysegment.infer.ctr import CTR, measure_ctr
-from raysegment.infer.postprocess import PostprocessConfig, Segmentation, postprocess, postprocess_structure
+from raysegment.evaluation.scoring import score
+from raysegment.infer.ctr import CTR
+from raysegment.infer.postprocess import PostprocessConfig, Segmentation
 from raysegment.io.decode import ImageMeta, decode_image
 from raysegment.model.checkpoint import LoadedModel
 
@@ -150,10 +150,8 @@ def predict(
     model_input, geo = preprocess_image(image, loaded.spec.preprocess)
     probs = forward_structures(loaded.model, model_input[None], micro_batch, threads)[0]
     threshold = loaded.spec.threshold if threshold is None else threshold
-    config = config or PostprocessConfig()
-    seg = postprocess(probs[0], geo, threshold, config)
-    others = {name: postprocess_structure(probs[c], geo, threshold, STRUCTURES[name].keep_largest,
-                                          config.fill_holes)
-              for c, name in enumerate(loaded.spec.structures) if c > 0}
-    ctr = measure_ctr(seg.mask, others["heart"]) if "heart" in others else None
-    return Prediction(seg, probs[0], geo, meta, others, ctr)
+    # scoring.score: the one scoring path (lungs, further structures, CTR), here without a truth.
+    others = {name: probs[c] for c, name in enumerate(loaded.spec.structures) if c > 0}
+    scored = score(probs[0], geo, threshold, config or PostprocessConfig(), others=others)
+    return Prediction(scored.segmentation, probs[0], geo, meta,
+                      {p.name: p.mask for p in scored.structures}, scored.ctr)
