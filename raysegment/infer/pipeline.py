@@ -328,7 +328,7 @@ def _finite(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def structure_columns(scored, spacing: tuple[float, float] | None) -> dict:
+def _structure_fields(scored, spacing: tuple[float, float] | None) -> dict:
     """The structures list and CTR columns of a multi-structure model's row; {} for a lungs-only model (its
     rows keep those columns null)."""
     if not scored.structures:
@@ -373,7 +373,7 @@ def _finish_row(row: dict, job: PostprocessJob) -> dict:
             "n_components": seg.n_components, "mean_confidence": _finite(seg.mean_confidence),
             "qc_flag": bool(flags), "qc_reasons": flags, "qc_notes": notes,
             "quality_score": scored.quality_score,
-            **structure_columns(scored, spacing),
+            **_structure_fields(scored, spacing),
         }
         if job.masks_out:
             measured["mask_uri"] = storage.join(job.masks_out, mask_key(row["key"]))
