@@ -50,7 +50,12 @@ INPUT_SCHEMA = pa.schema([
 ])
 LISTING_SCHEMA = pa.schema([*INPUT_SCHEMA, ("ordinal", pa.int64())])  # ordinal: position in the listing
 _INDEX_COLUMNS = list(dict.fromkeys(["image_uri", *KEY_COLUMNS, *IDENTITY_COLUMNS, *SUMMARY_COLUMNS]))
-INDEX_SCHEMA = pa.schema([SCHEMA.field(c).with_nullable(True) for c in _INDEX_COLUMNS]
+# The summary needs each further structure's name and dice only: the index keeps no masks (a multi-structure
+# archive would otherwise copy every heart and clavicle RLE into the partition files).
+_INDEX_STRUCTURES = pa.field("structures",
+                             pa.list_(pa.struct([("name", pa.string()), ("dice", pa.float64())])))
+INDEX_SCHEMA = pa.schema([_INDEX_STRUCTURES if c == "structures"
+                          else SCHEMA.field(c).with_nullable(True) for c in _INDEX_COLUMNS]
                          + [("seq", pa.int64())])
 
 
