@@ -58,8 +58,13 @@ def data(tmp_path_factory) -> dict:
     torch.manual_seed(0)
     spec = ModelSpec(UNetConfig(base_channels=4, depth=2), PreprocessConfig(size=64))
     save_checkpoint(str(root / "ckpt"), UNet.from_config(spec.model), spec)
+    # ~150 ms a film on one core (the one above: ~1 ms), so that inference of the 60 films outlasts the
+    # test's reaction to the first Parquet file even on a loaded 2-core box: the node kill lands mid-run.
+    slow = ModelSpec(UNetConfig(base_channels=32, depth=4), PreprocessConfig(size=192))
+    save_checkpoint(str(root / "slow_ckpt"), UNet.from_config(slow.model), slow)
     return {"root": root, "data": str(root / "data"), "cxr": str(root / "data" / "cxr"),
-            "many": str(root / "many" / "cxr"), "ckpt": str(root / "ckpt")}
+            "many": str(root / "many" / "cxr"), "ckpt": str(root / "ckpt"),
+            "slow_ckpt": str(root / "slow_ckpt")}
 
 
 class Driver:
@@ -99,9 +104,9 @@ class Driver:
         return "\n".join(self.lines)
 
 
-def _infer(cluster, data, out: str, *extra: str, source: str = "cxr") -> Driver:
-    return Driver(cluster, ["infer", "--input", data[source], "--checkpoint", data["ckpt"], "--output", out,
-                            "--batch-size", "4", *extra], str(data["root"]))
+def _infer(cluster, data, out: str, *extra: str, source: str = "cxr", checkpoint: str = "ckpt") -> Driver:
+    return Driver(cluster, ["infer", "--input", data[source], "--checkpoint", data[checkpoint],
+                            "--output", out, "--batch-size", "4", *extra], str(data["root"]))
 
 
 def test_dry_run_lists_resumes_plans_and_runs_nothing(cluster, data):
@@ -190,8 +195,8 @@ def test_node_killed_mid_inference_every_input_exactly_once(cluster, data):
     # kill the survivor still has its actor and 1 CPU for stage tasks.
     survivor, victim = cluster.add_worker(cpus=3), cluster.add_worker(cpus=3)
     out = str(data["root"] / "out_kill")
-    driver = _infer(cluster, data, out, "--rows-per-file", "1", "--max-actors", "2", "--no-wait",
-                    source="many")
+    driver = _infer(cluster, data, out, "--rows-per-file", "1", "--batch-size", "1", "--max-actors", "2",
+                    "--no-wait", source="many", checkpoint="slow_ckpt")
     killed = 0
     try:
         deadline = time.monotonic() + 240
