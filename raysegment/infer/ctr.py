@@ -67,8 +67,6 @@ def measure_ctr(lungs: np.ndarray, heart: np.ndarray) -> CTR:
     heart_width = None if hx is None else hx[1] - hx[0]
     thoracic_width = None if tx is None else tx[2] - tx[1]
     reason = "no_heart" if hx is None else "lungs_not_on_both_sides" if tx is None else None
-    ratio = heart_width / thoracic_width if reason is None and thoracic_width > 0 else None
-    if reason is None and ratio is None:
-        reason = "lungs_not_on_both_sides"
+    ratio = heart_width / thoracic_width if reason is None else None  # thoracic_extent's width is > 0
     return CTR(ratio, heart_width, thoracic_width, None if tx is None else tx[0], hx,
                None if tx is None else (tx[1], tx[2]), reason)
