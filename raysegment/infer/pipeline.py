@@ -333,9 +333,10 @@ def _structure_fields(scored, spacing: tuple[float, float] | None) -> dict:
     rows keep those columns null)."""
     if not scored.structures:
         return {}
+    # scoring already turned a NaN dice into None
     cm2 = spacing[0] * spacing[1] / 100.0 if spacing else None
     parts = [{"name": p.name, "area_px": p.area_px, "area_cm2": p.area_px * cm2 if cm2 else None,
-              "mask_rle": encode_rle(p.mask), "dice": _finite((p.metrics or {}).get("dice"))}
+              "mask_rle": encode_rle(p.mask), "dice": (p.metrics or {}).get("dice")}
              for p in scored.structures]
     c = scored.ctr
     ctr = ({"ctr": c.ctr, "heart_width_px": c.heart_width_px, "thoracic_width_px": c.thoracic_width_px,
