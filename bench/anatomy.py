@@ -13,7 +13,7 @@ warns that its split differs: expected, the images are the same). --montgomery-m
 lungs-only checkpoints trained on one source (configs/montgomery-cpu.yaml with --data on each).
 
   1. JSRT test split: lung, heart and clavicle dice; CTR from the predicted masks vs CTR from the expert
-     masks (the same rule, infer/ctr.py): mean absolute difference.
+     masks (the same rule, postprocess/ctr.py): mean absolute difference.
   2. Cross-source: the anatomy model's lung dice on Montgomery's test split against the lungs-only
      Montgomery model's on the SAME images: mean of the paired per-image difference, with a 95% interval.
   3. Leave-one-source-out, both ways: the Montgomery model on every JSRT film, the JSRT model on every

@@ -47,10 +47,10 @@ import numpy as np
 import torch
 
 from raysegment.data.preprocess import PreprocessConfig, preprocess_image
-from raysegment.infer.postprocess import PostprocessConfig, postprocess
-from raysegment.infer.predict import forward_probabilities, gpu_recipe
 from raysegment.io.decode import decode_image, encode_mask_png
+from raysegment.model.forward import forward_probabilities, gpu_recipe
 from raysegment.model.unet import UNet, count_parameters
+from raysegment.postprocess.masks import PostprocessConfig, postprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -281,8 +281,9 @@ def stage_costs(files: list[tuple[str, bytes]], preprocess: PreprocessConfig, mi
 
 
 def run_pipeline(args, checkpoint: str, manifest: str, output: str) -> dict:
-    from raysegment.infer.pipeline import InferConfig, run_inference
-    from raysegment.infer.results import read_results
+    from raysegment.infer.config import InferConfig
+    from raysegment.infer.pipeline import run_inference
+    from raysegment.outputs.results import read_results
 
     shutil.rmtree(output, ignore_errors=True)
     config = InferConfig(input=manifest, checkpoint=checkpoint, output=output, resume=False,

@@ -32,12 +32,12 @@ import pyarrow.parquet as pq
 import torch
 
 from raysegment.data.preprocess import PreprocessConfig, preprocess_image
-from raysegment.infer.postprocess import PostprocessConfig, postprocess, qc_reasons
-from raysegment.infer.predict import forward_probabilities
 from raysegment.io import storage
 from raysegment.io.decode import decode_image, encode_mask_png
 from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
+from raysegment.model.forward import forward_probabilities
 from raysegment.model.unet import UNet, UNetConfig, count_parameters
+from raysegment.postprocess.masks import PostprocessConfig, postprocess, qc_reasons
 
 
 def tree_cpu_seconds() -> dict[int, float]:
@@ -159,7 +159,8 @@ def bench_pipeline(checkpoint: str, cxr: str, n: int, batch: int | None, out_dir
                    num_actors: int | None) -> dict:
     """(b): the Ray Data pipeline (Ray started beforehand, not timed)."""
     from raysegment.cluster.plan import connect
-    from raysegment.infer.pipeline import InferConfig, run_inference
+    from raysegment.infer.config import InferConfig
+    from raysegment.infer.pipeline import run_inference
 
     connect()
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -39,13 +39,13 @@ from raysegment.evaluation.calibrate import (
     choose_threshold,
     fit_logistic,
 )
-from raysegment.evaluation.metrics import image_metrics
 from raysegment.evaluation.qc_report import format_qc_report, qc_report, scatter_png
 from raysegment.evaluation.shifts import ISSUE_SHIFTS, random_shift
-from raysegment.infer.postprocess import PostprocessConfig, postprocess, qc_reasons, split_reasons
-from raysegment.infer.predict import forward_probabilities
-from raysegment.infer.quality import References, load_calibration, shape_descriptor
 from raysegment.model.checkpoint import load_model
+from raysegment.model.forward import forward_probabilities
+from raysegment.postprocess.masks import PostprocessConfig, postprocess, qc_reasons, split_reasons
+from raysegment.postprocess.metrics import image_metrics
+from raysegment.postprocess.quality import References, load_calibration, shape_descriptor
 
 TARGETS = {"spearman": 0.6, "bad_found": 0.80, "good_flagged": 0.10}
 

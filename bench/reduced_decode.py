@@ -28,12 +28,12 @@ import numpy as np
 
 from raysegment.data.datasets import discover, load_mask
 from raysegment.data.preprocess import geometry, preprocess_image
-from raysegment.evaluation.metrics import image_metrics
-from raysegment.infer.postprocess import PostprocessConfig, postprocess
-from raysegment.infer.predict import forward_probabilities
 from raysegment.io import storage
 from raysegment.io.decode import decode_image
 from raysegment.model.checkpoint import load_model
+from raysegment.model.forward import forward_probabilities
+from raysegment.postprocess.masks import PostprocessConfig, postprocess
+from raysegment.postprocess.metrics import image_metrics
 
 REDUCED = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
            8: cv2.IMREAD_REDUCED_GRAYSCALE_8}

@@ -22,10 +22,10 @@ import numpy as np
 
 from raysegment.data.datasets import load_pair, load_split_dataset
 from raysegment.data.preprocess import preprocess_image
-from raysegment.evaluation.metrics import image_metrics
-from raysegment.infer.postprocess import PostprocessConfig, postprocess
-from raysegment.infer.predict import forward_probabilities
 from raysegment.model.checkpoint import load_model
+from raysegment.model.forward import forward_probabilities
+from raysegment.postprocess.masks import PostprocessConfig, postprocess
+from raysegment.postprocess.metrics import image_metrics
 
 
 def _zoom(image: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from raysegment.cluster.plan import connect
     from raysegment.data.synth import write_dataset
-    from raysegment.infer.pipeline import InferConfig, run_inference
+    from raysegment.infer.config import InferConfig
+    from raysegment.infer.pipeline import run_inference
     from raysegment.io.local_s3 import start_moto
     from raysegment.testing.faulty_proxy import FaultyProxy
 

@@ -18,7 +18,7 @@ _EXPORTS = {
     "UNetConfig": "raysegment.model.unet",
     "load_model": "raysegment.model.checkpoint",
     "LoadedModel": "raysegment.model.checkpoint",
-    "read_results": "raysegment.infer.results",
+    "read_results": "raysegment.outputs.results",
     "predict": "raysegment.infer.predict",
     "decode_image": "raysegment.io.decode",
 }

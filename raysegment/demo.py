@@ -28,9 +28,10 @@ import pandas as pd
 from raysegment import logs
 from raysegment.cluster.plan import connect
 from raysegment.data.synth import write_dataset
-from raysegment.infer.pipeline import InferConfig, run_inference
-from raysegment.infer.report import format_summary
+from raysegment.infer.config import InferConfig
+from raysegment.infer.pipeline import run_inference
 from raysegment.io import storage
+from raysegment.outputs.report import format_summary
 from raysegment.train.config import TrainConfig
 from raysegment.train.driver import train
 from raysegment.viz.show import show

@@ -41,3 +41,7 @@ class InputError(UserError, FileNotFoundError):
 
 class CheckpointError(UserError, FileNotFoundError):
     """A checkpoint folder that is missing or does not load."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration file, override or value is invalid; the message names the key."""

@@ -17,15 +17,15 @@ import torch
 
 from raysegment.data.datasets import load_sources, load_split_dataset, load_structures, parse_truth
 from raysegment.data.preprocess import PreprocessConfig, geometry
-from raysegment.errors import CheckpointError
-from raysegment.evaluation.scoring import score
-from raysegment.infer.postprocess import PostprocessConfig
-from raysegment.infer.predict import forward_probabilities, forward_structures
-from raysegment.infer.results import SummaryAccumulator
+from raysegment.errors import CheckpointError, ConfigError
 from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
+from raysegment.model.forward import forward_probabilities, forward_structures
 from raysegment.model.unet import UNetConfig
+from raysegment.outputs.results import SummaryAccumulator
+from raysegment.postprocess.masks import PostprocessConfig
+from raysegment.postprocess.scoring import score
 from raysegment.testing.models import untrained_unet
-from raysegment.train.config import ConfigError, TrainConfig
+from raysegment.train.config import TrainConfig
 from raysegment.train.losses import bce_dice_loss, bce_loss, soft_dice_loss
 
 PARTS = ("right_lung", "left_lung", "heart", "right_clavicle", "left_clavicle")
@@ -251,7 +251,7 @@ def test_summary_adds_structure_dice_and_ctr_only_for_multi_structure_rows():
         return {"image_uri": uri, "status": "ok", "qc_flag": False, "qc_reasons": [], "qc_notes": [],
                 "ctr": ctr, "structures": None if ctr is None else [
                     {"name": "heart", "area_px": 10, "area_cm2": None, "mask_rle": "x", "dice": heart_dice}]}
-    from raysegment.infer.results import SCHEMA
+    from raysegment.outputs.results import SCHEMA
 
     columns = ["image_uri", "status", "qc_flag", "qc_reasons", "qc_notes", "ctr", "structures"]
     schema = pa.schema([SCHEMA.field(c) for c in columns])

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raysegment.infer.results import read_results
 from raysegment.io.rle import decode_rle
+from raysegment.outputs.results import read_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRUCTURES = ["lungs", "heart", "clavicles"]
@@ -121,7 +121,7 @@ def test_dicom_input_gets_a_seg_with_a_segment_per_structure(anatomy, tmp_path):
     import cv2
 
     from raysegment.cli import main
-    from raysegment.infer.dicom_seg import read_seg_segments
+    from raysegment.outputs.dicom_seg import read_seg_segments
     from raysegment.testing.dicom import make_dicom_bytes, with_study
 
     root, result = anatomy

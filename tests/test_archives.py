@@ -18,10 +18,10 @@ import pydicom
 import pytest
 import torch
 
-from raysegment.infer.results import read_results
 from raysegment.io import names, storage
 from raysegment.io.decode import decode_mask_png, encode_png
 from raysegment.io.rle import decode_rle
+from raysegment.outputs.results import read_results
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "dicom")
 DICOMS = ("jpeg_lossless_sv1.dcm", "jpegls_lossless.dcm", "jpeg2000_lossless.dcm", "rle_lossless.dcm")
@@ -136,7 +136,7 @@ def odd_archive(synth_generic, tmp_path_factory):
 
 _READ_AS_USER = """
 import json, sys
-from raysegment.infer.pipeline import _decode_row, _read_row
+from raysegment.infer.stages import _decode_row, _read_row
 from raysegment.data.preprocess import PreprocessConfig
 from raysegment.io import storage
 from raysegment.io.inputs import list_inputs
@@ -226,7 +226,7 @@ def _sideways_jpeg(png: bytes) -> bytes:
 def test_infer_over_an_odd_archive_one_row_per_entry_exit_0(ray_local, odd_archive, tiny_checkpoint,
                                                             tmp_path, synth_generic):
     from raysegment.cli import main
-    from raysegment.infer.dicom_seg import read_seg_mask
+    from raysegment.outputs.dicom_seg import read_seg_mask
 
     root, expected = odd_archive
     extra = tmp_path / "extra"  # EXIF and inverted inputs beside the odd ones

@@ -149,7 +149,7 @@ def _capacity_requests(cluster: LocalCluster) -> list[dict]:
 
 
 def test_infer_waits_for_a_node_then_completes(cluster, data):
-    from raysegment.infer.results import read_results
+    from raysegment.outputs.results import read_results
 
     out = str(data["root"] / "out_wait")
     driver = _infer(cluster, data, out, "--wait-for-capacity", "240")
@@ -186,7 +186,7 @@ def test_train_waits_for_a_node_then_completes(cluster, data):
 
 
 def test_node_killed_mid_inference_every_input_exactly_once(cluster, data):
-    from raysegment.infer.results import read_results
+    from raysegment.outputs.results import read_results
 
     for node in sorted(glob.glob(os.path.join(cluster.root, "w*"))):
         cluster.kill_node(node)

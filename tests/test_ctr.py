@@ -1,4 +1,4 @@
-"""The cardiothoracic ratio (infer/ctr.py) on masks of known geometry, where every number is hand-computed.
+"""The cardiothoracic ratio (postprocess/ctr.py) on masks of known geometry, every number hand-computed.
 
 The rule: widths are column-index differences (rightmost minus leftmost); the heart width spans the whole
 heart mask; the thoracic width is the widest row showing both lungs, from the outer border of the patient's
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from raysegment.data.synth import make_phantom
-from raysegment.infer.ctr import heart_extent, measure_ctr, thoracic_extent
+from raysegment.postprocess.ctr import heart_extent, measure_ctr, thoracic_extent
 
 H, W = 100, 120
 

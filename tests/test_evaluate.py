@@ -13,11 +13,11 @@ from raysegment.cli import main
 from raysegment.data.datasets import load_pair, load_split_dataset, write_manifest
 from raysegment.data.preprocess import PreprocessConfig
 from raysegment.evaluation.evaluate import evaluate
-from raysegment.evaluation.metrics import image_metrics
 from raysegment.infer.predict import predict
 from raysegment.io import storage
 from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
 from raysegment.model.unet import UNet, UNetConfig
+from raysegment.postprocess.metrics import image_metrics
 
 
 @pytest.fixture(scope="module")

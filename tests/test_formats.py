@@ -19,13 +19,13 @@ from PIL import Image, ImageOps
 
 from raysegment.data.inversion import INVERTED_BELOW, correct_inversion, inversion_score, looks_inverted
 from raysegment.data.preprocess import PreprocessConfig
-from raysegment.evaluation.metrics import image_metrics
 from raysegment.infer.predict import predict
-from raysegment.infer.results import SCHEMA, done_inputs, read_results
 from raysegment.io.decode import PREFERRED_PLUGINS, _preferred_plugin, decode_image, decode_mask, encode_png
 from raysegment.io.rle import decode_rle, encode_rle
 from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
 from raysegment.model.unet import UNetConfig
+from raysegment.outputs.results import SCHEMA, done_inputs, read_results
+from raysegment.postprocess.metrics import image_metrics
 from raysegment.testing.models import untrained_unet
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "dicom")
@@ -224,10 +224,10 @@ def test_rle_round_trip_and_pycocotools_compatibility():
 
 
 def test_postprocess_stage_fills_mask_rle_and_can_drop_mask_png():
-    from raysegment.infer.pipeline import PostprocessJob, _finish_row
-    from raysegment.infer.postprocess import PostprocessConfig
+    from raysegment.infer.stages import PostprocessJob, _finish_row
     from raysegment.io import storage
     from raysegment.io.decode import decode_mask_png
+    from raysegment.postprocess.masks import PostprocessConfig
 
     prob = np.zeros((64, 64), np.uint8)
     prob[10:50, 8:28] = 250
@@ -254,7 +254,7 @@ def test_postprocess_stage_fills_mask_rle_and_can_drop_mask_png():
 def test_dicom_seg_is_readable_pixel_equal_and_references_its_source(sides):
     import highdicom as hd
 
-    from raysegment.infer.dicom_seg import make_dicom_seg, read_seg_mask
+    from raysegment.outputs.dicom_seg import make_dicom_seg, read_seg_mask
 
     source = _read(os.path.join(FIXTURES, "jpeg_lossless_sv1.dcm"))
     src = pydicom.dcmread(io.BytesIO(source))
@@ -302,8 +302,8 @@ def _anatomy(shape: tuple[int, int]) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("sides", [False, True])
 def test_dicom_seg_with_heart_and_clavicles_has_one_segment_each_pixel_equal_over_lungs(sides, tmp_path):
-    from raysegment.infer.dicom_seg import make_dicom_seg, read_seg_mask, read_seg_segments
-    from raysegment.infer.postprocess import split_lungs
+    from raysegment.outputs.dicom_seg import make_dicom_seg, read_seg_mask, read_seg_segments
+    from raysegment.postprocess.masks import split_lungs
 
     source = _dicom_with_study((53, 71))
     m = _anatomy((53, 71))
@@ -358,7 +358,7 @@ def test_dicom_seg_with_heart_and_clavicles_has_one_segment_each_pixel_equal_ove
 
 def test_dicom_seg_without_structures_is_unchanged():
     """structures None or {}: the lungs-only SEG of before: one segment "Lung", the lung model's names."""
-    from raysegment.infer.dicom_seg import make_dicom_seg, read_seg_mask, read_seg_segments
+    from raysegment.outputs.dicom_seg import make_dicom_seg, read_seg_mask, read_seg_segments
 
     source = _dicom_with_study((53, 71))
     lungs = _anatomy((53, 71))["lungs"]

@@ -26,10 +26,11 @@ import torch
 
 from raysegment.cluster.plan import ClusterResources, NodeResources, PlanError
 from raysegment.data.preprocess import to_tensor
-from raysegment.infer.predict import GPU_MICRO_BATCH, forward_probabilities, gpu_recipe
+from raysegment.errors import ConfigError
+from raysegment.model.forward import GPU_MICRO_BATCH, forward_probabilities, gpu_recipe
 from raysegment.model.unet import UNet
 from raysegment.testing.models import untrained_unet
-from raysegment.train.config import ConfigError, load_config
+from raysegment.train.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,7 +127,8 @@ def test_infer_device_flag_reaches_the_config(monkeypatch, tmp_path):
 
 
 def test_infer_plan_with_a_device_override():
-    from raysegment.infer.pipeline import InferConfig, plan
+    from raysegment.infer.config import InferConfig
+    from raysegment.infer.sizing import plan
 
     gpu_node = ClusterResources((NodeResources(2, 1),))
     config = InferConfig(input="i", checkpoint="c", output="o", device="cpu")

@@ -19,8 +19,15 @@ import pytest
 import torch
 
 from raysegment.data.preprocess import PreprocessConfig, geometry
-from raysegment.evaluation.metrics import image_metrics
-from raysegment.infer.postprocess import (
+from raysegment.infer.predict import predict
+from raysegment.io.decode import decode_mask, decode_mask_png, encode_png
+from raysegment.io.inputs import list_inputs, mask_key, read_manifest, sanitize_key
+from raysegment.io.names import is_input_name as is_image_name
+from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
+from raysegment.model.forward import forward_probabilities
+from raysegment.model.unet import UNet, UNetConfig
+from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION, is_done, read_results
+from raysegment.postprocess.masks import (
     PostprocessConfig,
     Segmentation,
     fill_holes,
@@ -29,13 +36,7 @@ from raysegment.infer.postprocess import (
     qc_reasons,
     split_lungs,
 )
-from raysegment.infer.predict import forward_probabilities, predict
-from raysegment.infer.results import SCHEMA, SCHEMA_VERSION, is_done, read_results
-from raysegment.io.decode import decode_mask, decode_mask_png, encode_png
-from raysegment.io.inputs import list_inputs, mask_key, read_manifest, sanitize_key
-from raysegment.io.names import is_input_name as is_image_name
-from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
-from raysegment.model.unet import UNet, UNetConfig
+from raysegment.postprocess.metrics import image_metrics
 from raysegment.testing.dicom import make_dicom_bytes
 from raysegment.testing.models import untrained_unet
 
@@ -91,7 +92,8 @@ def checkpoint(tmp_path_factory, archive) -> str:
 def runs(ray_local, archive, checkpoint, tmp_path_factory) -> dict:
     """The three runs over one output; returns their summaries and paths."""
     from raysegment.cli import main
-    from raysegment.infer.pipeline import InferConfig, run_inference
+    from raysegment.infer.config import InferConfig
+    from raysegment.infer.pipeline import run_inference
 
     base = tmp_path_factory.mktemp("infer_out")
     out, masks = str(base / "results"), str(base / "masks")
@@ -195,7 +197,8 @@ def test_resume_skips_done_retries_errors_never_duplicates(runs):
 
 def test_s3_manifest_in_s3_results_out(ray_local, s3_endpoint, archive, checkpoint):
     """Manifest, images, checkpoint, results and masks all on S3; a missing object is a read error row."""
-    from raysegment.infer.pipeline import InferConfig, run_inference
+    from raysegment.infer.config import InferConfig
+    from raysegment.infer.pipeline import run_inference
     from raysegment.io import storage
 
     root = s3_endpoint.create_bucket(f"infer-{uuid.uuid4().hex[:12]}")

@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from raysegment.data.preprocess import PreprocessConfig
-from raysegment.infer.results import read_results
 from raysegment.model.checkpoint import ModelSpec, save_checkpoint
 from raysegment.model.unet import UNet, UNetConfig
+from raysegment.outputs.results import read_results
 
 pytestmark = pytest.mark.slow
 N = 5
@@ -61,7 +61,8 @@ def _manifest(world, etags: dict[str, str]) -> str:
 
 
 def _run(world, **kw) -> dict:
-    from raysegment.infer.pipeline import InferConfig, run_inference
+    from raysegment.infer.config import InferConfig
+    from raysegment.infer.pipeline import run_inference
 
     config = {"input": _manifest(world, kw.pop("etags", {})), "checkpoint": world["m1"],
               "output": world["out"], "manifest_column": "scan", "num_actors": 1, "batch_size": 4, **kw}

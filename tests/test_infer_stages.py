@@ -19,15 +19,16 @@ import pytest
 
 from raysegment.cluster.plan import ClusterResources, NodeResources, PlanError
 from raysegment.data.preprocess import PreprocessConfig
-from raysegment.infer import pipeline
+from raysegment.infer import pipeline, sizing, stages
 from raysegment.infer import predict as predict_module
-from raysegment.infer.postprocess import PostprocessConfig
-from raysegment.infer.results import SCHEMA
+from raysegment.infer.config import InferConfig
 from raysegment.io import storage
 from raysegment.io.decode import decode_mask_png, encode_png
 from raysegment.io.inputs import list_inputs
 from raysegment.model.checkpoint import LoadedModel, ModelSpec
 from raysegment.model.unet import UNetConfig
+from raysegment.outputs.results import SCHEMA
+from raysegment.postprocess.masks import PostprocessConfig
 from raysegment.testing.dicom import make_dicom_bytes
 
 SIZE = 64
@@ -105,19 +106,19 @@ def _run_stages(tmp_path, files: dict[str, bytes], truth: dict[str, str] | None 
     inputs = pa.Table.from_pylist(
         [{"image_uri": i.uri, "image_id": i.image_id, "key": i.key, "input_size": i.size,
           "input_mtime_ns": i.mtime_ns, "input_etag": i.etag, "truth_uri": (truth or {}).get(i.image_id)}
-         for i in items], schema=pipeline.INPUT_SCHEMA)
-    decoded = pa.concat_tables(pipeline.decode_batch(inputs, preprocess, spacing_mm, storage.S3Options(),
+         for i in items], schema=stages.INPUT_SCHEMA)
+    decoded = pa.concat_tables(stages.decode_batch(inputs, preprocess, spacing_mm, storage.S3Options(),
                                                      fix_inversion=False))
     rows = decoded.to_pylist()
     for row in rows:
         image = row.pop("image")
         row["prob"] = None if image is None else _oracle(None, np.frombuffer(image, np.uint8)).tobytes()
         row["infer_ms"] = 0.0
-    inferred = pa.Table.from_pylist(rows, schema=pipeline.INFERRED_SCHEMA)
-    job = pipeline.PostprocessJob("20250101T000000Z-000000", "oracle", threshold, preprocess,
+    inferred = pa.Table.from_pylist(rows, schema=stages.INFERRED_SCHEMA)
+    job = stages.PostprocessJob("20250101T000000Z-000000", "oracle", threshold, preprocess,
                                   post or PostprocessConfig(), None,
                                   storage.S3Options())
-    out = pipeline.postprocess_batch(inferred, job)
+    out = stages.postprocess_batch(inferred, job)
     assert out.schema.equals(SCHEMA)
     return {os.path.basename(r["image_uri"]): r for r in out.to_pylist()}
 
@@ -213,11 +214,11 @@ def test_stages_errors_are_rows_with_their_stage(tmp_path):
 ])
 def test_unschedulable_inference_plan_is_refused_before_any_work(gpus, actors, message):
     resources = ClusterResources((NodeResources(2.0, gpus),))
-    config = pipeline.InferConfig(input="in", checkpoint="ck", output="out", num_actors=actors, use_gpu=True)
+    config = InferConfig(input="in", checkpoint="ck", output="out", num_actors=actors, use_gpu=True)
     with pytest.raises(PlanError) as err:
-        pipeline.plan(config, resources)
+        sizing.plan(config, resources)
     assert str(err.value).startswith(message) and "--num-actors" in str(err.value)
-    ok = pipeline.plan(pipeline.InferConfig(input="in", checkpoint="ck", output="out", use_gpu=False),
+    ok = sizing.plan(InferConfig(input="in", checkpoint="ck", output="out", use_gpu=False),
                        resources)
     assert (ok.num_actors, ok.use_gpu, ok.cpus_per_actor, ok.decode_cpus) == (2, False, 0.75, 0.5)
 

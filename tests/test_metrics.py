@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from raysegment.evaluation.metrics import (
+from raysegment.postprocess.metrics import (
     MetricSums,
     confusion,
     hd95,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from raysegment.data.preprocess import Geometry, PreprocessConfig, geometry
-from raysegment.infer.postprocess import (
+from raysegment.postprocess.masks import (
     QC_REASONS,
     PostprocessConfig,
     Segmentation,
@@ -235,7 +235,7 @@ def test_segmentation_fraction_and_config_dict():
 
 
 def test_severity_and_split_reasons():
-    from raysegment.infer.postprocess import QC_SEVERITY, severity, split_reasons
+    from raysegment.postprocess.masks import QC_SEVERITY, severity, split_reasons
 
     flags = ["no_lung", "right_lung_missing", "left_lung_missing", "lung_fraction_low", "lung_fraction_high",
              "low_confidence", "low_quality_score"]

@@ -14,12 +14,12 @@ from raysegment.cli import main
 from raysegment.data.preprocess import PreprocessConfig, preprocess_image, preprocess_mask, to_tensor
 from raysegment.data.synth import make_phantom, write_dataset
 from raysegment.evaluation.qc_report import qc_report
-from raysegment.infer.postprocess import PostprocessConfig, Segmentation, qc_reasons, severity, split_reasons
-from raysegment.infer.predict import torch_threads
-from raysegment.infer.quality import CALIBRATION_FILE, References, load_calibration
-from raysegment.infer.results import SCHEMA, SCHEMA_VERSION, is_done, read_results, summarize_results
 from raysegment.model.checkpoint import ModelSpec, save_checkpoint
+from raysegment.model.forward import torch_threads
 from raysegment.model.unet import UNet, UNetConfig
+from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION, is_done, read_results, summarize_results
+from raysegment.postprocess.masks import PostprocessConfig, Segmentation, qc_reasons, severity, split_reasons
+from raysegment.postprocess.quality import CALIBRATION_FILE, References, load_calibration
 from raysegment.train.losses import loss_function
 
 # --- fixtures: a tiny model that really segments phantoms, and its calibration ----------------------

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raysegment.infer.results import (
+from raysegment.outputs.results import (
     IDENTITY_COLUMNS,
     SCHEMA,
     SCHEMA_VERSION,
@@ -220,7 +220,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def test_accumulator_merges_partitions_exactly():
-    from raysegment.infer.results import SummaryAccumulator
+    from raysegment.outputs.results import SummaryAccumulator
 
     part1 = [
         _row("/d/a.png", lung_fraction=0.2, mean_confidence=0.9, qc_notes=["n1"], quality_score=0.5,
@@ -273,7 +273,7 @@ def test_accumulator_merges_partitions_exactly():
 
 
 def test_accumulator_minimal_tables():
-    from raysegment.infer.results import SummaryAccumulator
+    from raysegment.outputs.results import SummaryAccumulator
 
     # no image_uri, no dice, no qc_notes / quality_score / truth columns: counts only, no metrics section
     t = pa.table({"status": ["ok", "error", None, "ok"], "error_stage": [None, "read", None, None],
@@ -306,7 +306,7 @@ def test_accumulator_minimal_tables():
 
 
 def test_accumulator_all_ok_or_all_errors():
-    from raysegment.infer.results import SummaryAccumulator
+    from raysegment.outputs.results import SummaryAccumulator
 
     acc = SummaryAccumulator(examples=0)
     acc.add(pa.Table.from_pylist([_row("/a.png", "error", error_stage="s", error_type="T", error="x")]))
@@ -321,7 +321,7 @@ def test_accumulator_all_ok_or_all_errors():
 def test_stat_merges_chunks_with_exact_moments():
     import numpy as np
 
-    from raysegment.infer.results import _Stat
+    from raysegment.outputs.results import _Stat
 
     st = _Stat()
     assert (st.n, st.mean, st.m2, st.low, st.high) == (0, 0.0, 0.0, np.inf, -np.inf)
@@ -349,7 +349,7 @@ def test_stat_merges_chunks_with_exact_moments():
 def test_stat_keeps_the_smallest_keys(monkeypatch):
     import numpy as np
 
-    from raysegment.infer import results
+    from raysegment.outputs import results
 
     monkeypatch.setattr(results, "SAMPLE", 2)
     st = results._Stat()
@@ -373,7 +373,7 @@ def test_hash_and_flatten():
     import numpy as np
     import pandas as pd
 
-    from raysegment.infer.results import _flatten, _hash, _value_counts
+    from raysegment.outputs.results import _flatten, _hash, _value_counts
 
     strings = pa.chunked_array([pa.array(["a", "b", "a"])])
     h = _hash(strings)
@@ -397,7 +397,7 @@ def test_is_done_schema_version_and_calibration_each_matter():
 
 
 def test_accumulator_keeps_few_examples_and_merges_counts_over_partitions():
-    from raysegment.infer.results import SummaryAccumulator
+    from raysegment.outputs.results import SummaryAccumulator
 
     acc = SummaryAccumulator(examples=2)
     for p in range(3):
@@ -411,7 +411,7 @@ def test_accumulator_keeps_few_examples_and_merges_counts_over_partitions():
 
 
 def test_accumulator_truth_seen_in_an_earlier_partition_is_kept():
-    from raysegment.infer.results import SummaryAccumulator
+    from raysegment.outputs.results import SummaryAccumulator
 
     with_truth = pa.table({"status": ["ok"], "qc_flag": [False], "qc_reasons": [[]], "truth_uri": ["t"]})
     without = pa.table({"status": ["ok"], "qc_flag": [False], "qc_reasons": [[]]})
@@ -432,7 +432,7 @@ def test_accumulator_median_sample_is_the_smallest_uri_hashes(monkeypatch):
     import numpy as np
     import pandas as pd
 
-    from raysegment.infer import results
+    from raysegment.outputs import results
 
     monkeypatch.setattr(results, "SAMPLE", 2)
     uris = [f"/d/img{i}.png" for i in range(8)]

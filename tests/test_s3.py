@@ -281,7 +281,8 @@ def test_train_infer_resume_over_s3_and_no_credentials_anywhere(ray_local, s3_en
 
     import raysegment
     from raysegment.data.synth import write_dataset
-    from raysegment.infer.pipeline import InferConfig, run_inference
+    from raysegment.infer.config import InferConfig
+    from raysegment.infer.pipeline import run_inference
     from raysegment.train.loop import load_train_state
 
     root = _bucket(s3_endpoint, "e2e")

@@ -13,9 +13,10 @@ import pytest
 from raysegment.cluster import capacity
 from raysegment.cluster.plan import ClusterResources, NodeResources, PlanError
 from raysegment.errors import RetryableError
-from raysegment.infer import results, worklist
-from raysegment.infer.results import SCHEMA, SCHEMA_VERSION, SummaryAccumulator, is_done, summarize_results
+from raysegment.infer import worklist
 from raysegment.io.inputs import list_inputs
+from raysegment.outputs import results
+from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION, SummaryAccumulator, is_done, summarize_results
 
 
 def _listing(uri: str, **kw) -> list[dict]:
@@ -212,7 +213,8 @@ def test_wait_for_plan_gives_up_retryable_and_releases(fake_cluster):
 
 
 def test_elastic_infer_plan_takes_gpus_from_the_user_not_the_snapshot(monkeypatch):
-    from raysegment.infer.pipeline import InferConfig, elastic_plan
+    from raysegment.infer.config import InferConfig
+    from raysegment.infer.sizing import elastic_plan
 
     monkeypatch.setattr(capacity, "max_resources", dict)
     nothing = ClusterResources((NodeResources(0, 0),))

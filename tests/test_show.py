@@ -82,7 +82,7 @@ def _near(rgb: np.ndarray, color, tol: int = 30) -> np.ndarray:
 def test_overlay_draws_each_structure_in_its_colour_where_its_mask_is():
     import cv2
 
-    from raysegment.infer.ctr import measure_ctr
+    from raysegment.postprocess.ctr import measure_ctr
 
     a = _anatomy()
     extra = {"heart": a["heart"], "clavicles": a["clavicles"]}
@@ -160,10 +160,10 @@ def _results_with_structures(tmp_path, truths: dict[str, np.ndarray] | None = No
     import pyarrow.parquet as pq
 
     from raysegment.data.datasets import Pair
-    from raysegment.infer.ctr import measure_ctr
-    from raysegment.infer.results import SCHEMA
     from raysegment.io.decode import encode_mask_png, encode_png
     from raysegment.io.rle import encode_rle
+    from raysegment.outputs.results import SCHEMA
+    from raysegment.postprocess.ctr import measure_ctr
 
     a = _anatomy()
     image_uri = str(tmp_path / "cxr.png")
@@ -230,9 +230,9 @@ def test_show_draws_the_structures_of_a_row_and_its_ctr_lines(tmp_path):
 
 def test_show_draws_the_structures_truths_from_truth_uri_and_from_a_structures_dataset(tmp_path):
     from raysegment.data.synth import make_phantom, write_dataset
-    from raysegment.infer.results import SCHEMA
     from raysegment.io.decode import encode_mask_png
     from raysegment.io.rle import encode_rle
+    from raysegment.outputs.results import SCHEMA
     from raysegment.viz.show import caption, show
 
     a = _anatomy()
@@ -284,7 +284,8 @@ def test_show_draws_the_structures_truths_from_truth_uri_and_from_a_structures_d
 def inference(ray_local, tmp_path_factory) -> dict:
     """6 phantoms + 1 corrupt file through the real bulk pipeline, with ground truth (dice per image)."""
     from raysegment.data.synth import write_dataset
-    from raysegment.infer.pipeline import InferConfig, run_inference
+    from raysegment.infer.config import InferConfig
+    from raysegment.infer.pipeline import run_inference
 
     base = tmp_path_factory.mktemp("show")
     data = str(base / "data")
@@ -305,7 +306,7 @@ def inference(ray_local, tmp_path_factory) -> dict:
 
 def test_show_worst_draws_pictures_and_a_contact_sheet(inference, capsys):
     from raysegment.cli import main
-    from raysegment.infer.results import read_results
+    from raysegment.outputs.results import read_results
 
     out = str(inference["base"] / "worst")
     assert main(["show", inference["results"], "--worst", "4", "--out", out, "--cols", "3"]) == 0

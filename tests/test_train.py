@@ -23,7 +23,8 @@ import torch
 
 from raysegment import load_model
 from raysegment.cluster.plan import PlanError
-from raysegment.train.config import ConfigError, TrainConfig, load_config, parse_override, save_config
+from raysegment.errors import ConfigError
+from raysegment.train.config import TrainConfig, load_config, parse_override, save_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,7 +94,7 @@ def test_worker_death_restarts_from_the_checkpoint(scenario):
 
 def test_training_learns_and_the_best_checkpoint_reloads_without_ray(scenario, phantoms):
     from raysegment.data.datasets import load_split_dataset
-    from raysegment.evaluation.metrics import scores_from_counts
+    from raysegment.postprocess.metrics import scores_from_counts
     from raysegment.train.data import prepare_pair
 
     rows = read_metrics_csv(scenario.run_dir)
@@ -139,7 +140,7 @@ def test_training_learns_and_the_best_checkpoint_reloads_without_ray(scenario, p
 def model_resolution_dice(checkpoint: str, pairs, batch_size: int) -> float:
     """Mean dice at model resolution without post-processing: what validation during training measures."""
     from raysegment.data.preprocess import to_tensor
-    from raysegment.evaluation.metrics import MetricSums, image_metrics
+    from raysegment.postprocess.metrics import MetricSums, image_metrics
     from raysegment.train.data import prepare_pair
     from raysegment.train.loop import predict_masks
 

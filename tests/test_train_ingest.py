@@ -16,8 +16,9 @@ import torch
 
 from raysegment.data.augment import AugmentConfig, augment_pair
 from raysegment.data.preprocess import PreprocessConfig
+from raysegment.errors import ConfigError
 from raysegment.train import cache
-from raysegment.train.config import ConfigError, load_config
+from raysegment.train.config import load_config
 from raysegment.train.data import (
     CACHE_BUILD_BLOCKS,
     TrainCollate,

@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     apply_s3_arguments(args)
     from raysegment import logs
     from raysegment.evaluation.evaluate import evaluate
-    from raysegment.infer.report import format_summary
     from raysegment.io import preflight, storage
+    from raysegment.outputs.report import format_summary
 
     preflight.check_reachable(args.checkpoint, args.data, args.out)
     out = args.out or storage.join(storage.parent(args.checkpoint), f"evaluate_{args.split}")

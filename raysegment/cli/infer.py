@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
     s3 = apply_s3_arguments(args)  # before Ray starts: workers inherit the S3 settings
 
     from raysegment.infer.pipeline import InferConfig, run_inference, summary_header
-    from raysegment.infer.postprocess import PostprocessConfig
-    from raysegment.infer.report import format_summary
+    from raysegment.outputs.report import format_summary
+    from raysegment.postprocess.masks import PostprocessConfig
 
     config = InferConfig(
         input=args.input, checkpoint=args.checkpoint, output=args.output, masks_out=args.masks_out,

@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
 
-    from raysegment.infer.report import format_summary
     from raysegment.io.storage import join
+    from raysegment.outputs.report import format_summary
     from raysegment.train.driver import train
 
     result = train(config, address=args.address, wait_for_capacity=args.wait_for_capacity,

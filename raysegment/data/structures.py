@@ -1,7 +1,7 @@
 """The anatomical structures a model can segment, one output channel each.
 
     lungs      both lungs in ONE channel (as Montgomery and most sets label them); right and left are split
-               by position afterwards (infer/postprocess.split_lungs), as for lungs-only models
+               by position afterwards (postprocess/masks.split_lungs), as for lungs-only models
     heart      the heart silhouette
     clavicles  both clavicles in one channel (they overlap the lungs: every channel has its own sigmoid)
 

@@ -1,7 +1,5 @@
-"""Scoring masks against ground truth.
+"""Evaluation drivers: a checkpoint against labelled data.
 
-`metrics` defines every metric once (dice, IoU, precision, recall, HD95) and exact sharded sums;
-`scoring` is THE path from a probability map to the mask and its metrics (infer, evaluate and training's
-test evaluation use it); `evaluate` scores a checkpoint on a labelled split; `calibrate`, `shifts` and
-`qc_report` fit and judge the QC quality_score.
+`evaluate` scores a checkpoint on a labelled split (the same input, forward, scoring and row builder as
+bulk inference); `calibrate`, `shifts` and `qc_report` fit and judge the QC quality_score.
 """

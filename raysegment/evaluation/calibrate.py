@@ -1,7 +1,7 @@
 """`raysegment calibrate`: fit the quality_score calibration of a checkpoint on a labelled split.
 
     val images (+ `copies` randomly shifted copies of each, evaluation/shifts.random_shift)
-      -> predict exactly as infer does -> quality features (infer/quality.py) and the real dice
+      -> predict exactly as infer does -> quality features (postprocess/quality.py) and the real dice
       -> logistic curve features -> dice (least squares); flag threshold;
          references = the split's expert masks
       -> CHECKPOINT/calibration.json
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from raysegment.infer.quality import FEATURES, Calibration, References, features, save_calibration
+from raysegment.postprocess.quality import FEATURES, Calibration, References, features, save_calibration
 
 DEFAULT_COPIES = 12  # shifted copies per validation image (20 val images -> 260 samples on Montgomery)
 L2 = 0.01  # weight decay on the standardized coefficients (keeps the curve finite on separable fits)
@@ -36,9 +36,9 @@ def predict_samples(loaded, images: list[tuple[np.ndarray, np.ndarray]], thresho
     exclude[i]: the reference to leave out for pair i (its own expert mask), or None.
     """
     from raysegment.data.preprocess import preprocess_image
-    from raysegment.evaluation.metrics import image_metrics
-    from raysegment.infer.postprocess import PostprocessConfig, postprocess
-    from raysegment.infer.predict import forward_probabilities
+    from raysegment.model.forward import forward_probabilities
+    from raysegment.postprocess.masks import PostprocessConfig, postprocess
+    from raysegment.postprocess.metrics import image_metrics
 
     post = postprocess_config or PostprocessConfig()
     xs, ys = [], []

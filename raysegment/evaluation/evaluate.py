@@ -11,7 +11,7 @@ Which images: `--data` is a dataset (folder, s3:// prefix, manifest) split by da
 used. When the checkpoint records the digest of its training split and the split evaluated here differs,
 a warning says so: test images might have been training images.
 
-Scoring is evaluation/scoring.py (shared with `infer --ground-truth` and training's test evaluation); the
+Scoring is postprocess/scoring.py (shared with `infer --ground-truth` and training's test evaluation); the
 summary is results.summarize_results (shared with infer), plus the worst cases by dice.
 
 Outputs in --out (local or s3://): per_image.parquet, per_image.csv (one row per image, errors included),
@@ -37,16 +37,16 @@ import pyarrow.parquet as pq
 from raysegment.data.datasets import load_split_dataset
 from raysegment.data.preprocess import preprocess_image
 from raysegment.errors import InputError, UserError
-from raysegment.evaluation.metrics import json_safe, summarize
-from raysegment.evaluation.scoring import score
-from raysegment.infer.postprocess import PostprocessConfig
-from raysegment.infer.predict import forward_structures
-from raysegment.infer.quality import load_calibration
-from raysegment.infer.report import REPORT_METRICS
-from raysegment.infer.results import SCHEMA, SUMMARY_COLUMNS, summarize_results
 from raysegment.io import storage
 from raysegment.io.decode import decode_image
 from raysegment.model.checkpoint import load_model
+from raysegment.model.forward import forward_structures
+from raysegment.outputs.report import REPORT_METRICS
+from raysegment.outputs.results import SCHEMA, SUMMARY_COLUMNS, summarize_results
+from raysegment.postprocess.masks import PostprocessConfig
+from raysegment.postprocess.metrics import json_safe, summarize
+from raysegment.postprocess.quality import load_calibration
+from raysegment.postprocess.scoring import score
 from raysegment.progress import Progress
 
 SPLIT_CHOICES = ("test", "val", "train", "all")

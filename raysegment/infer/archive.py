@@ -40,7 +40,7 @@ def write_dicom_seg(row: dict, mask: np.ndarray, job, structures: dict[str, np.n
     """Write the DICOM SEG of one DICOM input row under job.dicom_seg_out; returns its URI. The source is
     read again (only its header and size matter): the decode stage does not ship bytes this far.
     structures: a multi-structure model's further masks by name (heart, clavicles), one segment each."""
-    from raysegment.infer.dicom_seg import make_dicom_seg, seg_key
+    from raysegment.outputs.dicom_seg import make_dicom_seg, seg_key
 
     source = storage.read_bytes(row["image_uri"], job.s3)
     uri = storage.join(job.dicom_seg_out, seg_key(row["key"]))

@@ -27,7 +27,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysegment.errors import InputError
-from raysegment.infer.results import (
+from raysegment.io import names, storage
+from raysegment.io.inputs import MANIFEST_COLUMNS, iter_folder, optional_int
+from raysegment.io.names import stable_key
+from raysegment.outputs.results import (
     IDENTITY_COLUMNS,
     KEY_COLUMNS,
     SCHEMA,
@@ -35,9 +38,6 @@ from raysegment.infer.results import (
     SUMMARY_COLUMNS,
     result_files,
 )
-from raysegment.io import names, storage
-from raysegment.io.inputs import MANIFEST_COLUMNS, iter_folder, optional_int
-from raysegment.io.names import stable_key
 
 NPARTS = 64
 SMALL = 20_000  # rows a Partitioner keeps in memory before it spills to Parquet files
@@ -298,7 +298,7 @@ def index_files(files: list[str], partitioner: Partitioner, first_seq: int = 0) 
     """Append the summary/identity columns of result `files` (in order) to `partitioner`; `seq` numbers
     rows in reading order (read_results' tie-break). Unreadable (torn) files are skipped. Returns the next
     seq."""
-    from raysegment.infer.results import _read_file
+    from raysegment.outputs.results import _read_file
 
     seq = first_seq
     for uri in files:

@@ -36,14 +36,10 @@ import yaml
 from raysegment.data.augment import AugmentConfig
 from raysegment.data.preprocess import PreprocessConfig
 from raysegment.data.structures import LUNGS, check_structures
-from raysegment.errors import UserError
+from raysegment.errors import ConfigError
 from raysegment.io import storage
 from raysegment.model.unet import UNetConfig
 from raysegment.train.losses import LOSSES
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration file, override or value is invalid; the message names the key."""
 
 
 @dataclass(frozen=True)

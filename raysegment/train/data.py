@@ -59,7 +59,7 @@ def load_split(config: TrainConfig) -> SplitDataset:
     """The run's pairs and split: data.sources each split on its own (partial labels), or data.path as
     today (pairs keep only the labels of config.structures; no source column, so a lungs-only run's split
     manifest and its digest are what they always were)."""
-    from raysegment.train.config import ConfigError
+    from raysegment.errors import ConfigError
 
     fractions, seed = tuple(config.data.split), config.data.split_seed
     try:

@@ -24,11 +24,12 @@ import time
 from dataclasses import dataclass, field
 
 from raysegment import logs
-from raysegment.evaluation.metrics import json_safe
+from raysegment.errors import ConfigError
 from raysegment.io import preflight, storage
 from raysegment.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from raysegment.postprocess.metrics import json_safe
 from raysegment.progress import Progress, poll
-from raysegment.train.config import ConfigError, TrainConfig, load_config, save_config
+from raysegment.train.config import TrainConfig, load_config, save_config
 
 
 @dataclass

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from raysegment.evaluation.metrics import METRICS, scores_from_counts
 from raysegment.io import storage
 from raysegment.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, save_checkpoint
 from raysegment.model.unet import UNet
+from raysegment.postprocess.metrics import METRICS, scores_from_counts
 from raysegment.train.config import TrainConfig
 from raysegment.train.data import EvalCollate, TrainCollate
 from raysegment.train.losses import loss_function

@@ -24,7 +24,7 @@ import numpy as np
 from raysegment.data.structures import LUNGS, STRUCTURES, further_structures
 
 if TYPE_CHECKING:
-    from raysegment.infer.ctr import CTR
+    from raysegment.postprocess.ctr import CTR
 
 PRED_COLOR = (255, 150, 0)  # orange: the model's prediction
 TRUE_COLOR = (70, 180, 255)  # sky blue: the ground truth

@@ -28,11 +28,11 @@ import pyarrow.parquet as pq
 from raysegment.data.datasets import discover, load_mask, parse_truth
 from raysegment.data.structures import LUNGS
 from raysegment.errors import InputError, UserError
-from raysegment.infer.ctr import measure_ctr
-from raysegment.infer.results import read_results, result_files
 from raysegment.io import storage
 from raysegment.io.decode import decode_image, decode_mask_png, encode_mask_png, encode_png
 from raysegment.io.rle import decode_rle
+from raysegment.outputs.results import read_results, result_files
+from raysegment.postprocess.ctr import measure_ctr
 from raysegment.viz import figures as viz
 
 # Measurements read to choose and caption rows (mask_png is read only for the chosen ones).

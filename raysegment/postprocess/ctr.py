@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raysegment.infer.postprocess import split_lungs
+from raysegment.postprocess.masks import split_lungs
 
 
 @dataclass(frozen=True)

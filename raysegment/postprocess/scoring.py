@@ -7,7 +7,7 @@
       -> evaluation.metrics.image_metrics against the truth at the ORIGINAL resolution
     further structures of a multi-structure model (heart, clavicles): the same steps per channel
     (postprocess_structure: its own number of parts), their areas and metrics, and the cardiothoracic
-    ratio from the lung and heart masks (infer/ctr.py), also from the expert masks when both are given
+    ratio from the lung and heart masks (postprocess/ctr.py), also from the expert masks when both are given
 
 Used by `raysegment infer --ground-truth` (infer/pipeline.py), `raysegment evaluate` and training's final
 test evaluation (evaluation/evaluate.py, which train/driver.py calls), so the three report the same
@@ -24,9 +24,9 @@ import numpy as np
 from raysegment.data.datasets import load_mask
 from raysegment.data.preprocess import Geometry
 from raysegment.data.structures import STRUCTURES
-from raysegment.evaluation.metrics import image_metrics
-from raysegment.infer.ctr import CTR, measure_ctr
-from raysegment.infer.postprocess import (
+from raysegment.io import storage
+from raysegment.postprocess.ctr import CTR, measure_ctr
+from raysegment.postprocess.masks import (
     PostprocessConfig,
     Segmentation,
     postprocess,
@@ -34,7 +34,7 @@ from raysegment.infer.postprocess import (
     qc_reasons,
     split_reasons,
 )
-from raysegment.io import storage
+from raysegment.postprocess.metrics import image_metrics
 
 
 @dataclass

@@ -22,8 +22,8 @@ import io
 import numpy as np
 
 from raysegment.data.structures import LUNGS, STRUCTURES, further_structures
-from raysegment.infer.postprocess import split_lungs
 from raysegment.io import names
+from raysegment.postprocess.masks import split_lungs
 
 SEG_SUFFIX = ".seg.dcm"
 SEG_SERIES_NUMBER = 9901  # far from scanner series numbers, so viewers list it apart

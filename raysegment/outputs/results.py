@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raysegment.evaluation.metrics import METRICS, summarize
 from raysegment.io import storage
+from raysegment.postprocess.metrics import METRICS, summarize
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ class SummaryAccumulator:
             **{name: self.stats.get(name, empty).summary() for name in self.MEASURES},
         }
         if self.n_scored or self.any_truth:
-            from raysegment.evaluation.metrics import scores_from_counts
+            from raysegment.postprocess.metrics import scores_from_counts
 
             out["metrics"] = {
                 "n_scored": self.n_scored,

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from raysegment.infer.postprocess import Segmentation
+from raysegment.postprocess.masks import Segmentation
 
 CALIBRATION_FILE = "calibration.json"
 METHOD = "logistic-confidence-shape-v1"

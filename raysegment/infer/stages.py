@@ -1,0 +1,322 @@
+"""The three Ray Data stages of bulk inference and what travels between them.
+
+    todo part URIs -> read + decode + preprocess   CPU tasks    -> uint8 SxS bytes   decode_parts
+                   -> forward                      actor pool   -> uint8 CxSxS prob  InferActor
+                   -> postprocess + row            CPU tasks    -> results rows      postprocess_batch
+
+Between stages only compact bytes travel: the model input as uint8 SxS (64 KB at 256 px) and the
+probability as uint8 CxSxS (x 255), never float arrays. Every stage catches errors per row: a failing row
+gets status "error", the stage and the reason, skips the later stages and still reaches the output.
+"""
+
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+import raysegment
+from raysegment.data.datasets import parse_truth
+from raysegment.data.preprocess import PreprocessConfig, geometry, preprocess_image
+from raysegment.infer.archive import prepare_image, write_dicom_seg
+from raysegment.infer.worklist import INPUT_SCHEMA
+from raysegment.io import storage
+from raysegment.io.decode import decode_image, encode_mask_png
+from raysegment.io.inputs import mask_key
+from raysegment.io.rle import encode_rle
+from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION
+from raysegment.postprocess.masks import PostprocessConfig
+from raysegment.postprocess.quality import Calibration
+from raysegment.postprocess.scoring import score
+
+# torch is imported lazily (actor, driver): the CPU stage tasks never need it, and importing it costs each
+# new worker process seconds and hundreds of MB.
+CPU_BATCH = 8  # images per actor call on CPU: ~1 s of work, amortizes Ray overhead, short tail at the end
+
+
+# --- stage schemas: what travels between stages ---------------------------------------------------
+
+_STATUS_FIELDS = [("status", pa.string()), ("error_stage", pa.string()), ("error_type", pa.string()),
+                  ("error", pa.string())]
+DECODED_SCHEMA = pa.schema([
+    *INPUT_SCHEMA, *_STATUS_FIELDS, SCHEMA.field("image_format"), SCHEMA.field("bit_depth"),
+    SCHEMA.field("height"), SCHEMA.field("width"), SCHEMA.field("pixel_spacing_row_mm"),
+    SCHEMA.field("pixel_spacing_col_mm"), SCHEMA.field("exif_rotation"), SCHEMA.field("inversion_corrected"),
+    SCHEMA.field("qc_notes"), ("image", pa.binary()),  # uint8 SxS model input, row-major
+    SCHEMA.field("read_ms"), SCHEMA.field("decode_ms"),
+])
+INFERRED_SCHEMA = pa.schema([
+    *[f for f in DECODED_SCHEMA if f.name != "image"],
+    ("prob", pa.binary()),  # uint8 CxSxS probability x 255, row-major (C: the model's structures)
+    SCHEMA.field("infer_ms"),
+])
+
+
+def _fail(row: dict, stage: str, error: BaseException) -> None:
+    """Mark a row as failed at `stage` with a one-line, credential-free reason."""
+    row["status"] = "error"
+    row["error_stage"] = stage
+    row["error_type"] = type(error).__name__
+    row["error"] = storage.redact(" ".join(str(error).split()))[:1000] or type(error).__name__
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+# --- stage 1: read + decode + preprocess (CPU tasks) ----------------------------------------------
+
+READ_AHEAD = 16  # concurrent object reads per decode task: hides per-request latency (40 ms on S3)
+# Rows per block between stages (decode yields blocks this size; actor calls still take batch_size rows).
+# Every block is an object the driver owns and tracks: 8-row blocks made driver memory grow with the archive.
+BLOCK_ROWS = 64
+
+
+def _read_row(row: dict, s3: storage.S3Options) -> tuple[bytes | None, BaseException | None, float]:
+    t0 = time.perf_counter()
+    try:
+        return storage.get_object(row["image_uri"], s3), None, _ms(t0)
+    except Exception as e:  # noqa: BLE001 - any per-row failure becomes an error row
+        return None, e, _ms(t0)
+
+
+def _decode_row(row: dict, read: tuple, preprocess: PreprocessConfig, spacing_mm: float | None,
+                fix_inversion: bool = True) -> None:
+    row.update(status="ok", image=None)
+    data, error, read_ms = read
+    if error is not None:
+        return _fail(row, "read", error)
+    row["read_ms"] = read_ms
+    if row["input_size"] is None:  # manifests may not say; record what we read
+        row["input_size"] = len(data)
+    t0 = time.perf_counter()
+    try:
+        decoded = decode_image(data, storage.basename(row["image_uri"]))  # the name prefixes its errors
+    except Exception as e:  # noqa: BLE001 - any per-row failure becomes an error row
+        return _fail(row, "decode", e)
+    meta = decoded.meta
+    spacing = meta.pixel_spacing_mm or ((spacing_mm, spacing_mm) if spacing_mm else (None, None))
+    row.update(image_format=meta.format, bit_depth=meta.bit_depth, height=meta.height, width=meta.width,
+               pixel_spacing_row_mm=spacing[0], pixel_spacing_col_mm=spacing[1])
+    try:
+        model_input, _ = preprocess_image(prepare_image(decoded, fix_inversion, row), preprocess)
+    except Exception as e:  # noqa: BLE001 - any per-row failure becomes an error row
+        return _fail(row, "preprocess", e)
+    row["image"] = model_input.tobytes()
+    row["decode_ms"] = _ms(t0)
+
+
+def decode_batch(batch: pa.Table, preprocess: PreprocessConfig, spacing_mm: float | None,
+                 s3: storage.S3Options, out_rows: int = CPU_BATCH, fix_inversion: bool = True
+                 ) -> Iterator[pa.Table]:
+    """INPUT_SCHEMA rows -> DECODED_SCHEMA tables of `out_rows` (image = uint8 SxS model input, or null on
+    error). Up to READ_AHEAD reads are in flight while rows decode, one GET per object (no HEAD)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _single_threaded_cv2()
+    rows = batch.to_pylist()
+    done: list[dict] = []
+    with ThreadPoolExecutor(READ_AHEAD) as pool:
+        pending: collections.deque = collections.deque()
+        ahead = iter(rows)
+        for row in itertools.islice(ahead, READ_AHEAD):
+            pending.append(pool.submit(_read_row, row, s3))
+        for row in rows:
+            read = pending.popleft().result()
+            nxt = next(ahead, None)
+            if nxt is not None:
+                pending.append(pool.submit(_read_row, nxt, s3))
+            _decode_row(row, read, preprocess, spacing_mm, fix_inversion)
+            done.append(row)
+            if len(done) >= out_rows:
+                yield pa.Table.from_pylist(done, schema=DECODED_SCHEMA)
+                done = []
+    if done:
+        yield pa.Table.from_pylist(done, schema=DECODED_SCHEMA)
+
+
+def decode_parts(batch: pa.Table, preprocess: PreprocessConfig, spacing_mm: float | None,
+                 s3: storage.S3Options, out_rows: int = CPU_BATCH, fix_inversion: bool = True
+                 ) -> Iterator[pa.Table]:
+    """Todo part URIs ("part" column) -> DECODED_SCHEMA tables of `out_rows` (see decode_batch)."""
+    import pyarrow.parquet as pq
+
+    for uri in batch.column("part").to_pylist():
+        fs, path = storage.filesystem(uri, s3)
+        with fs.open_input_file(path) as f:
+            inputs = pq.read_table(f).select(INPUT_SCHEMA.names)
+        yield from decode_batch(inputs, preprocess, spacing_mm, s3, out_rows, fix_inversion)
+
+
+def _single_threaded_cv2() -> None:
+    # Stage tasks run beside busy actors: cv2's own thread pool would only oversubscribe the cores.
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+# --- stage 2: forward (actor pool) ----------------------------------------------------------------
+
+class InferActor:
+    """Holds the model (loaded once per actor) and turns model inputs into uint8 probabilities."""
+
+    def __init__(self, checkpoint: str, model_id: str, use_gpu: bool, threads: int, micro_batch: int,
+                 s3: storage.S3Options, device: str | None = None) -> None:
+        import torch
+
+        from raysegment.model.checkpoint import load_model
+
+        storage.set_default_s3_options(s3)  # load_model reads with the process-wide options
+        torch.set_num_threads(threads)  # once, so forward_probabilities never has to switch
+        # A GPU actor keeps the GPU recipe (micro-batches, bf16, channels_last) even on device "cpu".
+        self.loaded = load_model(checkpoint, device or ("cuda" if use_gpu else "cpu"))
+        if self.loaded.model_id != model_id:
+            raise RuntimeError(f"checkpoint {checkpoint} changed during the run: weights "
+                               f"{self.loaded.model_id}, expected {model_id}")
+        if use_gpu:
+            self.loaded.model.to(memory_format=torch.channels_last)
+            if device == "cpu":  # say so: the GPU this actor holds sits idle
+                import ray
+
+                print(f"inference actor holds GPU(s) {ray.get_gpu_ids()} but runs the model on cpu "
+                      "(--device cpu)", flush=True)
+        self.size = self.loaded.spec.preprocess.size
+        self.threads = threads
+        self.micro_batch = micro_batch
+        self.bf16 = use_gpu
+
+    def _forward(self, images: np.ndarray) -> np.ndarray:
+        from raysegment.model.forward import forward_structures
+
+        return forward_structures(self.loaded.model, images, self.micro_batch, self.threads, self.bf16)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        todo = [r for r in rows if r["status"] == "ok"]
+        if todo:
+            t0 = time.perf_counter()
+            images = np.stack([np.frombuffer(r["image"], np.uint8).reshape(self.size, self.size)
+                               for r in todo])
+            try:
+                probs = list(self._forward(images))
+            except Exception:  # noqa: BLE001 - find the culprit(s) one row at a time (same results by design)
+                probs = []
+                for i, row in enumerate(todo):
+                    try:
+                        probs.append(self._forward(images[i : i + 1])[0])
+                    except Exception as e:  # noqa: BLE001 - per-row error row
+                        _fail(row, "infer", e)
+                        probs.append(None)
+            per_row = _ms(t0) / len(todo)
+            for row, prob in zip(todo, probs, strict=True):
+                row["prob"] = None if prob is None else prob.tobytes()
+                row["infer_ms"] = per_row
+        for row in rows:
+            del row["image"]
+        return pa.Table.from_pylist(rows, schema=INFERRED_SCHEMA)
+
+
+# --- stage 3: postprocess + encode + metrics (CPU tasks) ------------------------------------------
+
+@dataclass(frozen=True)
+class PostprocessJob:
+    """What every postprocess task needs (small; shipped with each task)."""
+
+    run_id: str
+    model_id: str
+    threshold: float
+    preprocess: PreprocessConfig
+    postprocess: PostprocessConfig
+    masks_out: str | None
+    s3: storage.S3Options
+    counter: object = None  # progress.Counter actor: rows finished, for the driver's progress bar
+    mask_png: bool = True
+    dicom_seg_out: str | None = None
+    dicom_seg_sides: bool = False
+    calibration: Calibration | None = None  # quality_score; None: the checkpoint has no calibration.json
+    structures: tuple[str, ...] = ("lungs",)  # the model's output channels (checkpoint spec.structures)
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _structure_fields(scored, spacing: tuple[float, float] | None) -> dict:
+    """The structures list and CTR columns of a multi-structure model's row; {} for a lungs-only model (its
+    rows keep those columns null)."""
+    if not scored.structures:
+        return {}
+    # scoring already turned a NaN dice into None
+    cm2 = spacing[0] * spacing[1] / 100.0 if spacing else None
+    parts = [{"name": p.name, "area_px": p.area_px, "area_cm2": p.area_px * cm2 if cm2 else None,
+              "mask_rle": encode_rle(p.mask), "dice": (p.metrics or {}).get("dice")}
+             for p in scored.structures]
+    c = scored.ctr
+    ctr = ({"ctr": c.ctr, "heart_width_px": c.heart_width_px, "thoracic_width_px": c.thoracic_width_px,
+            "thoracic_row": c.thoracic_row} if c else {})
+    return {"structures": parts, **ctr}
+
+
+def _finish_row(row: dict, job: PostprocessJob) -> dict:
+    out = {name: row.get(name) for name in SCHEMA.names if name in row}
+    out.update(schema_version=SCHEMA_VERSION, run_id=job.run_id, model_id=job.model_id,
+               package_version=raysegment.__version__,
+               calibration_id=job.calibration.calibration_id if job.calibration else None)
+    if row["status"] != "ok":
+        return out
+    t0 = time.perf_counter()
+    size = job.preprocess.size
+    spacing = (row["pixel_spacing_row_mm"], row["pixel_spacing_col_mm"])
+    spacing = spacing if None not in spacing else None
+    try:
+        prob = np.frombuffer(row["prob"], np.uint8).reshape(len(job.structures), size, size)
+        truth_uris, other_truths = parse_truth(row.get("truth_uri") or "")
+        others = {name: prob[c] for c, name in enumerate(job.structures) if c > 0}
+        scored = score(prob[0], geometry(row["height"], row["width"], job.preprocess), job.threshold,
+                       job.postprocess, truth_uris or None, row["image_uri"], spacing, job.calibration,
+                       others, other_truths)
+        seg, flags = scored.segmentation, scored.qc_reasons
+        notes = [*(row.get("qc_notes") or []), *scored.qc_notes]  # the decode stage's first (inversion, ...)
+        png = encode_mask_png(seg.mask) if job.mask_png or job.masks_out else None
+        measured = {
+            "mask_png": png if job.mask_png else None, "mask_rle": encode_rle(seg.mask),
+            "threshold": job.threshold, "lung_area_px": seg.area_px,
+            "lung_fraction": seg.fraction, "right_lung_area_px": seg.right_area_px,
+            "left_lung_area_px": seg.left_area_px,
+            "lung_area_cm2": seg.area_px * spacing[0] * spacing[1] / 100.0 if spacing else None,
+            "n_components": seg.n_components, "mean_confidence": _finite(seg.mean_confidence),
+            "qc_flag": bool(flags), "qc_reasons": flags, "qc_notes": notes,
+            "quality_score": scored.quality_score,
+            **_structure_fields(scored, spacing),
+        }
+        if job.masks_out:
+            measured["mask_uri"] = storage.join(job.masks_out, mask_key(row["key"]))
+            storage.write_bytes(measured["mask_uri"], png, job.s3)
+        if job.dicom_seg_out and row["image_format"] == "dicom":
+            measured["dicom_seg_uri"] = write_dicom_seg(row, seg.mask, job,
+                                                        {p.name: p.mask for p in scored.structures})
+    except Exception as e:  # noqa: BLE001 - per-row error row
+        _fail(out, "postprocess", e)
+        return out
+    out.update(measured)
+    # A bad truth file is the ground truth's problem, not the prediction's: the row stays ok.
+    out.update(scored.metrics or {}, truth_error=scored.truth_error)
+    out["postprocess_ms"] = _ms(t0)
+    out["total_ms"] = sum(out.get(k) or 0.0 for k in ("read_ms", "decode_ms", "infer_ms", "postprocess_ms"))
+    return out
+
+
+def postprocess_batch(batch: pa.Table, job: PostprocessJob) -> pa.Table:
+    """INFERRED_SCHEMA rows -> output rows (results.SCHEMA)."""
+    _single_threaded_cv2()
+    rows = [_finish_row(row, job) for row in batch.to_pylist()]
+    if job.counter is not None:
+        job.counter.add.remote(len(rows))  # fire and forget: progress only
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
