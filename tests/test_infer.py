@@ -21,8 +21,9 @@ import torch
 from raysegment.data.preprocess import PreprocessConfig, geometry
 from raysegment.infer.predict import predict
 from raysegment.io.decode import decode_mask, decode_mask_png, encode_png
-from raysegment.io.inputs import list_inputs, mask_key, read_manifest, sanitize_key
+from raysegment.io.inputs import list_inputs, read_manifest
 from raysegment.io.names import is_input_name as is_image_name
+from raysegment.io.names import mask_key, sanitize_key
 from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
 from raysegment.model.forward import forward_probabilities
 from raysegment.model.unet import UNet, UNetConfig

@@ -16,12 +16,10 @@ from raysegment.io.inputs import (
     is_manifest,
     list_folder,
     list_inputs,
-    mask_key,
     read_manifest,
-    sanitize_key,
 )
 from raysegment.io.names import is_input_name as is_image_name
-from raysegment.io.names import stable_key
+from raysegment.io.names import mask_key, sanitize_key, stable_key
 
 
 def _touch(root, *rels: str, data: bytes = b"x") -> None:

@@ -21,7 +21,6 @@ silently misaligns every later pair when one file is missing). Unmatched files a
 from __future__ import annotations
 
 import hashlib
-import io
 import posixpath
 from dataclasses import dataclass, field
 
@@ -30,7 +29,7 @@ import numpy as np
 from raysegment.data.structures import LUNGS, STRUCTURES
 from raysegment.io import names, storage
 from raysegment.io.decode import DecodeError, decode_image, decode_mask
-from raysegment.io.names import IMAGE_EXTENSIONS  # noqa: F401 - re-exported; the name rules live in names
+from raysegment.io.inputs import read_table
 
 IMAGE_DIRS = ("CXR_png", "cxr", "images", "image", "imgs")
 MASK_DIRS = ("masks", "mask", "labels")
@@ -203,17 +202,6 @@ def _discover_manifest(uri: str) -> tuple[Discovery, dict[str, str]]:
         if "split" in columns and row["split"] in SPLITS:
             splits[image_id] = row["split"]
     return Discovery("manifest", uri, pairs, lonely, []), splits
-
-
-def read_table(uri: str):
-    """Read a CSV or Parquet file (local or s3) into a pandas DataFrame."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    data = storage.read_bytes(uri)
-    if uri.lower().endswith(".parquet"):
-        return pq.read_table(io.BytesIO(data)).to_pandas()
-    return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
 
 
 def discover(uri: str) -> Discovery:

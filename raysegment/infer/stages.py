@@ -29,7 +29,7 @@ from raysegment.infer.archive import prepare_image, write_dicom_seg
 from raysegment.infer.worklist import INPUT_SCHEMA
 from raysegment.io import storage
 from raysegment.io.decode import decode_image, encode_mask_png
-from raysegment.io.inputs import mask_key
+from raysegment.io.names import mask_key
 from raysegment.io.rle import encode_rle
 from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION
 from raysegment.postprocess.masks import PostprocessConfig

@@ -24,9 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from raysegment.data.datasets import read_table
 from raysegment.io import names, storage
-from raysegment.io.names import mask_key, sanitize_key  # noqa: F401 - re-exported: older imports
 
 MANIFEST_COLUMNS = ("image_uri", "image", "uri", "path")
 
@@ -112,6 +110,19 @@ def _relative(path: str, root: str) -> str:
         path = path[len(names.FILE_SCHEME):]
         root = root[len(names.FILE_SCHEME):] if root.startswith(names.FILE_SCHEME) else quote(root, safe="/")
     return posixpath.relpath(path, root) if path != root else posixpath.basename(path)
+
+
+def read_table(uri: str):
+    """Read a CSV or Parquet file (local or s3) into a pandas DataFrame."""
+    import io
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    data = storage.read_bytes(uri)
+    if uri.lower().endswith(".parquet"):
+        return pq.read_table(io.BytesIO(data)).to_pandas()
+    return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
 
 
 def optional_int(value) -> int | None:

@@ -228,7 +228,7 @@ def _maybe_kill(config: TrainConfig, run_dir: str, epoch: int, rank: int, world:
 
 def write_run_outputs(run_dir: str, history: list[dict]) -> None:
     """metrics.csv and training_curves.png in the run dir (local or s3)."""
-    from raysegment.viz.curves import plot_training_curves
+    from raysegment.train.curves import plot_training_curves
 
     columns = [*COLUMNS, *(k for k in (history[0] if history else {}) if k not in COLUMNS)]  # val_dice_<s>
     lines = [",".join(columns)] + [",".join(f"{row[c]:.8g}" if c != "epoch" else str(row[c]) for c in columns)

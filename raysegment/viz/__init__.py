@@ -1,2 +1,2 @@
 """Pictures: `figures` draws side-by-side panels, outline overlays and contact sheets; `show` picks result
-rows and renders them; `curves` plots training curves."""
+rows and renders them."""
