@@ -1,7 +1,8 @@
 """Training augmentation on preprocessed uint8 batches (NumPy/OpenCV, usable inside Ray Data map_batches).
 
 Geometry (rotation, scale, shift) is applied identically to image and mask; intensity changes
-(brightness, contrast, gamma, noise) to the image only. Small ranges: X-rays are acquired in a standard
+(brightness, contrast, gamma, noise) and synthetic opacities (data/opacity.py: painted inside the lung
+mask, the mask kept) to the image only. Small ranges: X-rays are acquired in a standard
 position, so large rotations would teach the model poses it never meets.
 """
 
@@ -11,6 +12,9 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+
+from raysegment.data.opacity import TRAIN as TRAIN_OPACITIES
+from raysegment.data.opacity import paint
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class AugmentConfig:
     contrast: float = 0.20  # multiplied around the mean, uniform in [1 - c, 1 + c]
     gamma: float = 0.25  # exponent exp(uniform(-g, g))
     noise_std: float = 0.02  # Gaussian noise sigma, uniform in [0, noise_std]
+    opacity_p: float = 0.0  # share of images that get a synthetic opacity inside one lung (0: never)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +51,9 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
         mask = _warp_mask(mask, matrix)
 
     x = image.astype(np.float32) / 255.0
+    # Drawn only when enabled, so a config without opacities keeps every earlier random draw.
+    if config.opacity_p > 0 and rng.random() < config.opacity_p:
+        x = paint(x, (mask[0] if mask.ndim == 3 else mask) > 0, rng, TRAIN_OPACITIES)[0]
     mean = float(x.mean())
     x = (x - mean) * rng.uniform(1 - config.contrast, 1 + config.contrast) + mean
     x = x + rng.uniform(-config.brightness, config.brightness)
