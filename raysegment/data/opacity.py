@@ -52,16 +52,16 @@ def soft_tissue_level(image: np.ndarray, lungs: np.ndarray) -> float:
 def _smooth_noise(shape: tuple[int, int], scale: float, rng: np.random.Generator) -> np.ndarray:
     """Low-frequency noise in [0, 1]: random values on a coarse grid, upsampled bicubically."""
     h, w = shape
-    cells = max(2, int(round(1.0 / max(scale, 1e-3))))
+    cells = max(2, round(1.0 / max(scale, 1e-3)))
     grid = rng.random((cells + 1, cells + 1)).astype(np.float32)
     field = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
     lo, hi = float(field.min()), float(field.max())
     return (field - lo) / (hi - lo) if hi > lo else np.zeros(shape, np.float32)
 
 
-def _lung_components(lungs: np.ndarray) -> list[np.ndarray]:
+def lung_components(lungs: np.ndarray) -> list[np.ndarray]:
     """The two largest 8-connected parts of the lung mask (one per lung), largest first."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(lungs.astype(np.uint8), connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(lungs.astype(np.uint8), connectivity=8)
     order = np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:2] + 1
     return [labels == k for k in order]
 
@@ -102,7 +102,7 @@ def paint(image: np.ndarray, lungs: np.ndarray, rng: np.random.Generator, p: Opa
     """float32 HxW image in [0, 1] + bool HxW lung mask -> (the image with one opacity inside one lung,
     the share of that lung the opacity covers at >= half strength). The mask itself is unchanged: the
     opacity is lung. An empty mask returns the image unchanged and 0."""
-    parts = _lung_components(lungs) if lungs.any() else []
+    parts = lung_components(lungs) if lungs.any() else []
     if not parts:
         return image, 0.0
     lung = parts[int(rng.integers(len(parts)))]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from raysegment.data.opacity import soft_tissue_level
+from raysegment.data.opacity import lung_components, soft_tissue_level
 
 SEED_OFFSET = 1_000_003  # evaluation seeds never coincide with the training augmentation's per-image seeds
 
@@ -30,12 +30,6 @@ def _fractal(shape: tuple[int, int], rng: np.random.Generator, octaves: int = 4)
         field += cv2.resize(grid, (w, h), interpolation=cv2.INTER_LINEAR) / 2**k
     lo, hi = float(field.min()), float(field.max())
     return (field - lo) / (hi - lo) if hi > lo else field
-
-
-def _one_lung(lungs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(lungs.astype(np.uint8), connectivity=8)
-    order = np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:2] + 1
-    return labels == order[int(rng.integers(len(order)))]
 
 
 def patchy_field(lung: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -58,7 +52,8 @@ def paint_eval(image: np.ndarray, lungs: np.ndarray, rng: np.random.Generator) -
     """float32 HxW in [0, 1] + bool lung mask -> (opacified image, share of the chosen lung covered)."""
     if not lungs.any():
         return image, 0.0
-    lung = _one_lung(lungs, rng)
+    parts = lung_components(lungs)
+    lung = parts[int(rng.integers(len(parts)))]
     field = patchy_field(lung, rng) if rng.random() < 0.5 else fluid_level_field(lung, rng)
     speckle = rng.normal(1.0, 0.12, size=lung.shape).astype(np.float32)
     field = np.clip(field * speckle, 0.0, 1.0) * lung
