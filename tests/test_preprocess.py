@@ -175,8 +175,8 @@ def test_preprocess_mask_is_area_averaged_then_strictly_over_half():
 def test_invalid_config_names_the_field():
     with pytest.raises(ValueError, match=r"^resize must be one of \('stretch', 'letterbox'\), got 'crop'$"):
         PreprocessConfig(resize="crop")
-    with pytest.raises(ValueError,
-                       match=r"^normalize must be one of \('unit', 'percentile'\), got 'zscore'$"):
+    with pytest.raises(ValueError, match=r"^normalize must be one of \(.unit., .percentile., .equalize.\), "
+                       r"got .zscore.$"):
         PreprocessConfig(normalize="zscore")
     for size in (15, 16.0, "256"):
         with pytest.raises(ValueError, match=rf"^size must be an integer >= 16, got {size!r}$"):
@@ -230,3 +230,22 @@ def test_to_tensor():
     assert tuple(t.shape) == (3, 1, 8, 8) and t.dtype == torch.float32
     assert float(t[1, 0, 2, 3]) == 1.0 and float(t[1].sum()) == 1.0 and float(t[0].max()) == 0.0
     assert torch.allclose(t[2], torch.full((1, 8, 8), 0.2))
+
+
+def test_equalize_makes_a_washed_out_film_look_like_a_well_exposed_one():
+    """Histogram equalization (normalize: equalize): monotone, full range, and the same output for a film
+    and a brightened, low-contrast copy of it (what another site's export looks like)."""
+    from raysegment.data.preprocess import equalize
+
+    rng = np.random.default_rng(0)
+    film = rng.random((64, 80)).astype(np.float32)
+    washed = (0.6 + 0.3 * film).astype(np.float32)
+    a, b = equalize(film), equalize(washed)
+    assert a.min() == 0.0 and a.max() == 1.0
+    order = np.argsort(film.ravel(), kind="stable")
+    assert (np.diff(a.ravel()[order]) >= 0).all()  # brighter in, never darker out
+    assert np.abs(a - b).max() <= 2 / 64 + 1e-6  # the washed-out copy lands (almost) where the film does
+    assert not equalize(np.full((8, 8), 0.4, np.float32)).any()  # a flat film: zeros
+    config = PreprocessConfig(size=32, normalize="equalize")
+    out, _ = preprocess_image(washed, config)
+    assert out.min() == 0 and out.max() == 255

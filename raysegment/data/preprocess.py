@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 RESIZE_MODES = ("stretch", "letterbox")
-NORMALIZATIONS = ("unit", "percentile")
+NORMALIZATIONS = ("unit", "percentile", "equalize")
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,9 @@ class PreprocessConfig:
 
     size: int = 256  # model input side in pixels (square)
     resize: str = "stretch"  # "stretch" (the seed) or "letterbox" (keep aspect ratio, pad with 0)
-    normalize: str = "percentile"  # "unit": decoded [0, 1] as is (the seed's /255); "percentile": robust
+    # "unit": decoded [0, 1] as is (the seed's /255); "percentile": robust stretch; "equalize": histogram
+    # equalization (a washed-out or dark film from another site looks like every other film)
+    normalize: str = "percentile"
     low_percentile: float = 1.0  # percentile normalization maps [p_low, p_high] to [0, 1]
     high_percentile: float = 99.0
 
@@ -63,13 +65,30 @@ def geometry(height: int, width: int, config: PreprocessConfig) -> Geometry:
 
 
 def normalize(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """float32 HxW in [0, 1] -> float32 HxW in [0, 1] (percentile stretch or identity)."""
+    """float32 HxW in [0, 1] -> float32 HxW in [0, 1] (percentile stretch, histogram equalization or
+    identity)."""
     if config.normalize == "unit":
         return image.astype(np.float32, copy=False)
+    if config.normalize == "equalize":
+        return equalize(image)
     lo, hi = np.percentile(image, (config.low_percentile, config.high_percentile))
     if hi - lo < 1e-6:  # a flat image: nothing to stretch
         return np.zeros_like(image, dtype=np.float32)
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def equalize(image: np.ndarray, levels: int = 1024) -> np.ndarray:
+    """float32 HxW in [0, 1] -> float32 HxW in [0, 1]: histogram equalization over `levels` bins (finer
+    than 8 bits, so a 12-bit film keeps its grey levels apart), each pixel mapped to the share of pixels
+    at or below its bin, the lowest bin to 0. A flat image becomes zeros."""
+    bins = np.clip((image * (levels - 1)).round().astype(np.int32), 0, levels - 1)
+    counts = np.bincount(bins.ravel(), minlength=levels).astype(np.float64)
+    cdf = np.cumsum(counts)
+    low = cdf[bins.min()]
+    if cdf[-1] - low <= 0:
+        return np.zeros_like(image, dtype=np.float32)
+    lut = np.clip((cdf - low) / (cdf[-1] - low), 0.0, 1.0).astype(np.float32)
+    return lut[bins]
 
 
 def _place(resized: np.ndarray, geo: Geometry, size: int) -> np.ndarray:
