@@ -89,7 +89,8 @@ def test_default_data_is_the_runs_manifest_and_errors_are_rows(run_dir, synth_ge
     result = evaluate(checkpoint, str(manifest), split="test", out=str(tmp_path / "out"))
     assert "may contain training images" in capsys.readouterr().err
     errors = [r for r in result.rows if r["status"] == "error"]
-    assert [r["image_id"] for r in errors] == ["broken"] and "DecodeError" in errors[0]["error"]
+    assert [r["image_id"] for r in errors] == ["broken"] and errors[0]["error_type"] == "DecodeError"
+    assert errors[0]["error_stage"] == "decode" and errors[0]["error"].startswith("bad.png: ")  # infer's text
     assert result.summary["ok"] == 3 and result.summary["metrics"]["dice"]["n"] == 3
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert written["errors"] == 1 and written["errors_by_reason"] == {"decode/DecodeError": 1}
