@@ -92,7 +92,7 @@ def main() -> None:
 
     manifest = os.path.join(os.path.dirname(args.anatomy.rstrip("/")), "split_manifest.csv")
     anatomy = evaluate(args.anatomy, manifest, "test")
-    rows = [r for r in anatomy.rows if r["status"] == "ok"]
+    rows = [r for r in anatomy.flat_rows() if r["status"] == "ok"]  # heart_dice, clavicles_dice columns
     jsrt = [r for r in rows if r.get("source") == "jsrt"]
     mont = {r["image_id"]: r["dice"] for r in rows if r.get("source") == "montgomery"}
     diffs = [r["ctr_abs_diff"] for r in jsrt if r.get("ctr_abs_diff") is not None]

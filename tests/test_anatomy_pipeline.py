@@ -74,7 +74,9 @@ def test_infer_with_ground_truth_matches_evaluate_per_structure(anatomy, tmp_pat
                  "--out", str(tmp_path / "eval")]) == 0
     printed = capsys.readouterr().out
     assert "dice per structure" in printed and "CTR:" in printed
-    evaluated = {r["image_id"]: r for r in _read_rows(tmp_path / "eval" / "per_image.parquet")}
+    from raysegment.evaluation.evaluate import flat_row  # heart_dice, heart_area_px, ... from `structures`
+
+    evaluated = {r["image_id"]: flat_row(r) for r in _read_rows(tmp_path / "eval" / "per_image.parquet")}
     assert main(["infer", "--input", str(root / "scr" / "cxr"), "--checkpoint", best, "--output",
                  str(tmp_path / "infer"), "--ground-truth", str(root / "scr")]) == 0
     rows = read_results(str(tmp_path / "infer")).to_pylist()

@@ -89,7 +89,8 @@ def test_default_data_is_the_runs_manifest_and_errors_are_rows(run_dir, synth_ge
     result = evaluate(checkpoint, str(manifest), split="test", out=str(tmp_path / "out"))
     assert "may contain training images" in capsys.readouterr().err
     errors = [r for r in result.rows if r["status"] == "error"]
-    assert [r["image_id"] for r in errors] == ["broken"] and "DecodeError" in errors[0]["error"]
+    assert [r["image_id"] for r in errors] == ["broken"] and errors[0]["error_type"] == "DecodeError"
+    assert errors[0]["error_stage"] == "decode" and errors[0]["error"].startswith("bad.png: ")  # infer's text
     assert result.summary["ok"] == 3 and result.summary["metrics"]["dice"]["n"] == 3
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert written["errors"] == 1 and written["errors_by_reason"] == {"decode/DecodeError": 1}
@@ -105,8 +106,9 @@ def test_evaluate_without_data_or_manifest_says_what_to_pass(tmp_path, capsys):
 
 
 def test_evaluate_with_an_oracle_model_gives_known_scores(tmp_path, monkeypatch, synth_generic):
-    """Expected values that do not come from evaluate's own path: a data set whose X-ray IS its lung mask,
-    and a 'model' whose probability is its input (no resampling: 128 px images, 128 px model). Images
+    """Expected values that do not come from evaluate's own path: a data set whose X-ray IS its lung mask
+    (drawn as a film: dark lungs, so the inversion check leaves it as it is), and a 'model' whose lung
+    probability is its input inverted back (no resampling: 128 px images, 128 px model). Images
     with the true mask score dice 1 exactly; images whose truth is the mask shifted by 4 px score the dice
     counted by hand; the summary aggregates those numbers."""
     from raysegment.data.datasets import discover
@@ -120,12 +122,12 @@ def test_evaluate_with_an_oracle_model_gives_known_scores(tmp_path, monkeypatch,
     for i, pair in enumerate(pairs):
         mask = decode_mask(storage.read_bytes(pair.mask_uris[0]))
         truth = np.roll(mask, 4, axis=1) if i % 2 else mask
-        (tmp_path / "cxr" / f"{pair.image_id}.png").write_bytes(encode_png(mask.astype(np.uint8) * 255))
+        (tmp_path / "cxr" / f"{pair.image_id}.png").write_bytes(encode_png((~mask).astype(np.uint8) * 255))
         (tmp_path / "masks" / f"{pair.image_id}.png").write_bytes(encode_png(truth.astype(np.uint8) * 255))
         overlap = int((mask & truth).sum())
         expected[pair.image_id] = (2 * overlap / (mask.sum() + truth.sum()), overlap)
     monkeypatch.setattr(evaluate_module, "forward_structures",  # (N, C=1, S, S): the lung channel only
-                        lambda model, images, *a, **k: images[:, None].copy())
+                        lambda model, images, *a, **k: (255 - images)[:, None])
     spec = ModelSpec(UNetConfig(base_channels=4, depth=2), PreprocessConfig(size=128, normalize="unit"), 0.5)
     save_checkpoint(str(tmp_path / "ckpt"), UNet(base_channels=4, depth=2), spec)
     # keep_largest=0 / no hole filling would not matter for clean masks; the defaults are used.

@@ -6,12 +6,13 @@
 
 A module may import its own subpackage and anything in a lower layer, never a higher one or a sibling
 of the same layer; lazy imports inside functions count too. The second half checks the one-path rules:
-the decode / preprocess / postprocess primitives are called in one place each.
+the decode / preprocess / postprocess primitives are called in one place each (ONE_PATH).
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 
 import pytest
@@ -52,6 +53,12 @@ def _imports(tree: ast.AST):
                     yield node.lineno, f"raysegment.{alias.name}"
 
 
+@functools.cache
+def _tree(path: pathlib.Path) -> ast.AST:
+    """The parsed source (parsed once per session: both checks walk every file)."""
+    return ast.parse(path.read_text(), str(path))
+
+
 def _sources(package: pathlib.Path = PACKAGE) -> list[pathlib.Path]:
     return [p for p in sorted(package.rglob("*.py")) if p.name != "__init__.py" or p.parent != package]
 
@@ -60,7 +67,7 @@ def violations(package: pathlib.Path = PACKAGE) -> list[str]:
     found = []
     for path in _sources(package):
         me = _unit(path, package)
-        for line, module in _imports(ast.parse(path.read_text(), str(path))):
+        for line, module in _imports(_tree(path)):
             parts = module.split(".")
             if parts[0] != "raysegment" or len(parts) < 2 or parts[1] not in LAYER or parts[1] == me:
                 continue
@@ -92,3 +99,63 @@ def test_the_check_sees_a_wrong_import(tmp_path, source, bad):
     probe.parent.mkdir(parents=True)
     probe.write_text(source)
     assert bool(violations(tmp_path / "raysegment")) is bad
+
+
+# --- one path: the decode / preprocess / postprocess primitives are called in one place each ----------
+
+# primitive -> the files (relative to the package) allowed to call it. Everything else goes through
+# data/model_input.py (bytes -> model input) and postprocess/scoring.py (probability -> scored mask).
+ONE_PATH = {
+    "decode_image": {"data/model_input.py"},
+    "decode_mask": {"data/datasets.py"},  # expert masks: datasets.load_mask
+    "preprocess_image": {"data/model_input.py"},
+    # masks.py: postprocess_structure is the lungs' postprocess with its own number of parts
+    "postprocess": {"postprocess/scoring.py", "postprocess/masks.py"},
+    "postprocess_structure": {"postprocess/scoring.py"},
+    "qc_reasons": {"postprocess/scoring.py"},
+    # show measures again on the decoded masks only to DRAW the two widths (a row keeps the widths, not
+    # where they lie); it never reports a CTR of its own.
+    "measure_ctr": {"postprocess/scoring.py", "viz/show.py"},
+}
+OWN_CALLS_OK = {"io"}  # the decoder's own module may call its functions (decode_mask_png -> decode_mask)
+
+
+def _called_name(node: ast.Call) -> str | None:
+    func = node.func
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+
+
+def one_path_violations(package: pathlib.Path = PACKAGE) -> list[str]:
+    found = []
+    for path in _sources(package):
+        rel = path.relative_to(package).as_posix()
+        if _unit(path, package) in OWN_CALLS_OK:
+            continue
+        for node in ast.walk(_tree(path)):
+            name = _called_name(node) if isinstance(node, ast.Call) else None
+            if name in ONE_PATH and rel not in ONE_PATH[name]:
+                found.append(f"{path.relative_to(package.parent)}:{node.lineno}: calls {name}() outside "
+                             f"{', '.join(sorted(ONE_PATH[name]))}")
+    return found
+
+
+def test_primitives_are_called_only_by_the_one_input_and_scoring_path():
+    assert one_path_violations() == []
+
+
+@pytest.mark.parametrize("where, source, bad", [
+    ("evaluation/probe.py", "from raysegment.io.decode import decode_image\nx = decode_image(b'')\n", True),
+    ("infer/probe.py", "import raysegment.postprocess.masks as m\ndef f(p):\n    return m.postprocess(p)\n",
+     True),  # called as an attribute, inside a function
+    ("train/probe.py", "from raysegment.data import preprocess\npreprocess.preprocess_image(x, c)\n", True),
+    ("viz/probe.py", "qc_reasons(seg)\n", True),
+    ("data/model_input.py", "decode_image(b'')\npreprocess_image(x, c)\n", False),
+    ("postprocess/scoring.py", "postprocess(p, g, 0.5)\nmeasure_ctr(a, b)\n", False),
+    ("infer/probe.py", "from raysegment.data.model_input import prepare_input\nprepare_input(b'', 'a', c)\n",
+     False),
+])
+def test_the_check_sees_a_primitive_called_outside_its_place(tmp_path, where, source, bad):
+    probe = tmp_path / "raysegment" / where
+    probe.parent.mkdir(parents=True)
+    probe.write_text(source)
+    assert bool(one_path_violations(tmp_path / "raysegment")) is bad

@@ -28,7 +28,7 @@ import numpy as np
 
 from raysegment.data.structures import LUNGS, STRUCTURES
 from raysegment.io import names, storage
-from raysegment.io.decode import DecodeError, decode_image, decode_mask
+from raysegment.io.decode import DecodeError, decode_mask
 from raysegment.io.inputs import read_table
 
 IMAGE_DIRS = ("CXR_png", "cxr", "images", "image", "imgs")
@@ -375,9 +375,12 @@ def write_manifest(dataset: SplitDataset, uri: str) -> str:
 
 
 def load_pair(pair: Pair, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one pair: (float32 HxW image in [0, 1], bool HxW mask = union of its mask files)."""
-    kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
-    image = decode_image(storage.read_bytes(pair.image_uri), pair.image_uri, **kwargs).image
+    """Decode one pair: (float32 HxW image in [0, 1], bool HxW mask = union of its mask files). The image
+    takes the one input path's decode step (data/model_input.decode_frame: EXIF, inversion check)."""
+    from raysegment.data.model_input import InputOptions, decode_frame
+
+    options = InputOptions() if max_pixels is None else InputOptions(max_pixels=max_pixels)
+    image = decode_frame(storage.read_bytes(pair.image_uri), pair.image_uri, options).image
     return image, load_mask(pair.mask_uris, image.shape, pair.image_uri)
 
 

@@ -1,7 +1,9 @@
 """`raysegment calibrate`: fit the quality_score calibration of a checkpoint on a labelled split.
 
     val images (+ `copies` randomly shifted copies of each, evaluation/shifts.random_shift)
-      -> predict exactly as infer does -> quality features (postprocess/quality.py) and the real dice
+      (decoded by data/model_input.decode_frame, the shifts applied to that image and its mask)
+      -> predict exactly as infer does (to_model_input, postprocess/scoring.score)
+      -> quality features (postprocess/quality.py) of the scored mask and its real dice
       -> logistic curve features -> dice (least squares); flag threshold;
          references = the split's expert masks
       -> CHECKPOINT/calibration.json
@@ -28,29 +30,45 @@ MAX_GOOD_FLAGGED = 0.05
 BAD_DICE = 0.85
 
 
+def load_originals(pairs) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(float32 HxW image as the model sees it, bool HxW expert mask) of each pair: the image through the
+    one input path's decode step (data/model_input.decode_frame: EXIF, inversion check), so the shifts
+    below start from exactly what infer would segment."""
+    from raysegment.data.datasets import load_mask
+    from raysegment.data.model_input import decode_frame
+    from raysegment.io import storage
+
+    out = []
+    for pair in pairs:
+        frame = decode_frame(storage.read_bytes(pair.image_uri), pair.image_uri)
+        out.append((frame.image, load_mask(pair.mask_uris, frame.image.shape, pair.image_uri)))
+    return out
+
+
 def predict_samples(loaded, images: list[tuple[np.ndarray, np.ndarray]], threshold: float, refs: References,
                     exclude: list[int | None], postprocess_config=None, batch: int = 16) -> tuple[np.ndarray,
                                                                                                   np.ndarray]:
-    """Features (N, F) and real dice (N,) of (float32 image, bool truth) pairs, predicted as infer does.
+    """Features (N, F) and real dice (N,) of (float32 HxW image, bool HxW truth) pairs, predicted and
+    scored as infer does: data/model_input.to_model_input, then postprocess/scoring.score with the truth
+    in memory (a shifted copy's mask is in no file); the features come from the scored segmentation.
 
     exclude[i]: the reference to leave out for pair i (its own expert mask), or None.
     """
-    from raysegment.data.preprocess import preprocess_image
+    from raysegment.data.model_input import to_model_input
     from raysegment.model.forward import forward_probabilities
-    from raysegment.postprocess.masks import PostprocessConfig, postprocess
-    from raysegment.postprocess.metrics import image_metrics
+    from raysegment.postprocess.masks import PostprocessConfig
+    from raysegment.postprocess.scoring import score
 
     post = postprocess_config or PostprocessConfig()
     xs, ys = [], []
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
-        prepared = [preprocess_image(img.astype(np.float32, copy=False), loaded.spec.preprocess)
-                    for img, _ in chunk]
+        prepared = [to_model_input(img, loaded.spec.preprocess) for img, _ in chunk]
         probs = forward_probabilities(loaded.model, np.stack([p[0] for p in prepared]))
         for k, ((_, truth), (_, geo), prob) in enumerate(zip(chunk, prepared, probs, strict=True)):
-            seg = postprocess(prob, geo, threshold, post)
-            xs.append(features(seg, refs, exclude[start + k]))
-            ys.append(image_metrics(seg.mask, truth, with_hd95=False)["dice"])
+            scored = score(prob, geo, threshold, post, truth=truth, with_hd95=False)
+            xs.append(features(scored.segmentation, refs, exclude[start + k]))
+            ys.append(scored.metrics["dice"])
     return np.array(xs).reshape(-1, len(FEATURES)), np.array(ys, dtype=np.float64)
 
 
@@ -95,7 +113,6 @@ def calibrate(checkpoint: str, data: str | None = None, split: str = "val", copi
     """Fit and store CHECKPOINT/calibration.json (see the module docstring); returns the calibration."""
     from scipy.stats import spearmanr
 
-    from raysegment.data.datasets import load_pair
     from raysegment.evaluation.evaluate import default_manifest, select_pairs
     from raysegment.evaluation.shifts import random_shift
     from raysegment.io import storage
@@ -113,7 +130,7 @@ def calibrate(checkpoint: str, data: str | None = None, split: str = "val", copi
     if len(pairs) < 2:
         raise ValueError(f"the '{split}' split of {data} has {len(pairs)} labelled images; "
                          "calibration needs >= 2")
-    originals = [load_pair(p) for p in pairs]
+    originals = load_originals(pairs)
     refs = References.from_masks([m for _, m in originals])
     rng = np.random.default_rng(seed)
     samples, owners, names = [], [], []

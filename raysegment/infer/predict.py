@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raysegment.data.inversion import correct_inversion
-from raysegment.data.preprocess import Geometry, preprocess_image
-from raysegment.io.decode import ImageMeta, decode_image
+from raysegment.data.model_input import InputOptions, decode_frame, to_model_input
+from raysegment.data.preprocess import Geometry
+from raysegment.io.decode import ImageMeta
 from raysegment.model.checkpoint import LoadedModel
 from raysegment.model.forward import CPU_THREADS, forward_structures
 from raysegment.postprocess.ctr import CTR
@@ -30,6 +30,8 @@ class Prediction:
     meta: ImageMeta | None  # from the decoder; None when an array was given
     structures: dict[str, np.ndarray] = field(default_factory=dict)  # heart, clavicles: bool HxW masks
     ctr: CTR | None = None  # a model with a heart channel: the cardiothoracic ratio and its parts
+    inversion_corrected: bool = False  # the bytes were an inverted export, inverted back first
+    qc_notes: list[str] = field(default_factory=list)  # the input's notes, then scoring's (as a results row)
 
 
 def predict(
@@ -47,19 +49,18 @@ def predict(
     `config` defaults to PostprocessConfig(); `threshold` to the checkpoint's. `micro_batch` and `threads`
     must be what the pipeline used for pixel-identical results (the defaults are the pipeline's defaults).
     `fix_inversion`: an inverted PNG/JPEG/TIFF is inverted back first, as bulk inference does
-    (data/inversion.py). Raises imageio.DecodeError on undecodable bytes.
+    (data/inversion.py). Raises io.decode.DecodeError on undecodable bytes (NotAnImageError: no image at all).
     """
-    meta = None
+    frame = None
     if isinstance(image, (bytes, bytearray, memoryview)):
-        decoded = decode_image(bytes(image), name)
-        image, meta = decoded.image, decoded.meta
-        if fix_inversion:
-            image, _ = correct_inversion(image, meta.format)
-    model_input, geo = preprocess_image(image, loaded.spec.preprocess)
+        frame = decode_frame(bytes(image), name, InputOptions(correct_inversion=fix_inversion))
+    model_input, geo = to_model_input(frame if frame is not None else image, loaded.spec.preprocess)
     probs = forward_structures(loaded.model, model_input[None], micro_batch, threads)[0]
     threshold = loaded.spec.threshold if threshold is None else threshold
     # scoring.score: the one scoring path (lungs, further structures, CTR), here without a truth.
     others = {name: probs[c] for c, name in enumerate(loaded.spec.structures) if c > 0}
     scored = score(probs[0], geo, threshold, config or PostprocessConfig(), others=others)
-    return Prediction(scored.segmentation, probs[0], geo, meta,
-                      {p.name: p.mask for p in scored.structures}, scored.ctr)
+    notes = [*(frame.qc_notes if frame else ()), *scored.qc_notes]
+    return Prediction(scored.segmentation, probs[0], geo, frame.meta if frame else None,
+                      {p.name: p.mask for p in scored.structures}, scored.ctr,
+                      bool(frame and frame.inversion_corrected), notes)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,16 +21,16 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-import raysegment
 from raysegment.data.datasets import parse_truth
-from raysegment.data.preprocess import PreprocessConfig, geometry, preprocess_image
-from raysegment.infer.archive import prepare_image, write_dicom_seg
+from raysegment.data.model_input import InputOptions, decode_frame, to_model_input
+from raysegment.data.preprocess import PreprocessConfig, geometry
+from raysegment.infer.archive import write_dicom_seg
 from raysegment.infer.worklist import INPUT_SCHEMA
 from raysegment.io import storage
-from raysegment.io.decode import decode_image, encode_mask_png
+from raysegment.io.decode import encode_mask_png
 from raysegment.io.names import mask_key
-from raysegment.io.rle import encode_rle
-from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION
+from raysegment.outputs.results import SCHEMA
+from raysegment.outputs.rows import RowOptions, base_row, input_fields, mark_error, result_row, spacing_of
 from raysegment.postprocess.masks import PostprocessConfig
 from raysegment.postprocess.quality import Calibration
 from raysegment.postprocess.scoring import score
@@ -60,11 +59,8 @@ INFERRED_SCHEMA = pa.schema([
 
 
 def _fail(row: dict, stage: str, error: BaseException) -> None:
-    """Mark a row as failed at `stage` with a one-line, credential-free reason."""
-    row["status"] = "error"
-    row["error_stage"] = stage
-    row["error_type"] = type(error).__name__
-    row["error"] = storage.redact(" ".join(str(error).split()))[:1000] or type(error).__name__
+    """Mark a row as failed at `stage` with a one-line, credential-free reason (outputs/rows.py)."""
+    mark_error(row, stage, error)
 
 
 def _ms(t0: float) -> float:
@@ -89,6 +85,8 @@ def _read_row(row: dict, s3: storage.S3Options) -> tuple[bytes | None, BaseExcep
 
 def _decode_row(row: dict, read: tuple, preprocess: PreprocessConfig, spacing_mm: float | None,
                 fix_inversion: bool = True) -> None:
+    """Read result -> the row's input columns and its uint8 SxS model input (data/model_input.py: the two
+    steps apart, so an error row says whether decoding or preprocessing failed)."""
     row.update(status="ok", image=None)
     data, error, read_ms = read
     if error is not None:
@@ -97,16 +95,13 @@ def _decode_row(row: dict, read: tuple, preprocess: PreprocessConfig, spacing_mm
     if row["input_size"] is None:  # manifests may not say; record what we read
         row["input_size"] = len(data)
     t0 = time.perf_counter()
-    try:
-        decoded = decode_image(data, storage.basename(row["image_uri"]))  # the name prefixes its errors
+    try:  # the file name prefixes its errors
+        frame = decode_frame(data, storage.basename(row["image_uri"]), InputOptions(fix_inversion))
     except Exception as e:  # noqa: BLE001 - any per-row failure becomes an error row
         return _fail(row, "decode", e)
-    meta = decoded.meta
-    spacing = meta.pixel_spacing_mm or ((spacing_mm, spacing_mm) if spacing_mm else (None, None))
-    row.update(image_format=meta.format, bit_depth=meta.bit_depth, height=meta.height, width=meta.width,
-               pixel_spacing_row_mm=spacing[0], pixel_spacing_col_mm=spacing[1])
+    row.update(input_fields(frame, spacing_mm))
     try:
-        model_input, _ = preprocess_image(prepare_image(decoded, fix_inversion, row), preprocess)
+        model_input, _ = to_model_input(frame, preprocess)
     except Exception as e:  # noqa: BLE001 - any per-row failure becomes an error row
         return _fail(row, "preprocess", e)
     row["image"] = model_input.tobytes()
@@ -244,70 +239,38 @@ class PostprocessJob:
     structures: tuple[str, ...] = ("lungs",)  # the model's output channels (checkpoint spec.structures)
 
 
-def _finite(value: float) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
-def _structure_fields(scored, spacing: tuple[float, float] | None) -> dict:
-    """The structures list and CTR columns of a multi-structure model's row; {} for a lungs-only model (its
-    rows keep those columns null)."""
-    if not scored.structures:
-        return {}
-    # scoring already turned a NaN dice into None
-    cm2 = spacing[0] * spacing[1] / 100.0 if spacing else None
-    parts = [{"name": p.name, "area_px": p.area_px, "area_cm2": p.area_px * cm2 if cm2 else None,
-              "mask_rle": encode_rle(p.mask), "dice": (p.metrics or {}).get("dice")}
-             for p in scored.structures]
-    c = scored.ctr
-    ctr = ({"ctr": c.ctr, "heart_width_px": c.heart_width_px, "thoracic_width_px": c.thoracic_width_px,
-            "thoracic_row": c.thoracic_row} if c else {})
-    return {"structures": parts, **ctr}
+def _row_options(job: PostprocessJob) -> RowOptions:
+    return RowOptions(job.run_id, job.model_id, job.threshold,
+                      job.calibration.calibration_id if job.calibration else None, job.mask_png)
 
 
 def _finish_row(row: dict, job: PostprocessJob) -> dict:
-    out = {name: row.get(name) for name in SCHEMA.names if name in row}
-    out.update(schema_version=SCHEMA_VERSION, run_id=job.run_id, model_id=job.model_id,
-               package_version=raysegment.__version__,
-               calibration_id=job.calibration.calibration_id if job.calibration else None)
+    """An INFERRED_SCHEMA row -> its results.SCHEMA row (outputs/rows.py), plus the files it asks for: the
+    mask PNG under --masks-out, the DICOM SEG under --dicom-seg-out."""
+    options = _row_options(job)
     if row["status"] != "ok":
-        return out
+        return base_row(row, options)
     t0 = time.perf_counter()
     size = job.preprocess.size
-    spacing = (row["pixel_spacing_row_mm"], row["pixel_spacing_col_mm"])
-    spacing = spacing if None not in spacing else None
     try:
         prob = np.frombuffer(row["prob"], np.uint8).reshape(len(job.structures), size, size)
         truth_uris, other_truths = parse_truth(row.get("truth_uri") or "")
         others = {name: prob[c] for c, name in enumerate(job.structures) if c > 0}
         scored = score(prob[0], geometry(row["height"], row["width"], job.preprocess), job.threshold,
-                       job.postprocess, truth_uris or None, row["image_uri"], spacing, job.calibration,
-                       others, other_truths)
-        seg, flags = scored.segmentation, scored.qc_reasons
-        notes = [*(row.get("qc_notes") or []), *scored.qc_notes]  # the decode stage's first (inversion, ...)
-        png = encode_mask_png(seg.mask) if job.mask_png or job.masks_out else None
-        measured = {
-            "mask_png": png if job.mask_png else None, "mask_rle": encode_rle(seg.mask),
-            "threshold": job.threshold, "lung_area_px": seg.area_px,
-            "lung_fraction": seg.fraction, "right_lung_area_px": seg.right_area_px,
-            "left_lung_area_px": seg.left_area_px,
-            "lung_area_cm2": seg.area_px * spacing[0] * spacing[1] / 100.0 if spacing else None,
-            "n_components": seg.n_components, "mean_confidence": _finite(seg.mean_confidence),
-            "qc_flag": bool(flags), "qc_reasons": flags, "qc_notes": notes,
-            "quality_score": scored.quality_score,
-            **_structure_fields(scored, spacing),
-        }
+                       job.postprocess, truth_uris or None, row["image_uri"], spacing_of(row),
+                       job.calibration, others, other_truths)
+        out = result_row(row, scored, options)
         if job.masks_out:
-            measured["mask_uri"] = storage.join(job.masks_out, mask_key(row["key"]))
-            storage.write_bytes(measured["mask_uri"], png, job.s3)
+            out["mask_uri"] = storage.join(job.masks_out, mask_key(row["key"]))
+            storage.write_bytes(out["mask_uri"], out["mask_png"] or encode_mask_png(scored.segmentation.mask),
+                                job.s3)
         if job.dicom_seg_out and row["image_format"] == "dicom":
-            measured["dicom_seg_uri"] = write_dicom_seg(row, seg.mask, job,
-                                                        {p.name: p.mask for p in scored.structures})
+            out["dicom_seg_uri"] = write_dicom_seg(row, scored.segmentation.mask, job,
+                                                   {p.name: p.mask for p in scored.structures})
     except Exception as e:  # noqa: BLE001 - per-row error row
+        out = base_row(row, options)
         _fail(out, "postprocess", e)
         return out
-    out.update(measured)
-    # A bad truth file is the ground truth's problem, not the prediction's: the row stays ok.
-    out.update(scored.metrics or {}, truth_error=scored.truth_error)
     out["postprocess_ms"] = _ms(t0)
     out["total_ms"] = sum(out.get(k) or 0.0 for k in ("read_ms", "decode_ms", "infer_ms", "postprocess_ms"))
     return out

@@ -52,6 +52,12 @@ class DecodeError(ValueError):
     """The bytes are not an image we can decode. str(e) is a readable one-line reason."""
 
 
+class NotAnImageError(DecodeError):
+    """The bytes are no image format at all (the header sniffs as no PNG, JPEG, TIFF or DICOM): a stray
+    file in an archive, not a broken image. Still a DecodeError, so every caller treats it as one today;
+    the distinction lets a caller skip such files instead of reporting them as failures."""
+
+
 @dataclass(frozen=True)
 class ImageMeta:
     height: int
@@ -137,9 +143,8 @@ def _sniff_or_raise(data: bytes, name: str) -> str:
         raise _error("empty file (0 bytes)", name)
     fmt = sniff_format(data, name)
     if fmt is None:
-        raise _error(
-            f"not an image: unrecognised header {data[:8]!r} (expected PNG, JPEG, TIFF or DICOM)", name
-        )
+        msg = f"not an image: unrecognised header {data[:8]!r} (expected PNG, JPEG, TIFF or DICOM)"
+        raise NotAnImageError(_error(msg, name).args[0])
     return fmt
 
 

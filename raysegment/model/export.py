@@ -1,7 +1,7 @@
 """`raysegment export`: a checkpoint as a standalone ONNX or TorchScript model, verified against PyTorch.
 
 The exported model takes what the UNet takes, (N, 1, S, S) float32 in [0, 1] (the output of
-preprocess.preprocess_image + to_tensor), and returns (N, C, S, S) logits, one channel per structure of
+data.model_input.to_model_input + to_tensor), and returns (N, C, S, S) logits, one channel per structure of
 the checkpoint (config.json "structures": C = 1, the lungs, for a lungs-only model); N is dynamic in ONNX.
 S is fixed at the checkpoint's preprocessing size: the model never sees any other size in this project.
 
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raysegment.data.preprocess import preprocess_image, to_tensor
+from raysegment.data.model_input import to_model_input
+from raysegment.data.preprocess import to_tensor
 from raysegment.data.synth import make_phantom
 from raysegment.errors import UserError
 from raysegment.io import storage
@@ -68,7 +69,7 @@ def verification_batch(preprocess_config, n: int = 2):
     """
     size = preprocess_config.size
     images = [make_phantom(seed=0, index=i, size=max(2 * size, 64)).image for i in range(n)]
-    batch = np.stack([preprocess_image(im.astype(np.float32) / 255.0, preprocess_config)[0] for im in images])
+    batch = np.stack([to_model_input(im.astype(np.float32) / 255.0, preprocess_config)[0] for im in images])
     return to_tensor(batch)
 
 

@@ -38,7 +38,9 @@ from raysegment.io import storage
 if TYPE_CHECKING:
     import ray.data
 
-CACHE_FORMAT = 2  # 2: labelled column; bump when the row schema or its meaning changes: old caches then miss
+# 2: labelled column; 3: images through data/model_input (inverted exports corrected). Bump when the row
+# schema or its meaning changes: old caches then miss and rebuild.
+CACHE_FORMAT = 3
 MARKER = "_COMPLETE.json"  # Parquet readers skip names starting with "_"
 MAX_SHARD_BYTES = 64 * 2**20  # big enough that per-file overhead is small, small enough to stream
 MIN_SHARD_BYTES = 16 * 2**10

@@ -11,6 +11,12 @@
           y (N,C,S,S) float, labelled (N,C) bool
           val:   no augmentation
 
+The decode is the one input path every command takes (data/model_input.prepare_input: decode, EXIF
+orientation, the inversion check of PNG/JPEG/TIFF exports, preprocess), so a film trains as exactly the
+model input infer, predict, evaluate and calibrate give it. Training deliberately differs in ONE way, here:
+it augments the model inputs (and their masks) per epoch (data/augment.py, TrainCollate below); it never
+decodes differently.
+
 Augmentation runs in the collate function, i.e. in Ray Data's prefetch threads inside each worker (OpenCV
 releases the GIL, so it overlaps the training step). That is where the epoch is known: a Ray Data map
 function cannot see it, and seeding each image by (seed, epoch, key) makes the augmentation of an image
@@ -38,10 +44,11 @@ from raysegment.data.datasets import (
     load_structures,
     restrict,
 )
-from raysegment.data.preprocess import PreprocessConfig, preprocess_image, preprocess_mask, to_tensor
+from raysegment.data.model_input import prepare_input
+from raysegment.data.preprocess import PreprocessConfig, preprocess_mask, to_tensor
 from raysegment.data.structures import LUNGS
 from raysegment.io import storage
-from raysegment.io.decode import DecodeError, decode_image
+from raysegment.io.decode import DecodeError
 from raysegment.train import cache
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the decode tasks never need it
@@ -79,10 +86,11 @@ def load_split(config: TrainConfig) -> SplitDataset:
 def prepare_pair(pair: Pair, config: PreprocessConfig, structures: tuple[str, ...] = (LUNGS,)
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode and preprocess one pair: (uint8 SxS model-input image, uint8 CxSxS {0, 1} masks, uint8 C
-    labelled flags), C = len(structures)."""
-    image = decode_image(storage.read_bytes(pair.image_uri), pair.image_uri).image
-    masks, labelled = load_structures(pair, structures, image.shape)
-    return (preprocess_image(image, config)[0], np.stack([preprocess_mask(m, config) for m in masks]),
+    labelled flags), C = len(structures). The image takes the one input path (inversion check included);
+    an inverted export's expert mask needs no change: inverting intensities moves no lung."""
+    prepared = prepare_input(storage.read_bytes(pair.image_uri), pair.image_uri, config)
+    masks, labelled = load_structures(pair, structures, prepared.frame.image.shape)
+    return (prepared.model_input, np.stack([preprocess_mask(m, config) for m in masks]),
             labelled.astype(np.uint8))
 
 

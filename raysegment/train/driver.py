@@ -66,7 +66,7 @@ def evaluate_checkpoint(checkpoint_uri: str, run_dir: str, split: str = "test") 
     structures = result.summary.get("structures") or ["lungs"]
     keep += (*(["source"] if any(r.get("source") for r in result.rows) else []),
              *(structure_columns(structures) if len(structures) > 1 else []))
-    return {**result.summary, "per_image": [{k: r.get(k) for k in keep} for r in result.rows]}
+    return {**result.summary, "per_image": [{k: r.get(k) for k in keep} for r in result.flat_rows()]}
 
 
 def epoch_progress(run_dir: str) -> tuple[int, str]:

@@ -5,12 +5,13 @@
 Rows are picked from results.read_results: the N lowest dice (needs the dice column, written when
 `raysegment infer` ran with --ground-truth), the QC-flagged ones, or the given image URIs; with no
 choice, the --limit lowest dice when there are dice, else the QC-flagged. For each, the input is decoded
-again (storage + imageio.decode_image), the mask comes from the row's mask_png, and the true mask, when
-there is one, from --ground-truth (matched by image id = file stem) or else the row's own truth_uri.
+again (storage + data/model_input.decode_frame, without the inversion check: the file as it is), the mask
+comes from the row's mask_png, and the true mask, when there is one, from --ground-truth (matched by image
+id = file stem) or else the row's own truth_uri.
 A multi-structure model's rows also carry `structures` (heart, clavicles: their mask_rle): each is drawn
 in its own colour (viz.STRUCTURE_COLORS), their truths (the ground truth's or truth_uri's ';heart=...'
 parts) outlined in blue like the lungs', and when the row has a CTR its two widths are drawn as lines
-(columns measured again with infer.ctr.measure_ctr on the decoded masks) and "CTR 0.47" is captioned.
+(columns measured again with postprocess.ctr.measure_ctr on the decoded masks) and "CTR 0.47" is captioned.
 DIR (local or s3://) gets one side-by-side PNG per image (viz.side_by_side), contact_sheet.png (their
 overlays in a grid) and index.csv; error rows are listed with their reason, not drawn.
 """
@@ -26,10 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysegment.data.datasets import discover, load_mask, parse_truth
+from raysegment.data.model_input import InputOptions, decode_frame
 from raysegment.data.structures import LUNGS
 from raysegment.errors import InputError, UserError
 from raysegment.io import storage
-from raysegment.io.decode import decode_image, decode_mask_png, encode_mask_png, encode_png
+from raysegment.io.decode import decode_mask_png, encode_mask_png, encode_png
 from raysegment.io.rle import decode_rle
 from raysegment.outputs.results import read_results, result_files
 from raysegment.postprocess.ctr import measure_ctr
@@ -40,6 +42,7 @@ LIGHT_COLUMNS = ["image_uri", "image_id", "run_id", "status", "error_stage", "er
                  "qc_flag", "qc_reasons", "truth_uri", "lung_fraction", "mean_confidence", "quality_score",
                  "ctr"]
 SHEET_TILE_HEIGHT = 256
+AS_IS = InputOptions(correct_inversion=False)  # pictures show the input file as it is
 
 
 @dataclass
@@ -175,7 +178,9 @@ def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = Fa
         image_uri, image_id = row["image_uri"], row.get("image_id") or storage.basename(row["image_uri"])
         note, picture = "", ""
         try:
-            image = decode_image(storage.read_bytes(image_uri), image_uri).image
+            # The one input path's decode step, but the picture shows the file as it is (an inverted export
+            # stays inverted, as the user's viewer shows it); the mask fits either way.
+            image = decode_frame(storage.read_bytes(image_uri), image_uri, AS_IS).image
             if image_uri not in masks:
                 raise ValueError("the row has no mask_png")
             pred = decode_mask_png(masks[image_uri])

@@ -1,0 +1,99 @@
+"""THE path from an image file's bytes to the model input: every command that segments an image takes it.
+
+    bytes --decode_frame--> Frame: float32 HxW in [0, 1], EXIF orientation applied by the decoder,
+                                   an inverted PNG/JPEG/TIFF export inverted back (data/inversion.py),
+                                   ImageMeta, the QC notes that say what was done on the way in
+          --to_model_input--> (uint8 SxS model input, Geometry)  (data/preprocess.preprocess_image)
+    prepare_input = both
+
+Bulk inference's decode stage (infer/stages.py: the two steps apart, so an error row says which one
+failed), single-image predict (infer/predict.py), `raysegment evaluate` (evaluation/evaluate.py),
+calibration (evaluation/calibrate.py: decode_frame, then its acquisition shifts on the frame's image,
+then to_model_input) and training's ingest (train/data.py) all call these functions and nothing else, so
+one file gives one model input whichever command reads it (tests/test_layering.py checks that the
+decode and preprocess primitives are called nowhere else). Training deliberately differs in ONE way,
+written in train/data.py: it augments the model inputs (never the decode).
+
+Errors: io.decode.DecodeError for bytes that do not decode; its subclass NotAnImageError when the bytes
+are no image format at all (a stray file, which a caller may skip rather than count as a failure).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from raysegment.data.inversion import QC_NOTE as INVERSION_NOTE
+from raysegment.data.inversion import correct_inversion
+from raysegment.data.preprocess import Geometry, PreprocessConfig, preprocess_image
+from raysegment.io.decode import DEFAULT_MAX_PIXELS, ImageMeta, decode_image
+
+EXIF_MIRRORED_NOTE = "exif_mirrored"  # an EXIF orientation with a mirror was applied
+MULTIFRAME_NOTE = "multiframe_first_frame"  # a multi-frame DICOM: only frame 1 is segmented
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """How bytes become an image (the same for every command; infer's --no-inversion-check turns the
+    inversion check off)."""
+
+    correct_inversion: bool = True  # invert an inverted PNG/JPEG/TIFF export back (never DICOM)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard, checked on the header
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded X-ray, as the model should see it, before resizing."""
+
+    image: np.ndarray  # float32 HxW in [0, 1]: EXIF orientation applied, inversion corrected
+    meta: ImageMeta  # from the decoder (size, format, bit depth, pixel spacing, EXIF, frames)
+    inversion_corrected: bool = False  # the file was an inverted export and was inverted back
+    qc_notes: tuple[str, ...] = ()  # of severity "note" (postprocess/masks.QC_SEVERITY): never flags
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A file ready for the model: its frame, the uint8 SxS model input and how the two map."""
+
+    frame: Frame
+    model_input: np.ndarray  # uint8 SxS (S = PreprocessConfig.size)
+    geometry: Geometry
+
+
+def input_notes(meta: ImageMeta, inversion_corrected: bool) -> tuple[str, ...]:
+    """The QC notes of what happened to a file on the way in (inversion, EXIF mirror, multi-frame)."""
+    notes = []
+    if inversion_corrected:
+        notes.append(INVERSION_NOTE)
+    if meta.exif_mirrored:
+        notes.append(EXIF_MIRRORED_NOTE)
+    if meta.frames > 1:
+        notes.append(MULTIFRAME_NOTE)
+    return tuple(notes)
+
+
+def decode_frame(data: bytes, name: str = "", options: InputOptions = InputOptions()) -> Frame:
+    """Encoded bytes -> Frame. `name` (a file name, best without its folders) prefixes error messages.
+
+    Raises io.decode.DecodeError (NotAnImageError when the bytes are no image format at all).
+    """
+    decoded = decode_image(data, name, options.max_pixels)
+    image, inverted = decoded.image, False
+    if options.correct_inversion:
+        image, inverted = correct_inversion(decoded.image, decoded.meta.format)
+    return Frame(image, decoded.meta, inverted, input_notes(decoded.meta, inverted))
+
+
+def to_model_input(frame: Frame | np.ndarray, preprocess: PreprocessConfig) -> tuple[np.ndarray, Geometry]:
+    """A Frame (or a float32 HxW image in [0, 1]) -> (uint8 SxS model input, Geometry)."""
+    image = frame.image if isinstance(frame, Frame) else frame
+    return preprocess_image(np.asarray(image, dtype=np.float32), preprocess)
+
+
+def prepare_input(data: bytes, name: str, preprocess: PreprocessConfig,
+                  options: InputOptions = InputOptions()) -> Prepared:
+    """decode_frame, then to_model_input."""
+    frame = decode_frame(data, name, options)
+    model_input, geo = to_model_input(frame, preprocess)
+    return Prepared(frame, model_input, geo)
