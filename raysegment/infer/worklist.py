@@ -36,6 +36,7 @@ from raysegment.outputs.results import (
     SCHEMA,
     SCHEMA_VERSION,
     SUMMARY_COLUMNS,
+    latest_indices,
     result_files,
 )
 
@@ -313,20 +314,12 @@ def index_files(files: list[str], partitioner: Partitioner, first_seq: int = 0) 
 
 
 def latest(index: pa.Table) -> pa.Table:
-    """One row per image_uri as read_results picks it: ok beats error, then the larger run id, then later."""
+    """One row per image_uri as read_results picks it (results.latest_indices, the one rule), with `seq`
+    (reading order over all result files) as the last tie-break: rows of one image may sit anywhere in a
+    partition that merges earlier and new results."""
     if index.num_rows == 0:
         return index
-    import pandas as pd
-
-    keys = pd.DataFrame({
-        "uri": index.column("image_uri").to_numpy(zero_copy_only=False),
-        "ok": index.column("status").to_numpy(zero_copy_only=False) == "ok",
-        "run": index.column("run_id").to_numpy(zero_copy_only=False),
-        "seq": index.column("seq").to_numpy(),
-        "pos": np.arange(index.num_rows),
-    })
-    winners = keys.sort_values(["uri", "ok", "run", "seq"]).groupby("uri", sort=False).tail(1)
-    return index.take(np.sort(winners["pos"].to_numpy()))
+    return index.take(latest_indices(index, index.column("seq").to_numpy()))
 
 
 def _same(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
