@@ -251,7 +251,8 @@ def _row_tables(rows: Iterator[dict], chunk: int) -> Iterator[pa.Table]:
 def iter_listing(uri: str, column: str | None = None, limit: int | None = None, exclude: tuple[str, ...] = (),
                  s3: storage.S3Options | None = None, truth: dict[str, str] | None = None,
                  chunk: int = CHUNK) -> Iterator[pa.Table]:
-    """The inputs of a run (as inputs.list_inputs lists them) in LISTING_SCHEMA tables of about `chunk` rows.
+    """The inputs of a run (THE listing: a manifest's entries or a folder's images, the first `limit`) in
+    LISTING_SCHEMA tables of about `chunk` rows.
 
     Manifest duplicates are NOT removed here (that needs every URI): `dedupe` does it per partition.
     """
@@ -333,9 +334,11 @@ def _matches(now: pa.ChunkedArray, before: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def todo(listing: pa.Table, done: pa.Table, model_id: str, calibration_id: str | None = None) -> pa.Table:
-    """The listed inputs resume cannot skip (results.is_done, vectorized) given the latest rows `done`:
-    skipped are those with an ok row of this schema version, model and QC calibration, the same ground
-    truth, and an identity (size, mtime, ETag) that matches wherever it is known now."""
+    """The listed inputs resume cannot skip (THE resume rule), given the latest rows `done` (see latest):
+    skipped are those with an ok row of this schema version, model and QC calibration (quality_score and
+    flags depend on it), the same ground truth (so a rerun with --ground-truth adds metrics), and an
+    identity (size, mtime, ETag) that matches wherever it is known now (a manifest without identity
+    columns trusts the earlier row). Error rows are always retried."""
     ok = done.filter(pc.equal(done.column("status"), "ok")) if done.num_rows else done
     if listing.num_rows == 0 or ok.num_rows == 0:
         return listing

@@ -190,29 +190,6 @@ def latest_indices(table: pa.Table, order: np.ndarray | None = None) -> np.ndarr
     return np.sort(winners["pos"].to_numpy())
 
 
-def done_inputs(output: str) -> dict[str, dict]:
-    """image_uri -> its IDENTITY_COLUMNS values, for the images already done ok under `output`."""
-    table = read_results(output, columns=["image_uri", "status", *IDENTITY_COLUMNS])
-    rows = table.filter(pc.equal(table.column("status"), "ok")).to_pylist() if table.num_rows else []
-    return {r["image_uri"]: {c: r.get(c) for c in IDENTITY_COLUMNS} for r in rows}
-
-
-def is_done(previous: dict | None, model_id: str, size: int | None, mtime_ns: int | None, etag: str | None,
-            truth_uri: str | None, calibration_id: str | None = None) -> bool:
-    """Can resume skip an input: a previous ok row of this schema version with the same model and QC
-    calibration (quality_score and flags depend on it), the same ground-truth file(s) (so a rerun with
-    --ground-truth adds metrics), and the file unchanged in whatever we know of it now?"""
-    if previous is None or previous.get("model_id") != model_id or previous.get("truth_uri") != truth_uri:
-        return False
-    if previous.get("calibration_id") != calibration_id or previous.get("schema_version") != SCHEMA_VERSION:
-        return False
-    for now, before in ((size, previous.get("input_size")), (mtime_ns, previous.get("input_mtime_ns")),
-                        (etag, previous.get("input_etag"))):
-        if now is not None and now != before:
-            return False
-    return True
-
-
 # --- summary ------------------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = ["status", "error_stage", "error_type", "error", "qc_flag", "qc_reasons", "qc_notes",
