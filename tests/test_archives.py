@@ -139,12 +139,12 @@ import json, sys
 from raysegment.infer.stages import _decode_row, _read_row
 from raysegment.data.preprocess import PreprocessConfig
 from raysegment.io import storage
-from raysegment.io.inputs import list_inputs
+from raysegment.infer.worklist import iter_listing
 rows = []
-for item in list_inputs(sys.argv[1]):
-    row = {"image_uri": item.uri, "input_size": item.size}
+for item in (r for table in iter_listing(sys.argv[1]) for r in table.to_pylist()):
+    row = {"image_uri": item["image_uri"], "input_size": item["input_size"]}
     _decode_row(row, _read_row(row, storage.S3Options()), PreprocessConfig(size=64), None)
-    rows.append({"uri": item.uri, "status": row["status"], "stage": row.get("error_stage"),
+    rows.append({"uri": item["image_uri"], "status": row["status"], "stage": row.get("error_stage"),
                  "error": row.get("error")})
 print(json.dumps(rows))
 """

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 import torch
 from PIL import Image, ImageOps
+from worklist_helpers import done_identities
 
 from raysegment.data.inversion import INVERTED_BELOW, correct_inversion, inversion_score, looks_inverted
 from raysegment.data.preprocess import PreprocessConfig
@@ -24,7 +25,7 @@ from raysegment.io.decode import PREFERRED_PLUGINS, _preferred_plugin, decode_im
 from raysegment.io.rle import decode_rle, encode_rle
 from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
 from raysegment.model.unet import UNetConfig
-from raysegment.outputs.results import SCHEMA, done_inputs, read_results
+from raysegment.outputs.results import SCHEMA, read_results
 from raysegment.postprocess.metrics import image_metrics
 from raysegment.testing.models import untrained_unet
 
@@ -396,7 +397,7 @@ def test_read_results_reads_v1_files(tmp_path):
     assert got["mask_rle"] is None and got["qc_notes"] is None and got["structures"] is None
     selected = read_results(str(tmp_path), columns=["image_uri", "mask_rle"])
     assert selected.column_names == ["image_uri", "mask_rle"]
-    assert done_inputs(str(tmp_path))["/data/a.png"]["model_id"] == "m1"
+    assert done_identities(str(tmp_path))["/data/a.png"]["model_id"] == "m1"
 
 
 def test_show_draws_from_mask_rle_when_mask_png_was_dropped(tmp_path):

@@ -17,17 +17,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from worklist_helpers import listed, skipped
 
 from raysegment.data.preprocess import PreprocessConfig, geometry
+from raysegment.errors import InputError
 from raysegment.infer.predict import predict
 from raysegment.io.decode import decode_mask, decode_mask_png, encode_png
-from raysegment.io.inputs import list_inputs, read_manifest
 from raysegment.io.names import is_input_name as is_image_name
 from raysegment.io.names import mask_key, sanitize_key
 from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
 from raysegment.model.forward import forward_probabilities
 from raysegment.model.unet import UNet, UNetConfig
-from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION, is_done, read_results
+from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION, read_results
 from raysegment.postprocess.masks import (
     PostprocessConfig,
     Segmentation,
@@ -321,30 +322,30 @@ def test_listing_filters_names_and_reads_manifests(tmp_path):
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
-    items = list_inputs(str(tmp_path), exclude=(str(tmp_path / "out"),))
-    assert [i.key for i in items] == ["a/1.png", "a/2.JPG", "b/1.2.840.10008", "b/3.dcm", "b/noext"]
-    assert all(i.size == 1 and i.mtime_ns for i in items)
-    assert list_inputs(str(tmp_path), limit=2, exclude=(str(tmp_path / "out"),))[1].key == "a/2.JPG"
+    items = listed(str(tmp_path), exclude=(str(tmp_path / "out"),))
+    assert [r["key"] for r in items] == ["a/1.png", "a/2.JPG", "b/1.2.840.10008", "b/3.dcm", "b/noext"]
+    assert all(r["input_size"] == 1 and r["input_mtime_ns"] for r in items)
+    assert listed(str(tmp_path), limit=2, exclude=(str(tmp_path / "out"),))[1]["key"] == "a/2.JPG"
     assert not is_image_name("x.csv") and is_image_name("IM0001")
 
     (tmp_path / "m.csv").write_text("image_uri,size\na/1.png,1\nb/3.dcm,\na/1.png,1\n")
-    manifest = read_manifest(str(tmp_path / "m.csv"))
-    assert [i.uri for i in manifest] == [str(tmp_path / "a/1.png"), str(tmp_path / "b/3.dcm")]
-    assert [i.key for i in manifest] == ["a/1.png",
-                                         "b/3.dcm"] and manifest[0].size == 1 and manifest[1].size is None
-    with pytest.raises(ValueError, match="no image column"):
-        read_manifest(str(tmp_path / "m.csv"), column="missing")
+    manifest = listed(str(tmp_path / "m.csv"))
+    assert [r["image_uri"] for r in manifest] == [str(tmp_path / "a/1.png"), str(tmp_path / "b/3.dcm")]
+    assert [r["key"] for r in manifest] == ["a/1.png", "b/3.dcm"]
+    assert manifest[0]["input_size"] == 1 and manifest[1]["input_size"] is None
+    with pytest.raises(InputError, match="no image column"):
+        listed(str(tmp_path / "m.csv"), column="missing")
 
 
-def test_is_done_needs_same_model_truth_and_identity():
+def test_resume_needs_same_model_truth_and_identity():
     before = {"model_id": "m1", "input_size": 10, "input_mtime_ns": 5, "input_etag": None, "truth_uri": None,
               "schema_version": SCHEMA_VERSION, "calibration_id": None}
-    assert is_done(before, "m1", 10, 5, None, None)
-    assert is_done(before, "m1", None, None, None, None)  # a manifest without identity columns
-    assert not is_done(None, "m1", 10, 5, None, None)  # never done ok (or only errors)
-    assert not is_done(before, "m2", 10, 5, None, None)  # another model
-    assert not is_done(before, "m1", 11, 5, None, None) and not is_done(before, "m1", 10, 6, None, None)
-    assert not is_done(before, "m1", 10, 5, None, "truth.png")  # now with ground truth: add metrics
+    assert skipped(before, "m1", 10, 5, None, None)
+    assert skipped(before, "m1", None, None, None, None)  # a manifest without identity columns
+    assert not skipped(None, "m1", 10, 5, None, None)  # never done ok (or only errors)
+    assert not skipped(before, "m2", 10, 5, None, None)  # another model
+    assert not skipped(before, "m1", 11, 5, None, None) and not skipped(before, "m1", 10, 6, None, None)
+    assert not skipped(before, "m1", 10, 5, None, "truth.png")  # now with ground truth: add metrics
 
 
 def test_read_results_dedupes_latest_ok_wins(tmp_path):

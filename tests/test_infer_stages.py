@@ -16,6 +16,7 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
+from worklist_helpers import listed
 
 from raysegment.cluster.plan import ClusterResources, NodeResources, PlanError
 from raysegment.data.preprocess import PreprocessConfig
@@ -24,7 +25,6 @@ from raysegment.infer import predict as predict_module
 from raysegment.infer.config import InferConfig
 from raysegment.io import storage
 from raysegment.io.decode import decode_mask_png, encode_png
-from raysegment.io.inputs import list_inputs
 from raysegment.model.checkpoint import LoadedModel, ModelSpec
 from raysegment.model.unet import UNetConfig
 from raysegment.outputs.results import SCHEMA
@@ -101,12 +101,10 @@ def _run_stages(tmp_path, files: dict[str, bytes], truth: dict[str, str] | None 
     folder.mkdir(exist_ok=True)
     for name, data in files.items():
         (folder / name).write_bytes(data)
-    items = list_inputs(str(folder))
+    # The run's listing (truth matched by image id as the driver does), in the stages' input schema.
+    items = listed(str(folder), truth=truth)
     preprocess = PreprocessConfig(size=SIZE, resize=resize, normalize="unit")
-    inputs = pa.Table.from_pylist(
-        [{"image_uri": i.uri, "image_id": i.image_id, "key": i.key, "input_size": i.size,
-          "input_mtime_ns": i.mtime_ns, "input_etag": i.etag, "truth_uri": (truth or {}).get(i.image_id)}
-         for i in items], schema=stages.INPUT_SCHEMA)
+    inputs = pa.Table.from_pylist(items, schema=stages.INPUT_SCHEMA)
     decoded = pa.concat_tables(stages.decode_batch(inputs, preprocess, spacing_mm, storage.S3Options(),
                                                      fix_inversion=False))
     rows = decoded.to_pylist()

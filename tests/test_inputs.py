@@ -1,5 +1,8 @@
 """Input listing and key handling units (no Ray): which files are images, manifests, identity columns, and
-keys that can never leave their prefix (property tests with hypothesis)."""
+keys that can never leave their prefix (property tests with hypothesis).
+
+Listings go through the production code only: io/inputs.iter_folder (what a run walks) and, for manifests,
+limits and options, infer/worklist.iter_listing + dedupe (tests/worklist_helpers.listed)."""
 
 from __future__ import annotations
 
@@ -9,17 +12,17 @@ import posixpath
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from worklist_helpers import listed
 
-from raysegment.io.inputs import (
-    MANIFEST_COLUMNS,
-    InputItem,
-    is_manifest,
-    list_folder,
-    list_inputs,
-    read_manifest,
-)
+from raysegment.errors import InputError
+from raysegment.io.inputs import MANIFEST_COLUMNS, InputItem, is_manifest, iter_folder
 from raysegment.io.names import is_input_name as is_image_name
 from raysegment.io.names import mask_key, sanitize_key, stable_key
+
+
+def _folder(uri: str, exclude: tuple[str, ...] = ()) -> list[InputItem]:
+    """The folder's inputs as a run walks them (iter_folder: one folder at a time, by full path)."""
+    return list(iter_folder(uri, exclude))
 
 
 def _touch(root, *rels: str, data: bytes = b"x") -> None:
@@ -93,38 +96,38 @@ def test_property_mask_keys_are_distinct_for_distinct_clean_keys(keys):
     assert not masks & clean or all(mask_key(m) not in masks for m in masks & clean)
 
 
-def test_list_folder_filters_and_keys(tmp_path):
+def test_folder_walk_filters_and_keys(tmp_path):
     _touch(tmp_path, "a/1.png", "a/2.JPG", "b/3.dcm", "b/1.2.840.10008", "b/noext", "b/notes.txt",
            "b/.hidden.png", "out/x.png", "outside.png")
-    items = list_folder(str(tmp_path), exclude=(str(tmp_path / "out"),))
+    items = _folder(str(tmp_path), exclude=(str(tmp_path / "out"),))
     assert [i.key for i in items] == ["a/1.png", "a/2.JPG", "b/1.2.840.10008", "b/3.dcm", "b/noext",
                                       "outside.png"]
     assert items[0].uri == str(tmp_path / "a" / "1.png")
     assert all(i.size == 1 and i.mtime_ns and i.etag is None for i in items)
     # The exclusion is a folder, not a name prefix: "outside.png" and "out/" differ.
-    assert [i.key for i in list_folder(str(tmp_path))][-2:] == ["out/x.png", "outside.png"]
+    assert [i.key for i in _folder(str(tmp_path))][-2:] == ["out/x.png", "outside.png"]
     # An exclusion of the other kind (s3 vs local) or empty is ignored.
-    assert len(list_folder(str(tmp_path), exclude=("", "s3://b/out"))) == 7
+    assert len(_folder(str(tmp_path), exclude=("", "s3://b/out"))) == 7
     # A folder name ending in "X" or a trailing slash changes nothing.
     _touch(tmp_path, "scanX/in.png")
-    assert [i.key for i in list_folder(str(tmp_path / "scanX") + "/")] == ["in.png"]
+    assert [i.key for i in _folder(str(tmp_path / "scanX") + "/")] == ["in.png"]
     # One file as the input: its name is its key.
-    single = list_folder(str(tmp_path / "a" / "1.png"))
+    single = _folder(str(tmp_path / "a" / "1.png"))
     assert [(i.key, i.size) for i in single] == [("1.png", 1)]
 
 
-def test_list_inputs_limit_and_kind(tmp_path):
+def test_listing_limit_and_kind(tmp_path):
     _touch(tmp_path, "img/a.png", "img/b.png", "img/c.png")
-    assert [i.key for i in list_inputs(str(tmp_path / "img"), limit=2)] == ["a.png", "b.png"]
-    assert len(list_inputs(str(tmp_path / "img"))) == 3 and list_inputs(str(tmp_path / "img"), limit=0) == []
+    assert [r["key"] for r in listed(str(tmp_path / "img"), limit=2)] == ["a.png", "b.png"]
+    assert len(listed(str(tmp_path / "img"))) == 3 and listed(str(tmp_path / "img"), limit=0) == []
     (tmp_path / "m.csv").write_text("path\nimg/c.png\n")
-    assert [i.uri for i in list_inputs(str(tmp_path / "m.csv"))] == [str(tmp_path / "img" / "c.png")]
+    assert [r["image_uri"] for r in listed(str(tmp_path / "m.csv"))] == [str(tmp_path / "img" / "c.png")]
     assert is_manifest(str(tmp_path / "m.csv")) and is_manifest("s.PARQUET") and not is_manifest("a.png")
     (tmp_path / "folder.csv").mkdir()  # a folder named like a manifest is a folder
     assert not is_manifest(str(tmp_path / "folder.csv"))
 
 
-def test_read_manifest_columns_identity_and_duplicates(tmp_path):
+def test_manifest_columns_identity_and_duplicates(tmp_path):
     (tmp_path / "m.csv").write_text(
         "uri,image,size,mtime_ns,etag\n"
         "x/ignored.png,a/1.png,12,1700000000000000000,\"e1\"\n"
@@ -132,53 +135,54 @@ def test_read_manifest_columns_identity_and_duplicates(tmp_path):
         "x/ignored.png,a/1.png,12,1,\n"  # a duplicate: the first wins
         "x/ignored.png,  ,1,1,\n"  # blank: skipped
         "x/ignored.png,c/4.png,n/a,2.0,\n")
-    items = read_manifest(str(tmp_path / "m.csv"))  # "image" comes before "uri" in MANIFEST_COLUMNS
+    items = listed(str(tmp_path / "m.csv"))  # "image" comes before "uri" in MANIFEST_COLUMNS
     assert MANIFEST_COLUMNS.index("image") < MANIFEST_COLUMNS.index("uri")
-    assert [i.uri for i in items] == [str(tmp_path / "a/1.png"), str(tmp_path / "b/3.dcm"),
-                                      str(tmp_path / "c/4.png")]
-    assert [i.key for i in items] == ["a/1.png", "b/3.dcm", "c/4.png"]
-    assert [(i.size, i.mtime_ns, i.etag) for i in items] == [
+    assert [r["image_uri"] for r in items] == [str(tmp_path / "a/1.png"), str(tmp_path / "b/3.dcm"),
+                                               str(tmp_path / "c/4.png")]
+    assert [r["key"] for r in items] == ["a/1.png", "b/3.dcm", "c/4.png"]
+    assert [(r["input_size"], r["input_mtime_ns"], r["input_etag"]) for r in items] == [
         (12, 1700000000000000000, "e1"), (None, None, None), (None, 2, None)]
-    by_uri = read_manifest(str(tmp_path / "m.csv"), column="uri")
-    assert [i.uri for i in by_uri] == [str(tmp_path / "x/ignored.png")]
-    with pytest.raises(ValueError, match=r"has no image column: expected one of image_uri, image, uri, path "
+    by_uri = listed(str(tmp_path / "m.csv"), column="uri")
+    assert [r["image_uri"] for r in by_uri] == [str(tmp_path / "x/ignored.png")]
+    # An InputError: the CLI prints it as one line and exits 2 (errors.py).
+    with pytest.raises(InputError, match=r"has no image column: expected one of image_uri, image, uri, path "
                                          r"\(or --manifest-column\), found uri, image, size, mtime_ns, etag"):
-        read_manifest(str(tmp_path / "m.csv"), column="missing")
+        listed(str(tmp_path / "m.csv"), column="missing")
     (tmp_path / "none.csv").write_text("file\na.png\n")
-    with pytest.raises(ValueError, match="found file"):
-        read_manifest(str(tmp_path / "none.csv"))
+    with pytest.raises(InputError, match="found file"):
+        listed(str(tmp_path / "none.csv"))
 
 
 def test_manifest_keys_are_relative_to_the_common_folder(tmp_path):
     (tmp_path / "abs.csv").write_text(f"image_uri\n{tmp_path}/deep/s1/a.png\n{tmp_path}/deep/s2/b.png\n"
                                       f"{tmp_path}/deep/s2/c/d.png\n")
-    assert [i.key for i in read_manifest(str(tmp_path / "abs.csv"))] == ["s1/a.png", "s2/b.png", "s2/c/d.png"]
+    assert [r["key"] for r in listed(str(tmp_path / "abs.csv"))] == ["s1/a.png", "s2/b.png", "s2/c/d.png"]
     (tmp_path / "s3.csv").write_text("image_uri\ns3://bkt/arch/p1/x.dcm\ns3://bkt/arch/p2/x.dcm\n")
-    items = read_manifest(str(tmp_path / "s3.csv"))
-    assert [(i.uri, i.key) for i in items] == [("s3://bkt/arch/p1/x.dcm", "p1/x.dcm"),
+    items = listed(str(tmp_path / "s3.csv"))
+    assert [(r["image_uri"], r["key"]) for r in items] == [("s3://bkt/arch/p1/x.dcm", "p1/x.dcm"),
                                                ("s3://bkt/arch/p2/x.dcm", "p2/x.dcm")]
     (tmp_path / "one.csv").write_text("image_uri\ns3://bkt/arch/p1/x.dcm\n")
-    assert [i.key for i in read_manifest(str(tmp_path / "one.csv"))] == ["x.dcm"]
+    assert [r["key"] for r in listed(str(tmp_path / "one.csv"))] == ["x.dcm"]
     (tmp_path / "mixed.csv").write_text("image_uri\ns3://bkt/a/x.dcm\n/local/b/y.dcm\n")
     # "/local/b/y.dcm" lost its leading "/" to sanitizing, so it could collide with s3://local/b/y.dcm: it
     # gets a digest of its URI (names.stable_key).
-    mixed = [i.key for i in read_manifest(str(tmp_path / "mixed.csv"))]
+    mixed = [r["key"] for r in listed(str(tmp_path / "mixed.csv"))]
     assert mixed[0] == "bkt/a/x.dcm" and mixed[1].startswith("local/b/y~") and mixed[1].endswith(".dcm")
 
 
 def test_manifest_with_backslash_paths_gets_posix_keys(tmp_path):
     (tmp_path / "win.csv").write_text("image_uri\nscans\\site1\\a.png\nscans\\site2\\b.png\n")
-    assert [i.key for i in read_manifest(str(tmp_path / "win.csv"))] == ["site1/a.png", "site2/b.png"]
+    assert [r["key"] for r in listed(str(tmp_path / "win.csv"))] == ["site1/a.png", "site2/b.png"]
 
 
 def test_empty_exclusion_is_ignored_not_the_working_directory(tmp_path, monkeypatch):
     _touch(tmp_path, "a.png", "sub/b.png")
     monkeypatch.chdir(tmp_path)  # "" would resolve to the working directory: it must not exclude it
-    assert [i.key for i in list_folder(str(tmp_path), exclude=("",))] == ["a.png", "sub/b.png"]
+    assert [i.key for i in _folder(str(tmp_path), exclude=("",))] == ["a.png", "sub/b.png"]
 
 
 def test_s3_options_and_manifest_column_are_passed_through(tmp_path, monkeypatch):
-    """list_inputs hands its S3 options to every storage call (workers and driver must agree on the
+    """The listing hands its S3 options to every storage call (workers and driver must agree on the
     endpoint) and its column to the manifest reader."""
     from raysegment.io import storage
 
@@ -197,11 +201,11 @@ def test_s3_options_and_manifest_column_are_passed_through(tmp_path, monkeypatch
     monkeypatch.setattr(storage, "filesystem", filesystem)
     monkeypatch.setattr(storage, "iter_files", iter_files)
     options = storage.S3Options(endpoint_url="http://127.0.0.1:1")
-    assert [i.key for i in list_inputs(str(tmp_path / "img"), s3=options)] == ["a.png"]
+    assert [r["key"] for r in listed(str(tmp_path / "img"), s3=options)] == ["a.png"]
     assert seen and all(call[1] is options for call in seen) and ("iter_files", options) in seen, seen
     monkeypatch.undo()
     (tmp_path / "m.csv").write_text("image_uri,other\nimg/a.png,img/b.png\n")
-    assert [i.key for i in list_inputs(str(tmp_path / "m.csv"), column="other")] == ["b.png"]
+    assert [r["key"] for r in listed(str(tmp_path / "m.csv"), column="other")] == ["b.png"]
 
 
 def test_listing_names_that_are_not_utf8(tmp_path):
@@ -214,7 +218,7 @@ def test_listing_names_that_are_not_utf8(tmp_path):
     plain = tmp_path / "sp ace% "  # a trailing space is part of the name
     _touch(plain, "ok.png")
     (plain / os.fsdecode(b"x\xff.png")).write_bytes(b"xy")
-    items = list_folder(str(plain))
+    items = _folder(str(plain))
     assert [(i.key, i.size) for i in items] == [("ok.png", 1), ("x%FF.png", 2)]
     assert items[1].uri == names.FILE_SCHEME + names.quote_from_bytes(os.fsencode(str(plain)) + b"/x\xff.png")
     root = os.fsencode(str(tmp_path)) + b"/caf\xe9X"
@@ -225,14 +229,14 @@ def test_listing_names_that_are_not_utf8(tmp_path):
     uri = names.path_to_uri(root)
     assert uri.startswith("file://") and uri.endswith("%E9X")
     for root_uri in (uri, uri + "/"):
-        assert [i.key for i in list_folder(root_uri)] == ["a.png", "b%FF.png"]
+        assert [i.key for i in _folder(root_uri)] == ["a.png", "b%FF.png"]
 
 
 def test_listing_key_changed_by_sanitizing_gets_the_uri_digest(tmp_path):
     import hashlib
 
     _touch(tmp_path, "C:/a.png")
-    [item] = list_folder(str(tmp_path))
+    [item] = _folder(str(tmp_path))
     assert item.uri == str(tmp_path / "C:" / "a.png")
     assert item.key == "a~" + hashlib.sha256(item.uri.encode()).hexdigest()[:10] + ".png"
 
@@ -284,5 +288,5 @@ def test_s3_listing_keys_kinds_exclusions_and_identity(monkeypatch):
 def test_a_backslash_in_a_local_name_never_shares_a_key(tmp_path):
     """On POSIX "a\\b.png" is one file name beside the folder "a" holding "b.png": two inputs, two keys."""
     _touch(tmp_path, "a\\b.png", "a/b.png")
-    keys = {os.path.basename(i.uri): i.key for i in list_folder(str(tmp_path))}
+    keys = {os.path.basename(i.uri): i.key for i in _folder(str(tmp_path))}
     assert keys["b.png"] == "a/b.png" and keys["a\\b.png"].startswith("a/b~") and len(set(keys.values())) == 2

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from worklist_helpers import skipped
 
 from raysegment.cli import main
 from raysegment.data.preprocess import PreprocessConfig, preprocess_image, preprocess_mask, to_tensor
@@ -17,7 +18,7 @@ from raysegment.evaluation.qc_report import qc_report
 from raysegment.model.checkpoint import ModelSpec, save_checkpoint
 from raysegment.model.forward import torch_threads
 from raysegment.model.unet import UNet, UNetConfig
-from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION, is_done, read_results, summarize_results
+from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION, read_results, summarize_results
 from raysegment.postprocess.masks import PostprocessConfig, Segmentation, qc_reasons, severity, split_reasons
 from raysegment.postprocess.quality import CALIBRATION_FILE, References, load_calibration
 from raysegment.train.losses import loss_function
@@ -117,11 +118,11 @@ def test_low_quality_score_reason_uses_calibration_threshold_unless_overridden()
 def test_resume_redoes_rows_of_another_calibration_or_schema():
     row = {"model_id": "m", "calibration_id": "c1", "schema_version": SCHEMA_VERSION, "input_size": 5,
            "input_mtime_ns": 7, "input_etag": None, "truth_uri": None}
-    assert is_done(row, "m", 5, 7, None, None, "c1")
-    assert not is_done(row, "m", 5, 7, None, None, "c2")  # re-calibrated: scores and flags change
-    assert not is_done(row, "m", 5, 7, None, None, None)  # calibration removed
-    assert not is_done({**row, "schema_version": 1}, "m", 5, 7, None, None, "c1")  # older schema
-    assert not is_done({**row, "calibration_id": None}, "m", 5, 7, None, None, "c1")
+    assert skipped(row, "m", 5, 7, None, None, "c1")
+    assert not skipped(row, "m", 5, 7, None, None, "c2")  # re-calibrated: scores and flags change
+    assert not skipped(row, "m", 5, 7, None, None, None)  # calibration removed
+    assert not skipped({**row, "schema_version": 1}, "m", 5, 7, None, None, "c1")  # older schema
+    assert not skipped({**row, "calibration_id": None}, "m", 5, 7, None, None, "c1")
 
 
 def test_summary_counts_quality_flags_and_notes():

@@ -9,14 +9,13 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from worklist_helpers import done_identities, skipped
 
 from raysegment.outputs.results import (
     IDENTITY_COLUMNS,
     SCHEMA,
     SCHEMA_VERSION,
     SUMMARY_COLUMNS,
-    done_inputs,
-    is_done,
     read_results,
     result_files,
     run_uri,
@@ -117,33 +116,33 @@ def test_reads_go_through_the_storage_layer(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "runs")  # so a path read without that filesystem cannot be found by luck
     table = read_results("mem://", columns=["lung_area_px"])
     assert table.to_pylist() == [{"lung_area_px": 1}]
-    assert done_inputs("mem://") == {"a": {c: None for c in IDENTITY_COLUMNS}}
+    assert done_identities("mem://") == {"a": {c: None for c in IDENTITY_COLUMNS}}
 
 
-def test_done_inputs_only_ok_rows_with_their_identity(tmp_path):
+def test_resume_index_keeps_only_ok_rows_with_their_identity(tmp_path):
     _write(tmp_path, RUN1, [
         {"image_uri": "a", "status": "ok", "model_id": "m1", "input_size": 10, "input_mtime_ns": 5,
          "input_etag": None, "truth_uri": "t/a.png"},
         {"image_uri": "b", "status": "error", "model_id": "m1", "input_size": 11, "input_mtime_ns": 6,
          "input_etag": None, "truth_uri": None},
     ])
-    assert done_inputs(str(tmp_path)) == {"a": {"model_id": "m1", "calibration_id": None,
+    assert done_identities(str(tmp_path)) == {"a": {"model_id": "m1", "calibration_id": None,
                                                 "schema_version": None, "input_size": 10, "input_mtime_ns": 5,
                                                 "input_etag": None, "truth_uri": "t/a.png"}}
-    assert set(done_inputs(str(tmp_path))["a"]) == set(IDENTITY_COLUMNS)
-    assert done_inputs(str(tmp_path / "none")) == {}
+    assert set(done_identities(str(tmp_path))["a"]) == set(IDENTITY_COLUMNS)
+    assert done_identities(str(tmp_path / "none")) == {}
 
 
-def test_is_done_compares_everything_known():
+def test_resume_compares_everything_known():
     before = {"model_id": "m1", "input_size": 10, "input_mtime_ns": 5, "input_etag": '"e1"', "truth_uri": "t",
               "schema_version": SCHEMA_VERSION, "calibration_id": None}
-    assert is_done(before, "m1", 10, 5, '"e1"', "t")
-    assert is_done(before, "m1", None, None, None, "t")  # nothing known now: trust the earlier row
-    assert not is_done(before, "m1", 10, 5, '"e2"', "t")  # S3 object replaced: new ETag
-    assert not is_done(before, "m1", 10, 5, '"e1"', None)  # ground truth removed
-    assert not is_done(before, "m1", 10, 5, '"e1"', "t2")  # another truth file
-    assert not is_done({**before, "model_id": None}, "m1", 10, 5, '"e1"', "t")
-    assert not is_done(None, "m1", None, None, None, None)
+    assert skipped(before, "m1", 10, 5, '"e1"', "t")
+    assert skipped(before, "m1", None, None, None, "t")  # nothing known now: trust the earlier row
+    assert not skipped(before, "m1", 10, 5, '"e2"', "t")  # S3 object replaced: new ETag
+    assert not skipped(before, "m1", 10, 5, '"e1"', None)  # ground truth removed
+    assert not skipped(before, "m1", 10, 5, '"e1"', "t2")  # another truth file
+    assert not skipped({**before, "model_id": None}, "m1", 10, 5, '"e1"', "t")
+    assert not skipped(None, "m1", None, None, None, None)
 
 
 def _row(uri: str, status: str = "ok", **kw) -> dict:
@@ -386,14 +385,14 @@ def test_hash_and_flatten():
     assert _value_counts(pa.array(["x", "y", "x"])) == (["x", "y"], [2, 1])
 
 
-def test_is_done_schema_version_and_calibration_each_matter():
+def test_resume_schema_version_and_calibration_each_matter():
     before = {"model_id": "m", "input_size": 10, "input_mtime_ns": 5, "input_etag": None, "truth_uri": None,
               "schema_version": SCHEMA_VERSION, "calibration_id": "c1"}
-    assert is_done(before, "m", 10, 5, None, None, "c1")
-    assert not is_done({**before, "schema_version": SCHEMA_VERSION - 1}, "m", 10, 5, None, None, "c1")
-    assert not is_done(before, "m", 10, 5, None, None, "c2")
-    assert not is_done(before, "m", 11, 5, None, None, "c1")  # size changed
-    assert not is_done(before, "m", 10, 6, None, None, "c1")  # mtime changed
+    assert skipped(before, "m", 10, 5, None, None, "c1")
+    assert not skipped({**before, "schema_version": SCHEMA_VERSION - 1}, "m", 10, 5, None, None, "c1")
+    assert not skipped(before, "m", 10, 5, None, None, "c2")
+    assert not skipped(before, "m", 11, 5, None, None, "c1")  # size changed
+    assert not skipped(before, "m", 10, 6, None, None, "c1")  # mtime changed
 
 
 def test_accumulator_keeps_few_examples_and_merges_counts_over_partitions():

@@ -14,9 +14,8 @@ from raysegment.cluster import capacity
 from raysegment.cluster.plan import ClusterResources, NodeResources, PlanError
 from raysegment.errors import RetryableError
 from raysegment.infer import worklist
-from raysegment.io.inputs import list_inputs
 from raysegment.outputs import results
-from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION, SummaryAccumulator, is_done, summarize_results
+from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION, SummaryAccumulator, summarize_results
 
 
 def _listing(uri: str, **kw) -> list[dict]:
@@ -31,7 +30,7 @@ def _listing(uri: str, **kw) -> list[dict]:
 
 
 @pytest.mark.parametrize("small", [10**6, 5])  # in memory, and spilled to partition files
-def test_partitioned_listing_equals_list_inputs(tmp_path, monkeypatch, small):
+def test_partitioned_listing_lists_the_folder_and_manifest(tmp_path, monkeypatch, small):
     monkeypatch.setattr(worklist, "SMALL", small)
     monkeypatch.setattr(worklist, "FLUSH_ROWS", 3)
     root = tmp_path / "archive"
@@ -40,41 +39,44 @@ def test_partitioned_listing_equals_list_inputs(tmp_path, monkeypatch, small):
         os.makedirs(root / os.path.dirname(rel), exist_ok=True)
         (root / rel).write_bytes(b"x" * len(rel))
     exclude = (str(root / "z" / "out"),)
-    expected = list_inputs(str(root), exclude=exclude)
+    # The folder's inputs by full path (hidden files, notes.txt and the excluded output left out), with their
+    # sizes (len(rel) bytes each) and stems.
+    expected = [("1.2.840.5", 9, "1.2.840"), ("a.png", 5, "a"), ("b.png", 5, "b"), ("b/c.dcm", 7, "c"),
+                ("b/d/e.jpg", 9, "e"), ("b0.png", 6, "b0")]
     got = _listing(str(root), exclude=exclude, scratch=str(tmp_path / "s"))
     assert ([(r["image_uri"], r["key"], r["input_size"]) for r in got]
-            == [(i.uri, i.key, i.size) for i in expected])
-    assert [r["image_id"] for r in got] == [i.image_id for i in expected]
+            == [(str(root / key), key, size) for key, size, _ in expected])
+    assert [r["image_id"] for r in got] == [image_id for _, _, image_id in expected]
     assert [r["image_uri"]
             for r in _listing(str(root), exclude=exclude, limit=3, scratch=str(tmp_path / "t"))] \
-        == [i.uri for i in expected[:3]]
+        == [str(root / key) for key, _, _ in expected[:3]]
 
     # A manifest: duplicates removed (first kept), relative entries resolved, identity columns read.
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,size,etag\narchive/a.png,1,e1\narchive/b/c.dcm,,\narchive/a.png,9,e9\n"
                         f"{root}/b.png,2,\n")
     got = _listing(str(manifest), scratch=str(tmp_path / "u"))
-    expected = list_inputs(str(manifest))
-    assert [(r["image_uri"], r["key"], r["input_size"], r["input_etag"]) for r in got] == \
-        [(i.uri, i.key, i.size, i.etag) for i in expected]
+    assert [(r["image_uri"], r["key"], r["input_size"], r["input_etag"]) for r in got] == [
+        (str(root / "a.png"), "a.png", 1, "e1"), (str(root / "b/c.dcm"), "b/c.dcm", None, None),
+        (str(root / "b.png"), "b.png", 2, None)]
 
 
-def test_vectorized_resume_matches_is_done(tmp_path):
-    cases = [  # (now: size, mtime, etag, truth), (before: model, size, mtime, etag, truth, status)
-        ((10, 5, None, None), ("m1", 10, 5, None, None, "ok")),
-        ((None, None, None, None), ("m1", 10, 5, None, None, "ok")),  # manifest without identity
-        ((10, 5, None, None), None),  # never done
-        ((10, 5, None, None), ("m2", 10, 5, None, None, "ok")),  # another model
-        ((11, 5, None, None), ("m1", 10, 5, None, None, "ok")),
-        ((10, 6, None, None), ("m1", 10, 5, None, None, "ok")),
-        ((10, 5, "e", None), ("m1", 10, 5, None, None, "ok")),  # etag now, none before
-        ((10, 5, "e", None), ("m1", 10, 5, "e", None, "ok")),
-        ((10, 5, None, "t.png"), ("m1", 10, 5, None, None, "ok")),  # now with ground truth
-        ((10, 5, None, "t.png"), ("m1", 10, 5, None, "t.png", "ok")),
-        ((10, 5, None, None), ("m1", 10, 5, None, None, "error")),  # errors are retried
+def test_vectorized_resume_redoes_exactly_the_changed_or_failed_inputs(tmp_path):
+    cases = [  # (now: size, mtime, etag, truth), (before: model, size, mtime, etag, truth, status), redone?
+        ((10, 5, None, None), ("m1", 10, 5, None, None, "ok"), False),
+        ((None, None, None, None), ("m1", 10, 5, None, None, "ok"), False),  # manifest without identity
+        ((10, 5, None, None), None, True),  # never done
+        ((10, 5, None, None), ("m2", 10, 5, None, None, "ok"), True),  # another model
+        ((11, 5, None, None), ("m1", 10, 5, None, None, "ok"), True),
+        ((10, 6, None, None), ("m1", 10, 5, None, None, "ok"), True),
+        ((10, 5, "e", None), ("m1", 10, 5, None, None, "ok"), True),  # etag now, none before
+        ((10, 5, "e", None), ("m1", 10, 5, "e", None, "ok"), False),
+        ((10, 5, None, "t.png"), ("m1", 10, 5, None, None, "ok"), True),  # now with ground truth
+        ((10, 5, None, "t.png"), ("m1", 10, 5, None, "t.png", "ok"), False),
+        ((10, 5, None, None), ("m1", 10, 5, None, None, "error"), True),  # errors are retried
     ]
     listing, done = [], []
-    for i, (now, before) in enumerate(cases):
+    for i, (now, before, _) in enumerate(cases):
         uri = f"s3://b/{i}.png"
         listing.append({"image_uri": uri, "image_id": str(i), "key": f"{i}.png", "input_size": now[0],
                         "input_mtime_ns": now[1], "input_etag": now[2], "truth_uri": now[3], "ordinal": i})
@@ -86,12 +88,9 @@ def test_vectorized_resume_matches_is_done(tmp_path):
     listing_t = pa.Table.from_pylist(listing, schema=worklist.LISTING_SCHEMA)
     done_t = worklist.conform(pa.Table.from_pylist(done), worklist.INDEX_SCHEMA)
     left = {r["image_uri"] for r in worklist.todo(listing_t, worklist.latest(done_t), "m1").to_pylist()}
-    by_uri = {d["image_uri"]: d for d in done if d["status"] == "ok"}
-    expected = {r["image_uri"] for r in listing
-                if not is_done(by_uri.get(r["image_uri"]), "m1", r["input_size"],
-                               r["input_mtime_ns"], r["input_etag"], r["truth_uri"])}
+    expected = {f"s3://b/{i}.png" for i, (_, _, redone) in enumerate(cases) if redone}
     assert left == expected and len(expected) == 7
-    # Rows of an older schema, or scored with another QC calibration, are redone (as is_done says).
+    # Rows of an older schema, or scored with another QC calibration, are redone too.
     older = worklist.conform(pa.Table.from_pylist([{**d, "schema_version": 1} for d in done]),
                              worklist.INDEX_SCHEMA)
     assert len(worklist.todo(listing_t, worklist.latest(older), "m1")) == len(cases)

@@ -36,6 +36,7 @@ from raysegment.outputs.results import (
     SCHEMA,
     SCHEMA_VERSION,
     SUMMARY_COLUMNS,
+    latest_indices,
     result_files,
 )
 
@@ -250,7 +251,8 @@ def _row_tables(rows: Iterator[dict], chunk: int) -> Iterator[pa.Table]:
 def iter_listing(uri: str, column: str | None = None, limit: int | None = None, exclude: tuple[str, ...] = (),
                  s3: storage.S3Options | None = None, truth: dict[str, str] | None = None,
                  chunk: int = CHUNK) -> Iterator[pa.Table]:
-    """The inputs of a run (as inputs.list_inputs lists them) in LISTING_SCHEMA tables of about `chunk` rows.
+    """The inputs of a run (THE listing: a manifest's entries or a folder's images, the first `limit`) in
+    LISTING_SCHEMA tables of about `chunk` rows.
 
     Manifest duplicates are NOT removed here (that needs every URI): `dedupe` does it per partition.
     """
@@ -313,20 +315,12 @@ def index_files(files: list[str], partitioner: Partitioner, first_seq: int = 0) 
 
 
 def latest(index: pa.Table) -> pa.Table:
-    """One row per image_uri as read_results picks it: ok beats error, then the larger run id, then later."""
+    """One row per image_uri as read_results picks it (results.latest_indices, the one rule), with `seq`
+    (reading order over all result files) as the last tie-break: rows of one image may sit anywhere in a
+    partition that merges earlier and new results."""
     if index.num_rows == 0:
         return index
-    import pandas as pd
-
-    keys = pd.DataFrame({
-        "uri": index.column("image_uri").to_numpy(zero_copy_only=False),
-        "ok": index.column("status").to_numpy(zero_copy_only=False) == "ok",
-        "run": index.column("run_id").to_numpy(zero_copy_only=False),
-        "seq": index.column("seq").to_numpy(),
-        "pos": np.arange(index.num_rows),
-    })
-    winners = keys.sort_values(["uri", "ok", "run", "seq"]).groupby("uri", sort=False).tail(1)
-    return index.take(np.sort(winners["pos"].to_numpy()))
+    return index.take(latest_indices(index, index.column("seq").to_numpy()))
 
 
 def _same(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -340,9 +334,11 @@ def _matches(now: pa.ChunkedArray, before: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def todo(listing: pa.Table, done: pa.Table, model_id: str, calibration_id: str | None = None) -> pa.Table:
-    """The listed inputs resume cannot skip (results.is_done, vectorized) given the latest rows `done`:
-    skipped are those with an ok row of this schema version, model and QC calibration, the same ground
-    truth, and an identity (size, mtime, ETag) that matches wherever it is known now."""
+    """The listed inputs resume cannot skip (THE resume rule), given the latest rows `done` (see latest):
+    skipped are those with an ok row of this schema version, model and QC calibration (quality_score and
+    flags depend on it), the same ground truth (so a rerun with --ground-truth adds metrics), and an
+    identity (size, mtime, ETag) that matches wherever it is known now (a manifest without identity
+    columns trusts the earlier row). Error rows are always retried."""
     ok = done.filter(pc.equal(done.column("status"), "ok")) if done.num_rows else done
     if listing.num_rows == 0 or ok.num_rows == 0:
         return listing

@@ -14,6 +14,10 @@ from a manifest, each with its identity (size, mtime or ETag) so a resumed run c
 
 Every input gets a `key`: its path relative to the input folder (or to the manifest entries' common
 folder), sanitized and unique within the run, used to mirror the archive layout under --masks-out.
+
+This module walks folders (iter_folder) and holds the manifest's column names and value parsing; the run's
+one listing, manifests included, is infer/worklist.iter_listing (in Arrow tables, for archives of 10^7
+inputs), and resume is worklist.todo.
 """
 
 from __future__ import annotations
@@ -45,22 +49,6 @@ class InputItem:
 
 def is_manifest(uri: str) -> bool:
     return names.is_manifest_name(uri) and not storage.is_dir(uri)
-
-
-def _strip_scheme(uri: str) -> str:
-    return uri[len("s3://") :] if storage.is_s3(uri) else uri.replace("\\", "/")
-
-
-def _relative_keys(uris: list[str]) -> list[str]:
-    """Keys relative to the deepest folder all URIs share (names.stable_key)."""
-    paths = [_strip_scheme(u) for u in uris]
-    folders = {posixpath.dirname(p) for p in paths}
-    try:
-        common = posixpath.commonpath(list(folders)) if folders else ""
-    except ValueError:  # mixed absolute and relative paths
-        common = ""
-    rels = [posixpath.relpath(p, common) if common else p for p in paths]
-    return [names.stable_key(r, u) for r, u in zip(rels, uris, strict=True)]
 
 
 def _is_input_entry(entry: storage.FileEntry) -> bool:
@@ -98,12 +86,6 @@ def iter_folder(uri: str, exclude: tuple[str, ...] = (), s3: storage.S3Options |
         yield InputItem(entry.uri, key, entry.size, entry.mtime_ns, entry.etag)
 
 
-def list_folder(uri: str, exclude: tuple[str, ...] = (),
-                s3: storage.S3Options | None = None) -> list[InputItem]:
-    """Images under a local folder or s3:// prefix, sorted by URI."""
-    return sorted(iter_folder(uri, exclude, s3), key=lambda item: item.uri)
-
-
 def _relative(path: str, root: str) -> str:
     """`path` relative to `root`; escaped (file://) paths compare on their percent-encoded text."""
     if path.startswith(names.FILE_SCHEME):
@@ -130,36 +112,3 @@ def optional_int(value) -> int | None:
         return None if value in (None, "") else int(float(value))
     except (TypeError, ValueError):
         return None
-
-
-def read_manifest(uri: str, column: str | None = None) -> list[InputItem]:
-    """Inputs named by a .csv / .parquet manifest, in file order, duplicates removed."""
-    table = read_table(uri)
-    if column is None:
-        column = next((c for c in MANIFEST_COLUMNS if c in table.columns), None)
-    if column is None or column not in table.columns:
-        raise ValueError(
-            f"manifest {uri} has no image column: expected one of {', '.join(MANIFEST_COLUMNS)} "
-            f"(or --manifest-column), found {', '.join(map(str, table.columns))}"
-        )
-    base = storage.parent(uri)
-    rows = table.to_dict("records")
-    uris = [names.resolve(str(r[column]), base) for r in rows]
-    keys = _relative_keys(uris)
-    items, seen = [], set()
-    for row, image_uri, key in zip(rows, uris, keys, strict=False):
-        if image_uri in seen or not str(row[column]).strip():
-            continue
-        seen.add(image_uri)
-        etag = row.get("etag")
-        items.append(InputItem(image_uri, key, optional_int(row.get("size")),
-                               optional_int(row.get("mtime_ns")),
-                               str(etag) if etag not in (None, "") else None))
-    return items
-
-
-def list_inputs(uri: str, column: str | None = None, limit: int | None = None, exclude: tuple[str, ...] = (),
-                s3: storage.S3Options | None = None) -> list[InputItem]:
-    """The inputs of a run: a manifest's entries or a folder's images; the first `limit` when given."""
-    items = read_manifest(uri, column) if is_manifest(uri) else list_folder(uri, exclude, s3)
-    return items[:limit] if limit is not None else items

@@ -156,7 +156,7 @@ def read_results(output: str, columns: list[str] | None = None, all_rows: bool =
         return schema.empty_table()
     table = pa.concat_tables(tables, promote_options="default")
     if not all_rows and table.num_rows:
-        table = table.take(_latest_indices(table))
+        table = table.take(latest_indices(table))
     table = _with_missing_columns(table, SCHEMA.names if columns is None else columns)
     return table if columns is None else table.select([c for c in columns if c in table.column_names])
 
@@ -171,41 +171,23 @@ def _with_missing_columns(table: pa.Table, wanted) -> pa.Table:
     return table.select(known + [n for n in table.column_names if n not in SCHEMA.names])
 
 
-def _latest_indices(table: pa.Table) -> np.ndarray:
-    """Row index of the winning row per image_uri: ok beats error, then the larger run id, then later."""
+def latest_indices(table: pa.Table, order: np.ndarray | None = None) -> np.ndarray:
+    """Row index of the winning row per image_uri, in ascending row order: ok beats error, then the larger
+    run id, then the later row in reading `order` (default: the row position; the worklist passes its
+    `seq`). THE rule for "which row of an image counts": read_results and the worklist's resume and
+    summary (infer/worklist.latest) both use it, so a resumed run skips exactly what read_results shows."""
     import pandas as pd
 
     keys = pd.DataFrame({
         "uri": table.column("image_uri").to_numpy(zero_copy_only=False),
         "ok": table.column("status").to_numpy(zero_copy_only=False) == "ok",
         "run": table.column("run_id").to_numpy(zero_copy_only=False),
+        "order": np.arange(table.num_rows) if order is None else order,
         "pos": np.arange(table.num_rows),
     })
-    winners = keys.sort_values(["uri", "ok", "run", "pos"]).groupby("uri", sort=False).tail(1)
+    # The last of each image after sorting wins; `order` breaks every tie (it is unique per row).
+    winners = keys.sort_values(["uri", "ok", "run", "order"]).groupby("uri", sort=False).tail(1)
     return np.sort(winners["pos"].to_numpy())
-
-
-def done_inputs(output: str) -> dict[str, dict]:
-    """image_uri -> its IDENTITY_COLUMNS values, for the images already done ok under `output`."""
-    table = read_results(output, columns=["image_uri", "status", *IDENTITY_COLUMNS])
-    rows = table.filter(pc.equal(table.column("status"), "ok")).to_pylist() if table.num_rows else []
-    return {r["image_uri"]: {c: r.get(c) for c in IDENTITY_COLUMNS} for r in rows}
-
-
-def is_done(previous: dict | None, model_id: str, size: int | None, mtime_ns: int | None, etag: str | None,
-            truth_uri: str | None, calibration_id: str | None = None) -> bool:
-    """Can resume skip an input: a previous ok row of this schema version with the same model and QC
-    calibration (quality_score and flags depend on it), the same ground-truth file(s) (so a rerun with
-    --ground-truth adds metrics), and the file unchanged in whatever we know of it now?"""
-    if previous is None or previous.get("model_id") != model_id or previous.get("truth_uri") != truth_uri:
-        return False
-    if previous.get("calibration_id") != calibration_id or previous.get("schema_version") != SCHEMA_VERSION:
-        return False
-    for now, before in ((size, previous.get("input_size")), (mtime_ns, previous.get("input_mtime_ns")),
-                        (etag, previous.get("input_etag"))):
-        if now is not None and now != before:
-            return False
-    return True
 
 
 # --- summary ------------------------------------------------------------------------------------
