@@ -110,7 +110,7 @@ def test_s3_dataset_discovery_and_checkpoint(s3_endpoint, tmp_path):
 
 
 def test_endpoint_from_flag_wins_and_is_exported(s3_endpoint, monkeypatch):
-    from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+    from raysegment.cli.common import add_s3_arguments, apply_s3_arguments
 
     monkeypatch.setattr(storage, "_default_s3", storage.S3Options())  # restored after the test
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # a dead endpoint: the flag must win
