@@ -24,8 +24,8 @@ reports what it finished. Installs nothing. The model is untrained: speed does n
 
 --device cpu runs the GPU recipe on the CPU: Ray starts with a fake GPU (num_gpus=1), so the pipeline's
 actors and the training worker ask for and get a GPU, and the model runs on the CPU by the user-facing
-device override (InferConfig.device / scaling.device = "cpu"). --quick shrinks everything (base 8, 128 px,
-a few files, no torch.compile) so that this runs end to end on a 2-core box.
+device override (InferConfig.scaling.device / TrainConfig.scaling.device = "cpu"). --quick shrinks
+everything (base 8, 128 px, a few files, no torch.compile) so that this runs end to end on a 2-core box.
 """
 
 from __future__ import annotations
@@ -281,13 +281,15 @@ def stage_costs(files: list[tuple[str, bytes]], preprocess: PreprocessConfig, mi
 
 
 def run_pipeline(args, checkpoint: str, manifest: str, output: str) -> dict:
-    from raysegment.infer.config import InferConfig
+    from raysegment.infer.config import InferConfig, IOSection, ModelSection, ScalingSection
     from raysegment.infer.pipeline import run_inference
     from raysegment.outputs.results import read_results
 
     shutil.rmtree(output, ignore_errors=True)
-    config = InferConfig(input=manifest, checkpoint=checkpoint, output=output, resume=False,
-                         batch_size=args.pipeline_batch, device="cpu" if args.device == "cpu" else None)
+    config = InferConfig(IOSection(input=manifest, output=output, resume=False),
+                         ModelSection(checkpoint=checkpoint),
+                         ScalingSection(batch_size=args.pipeline_batch,
+                                        device="cpu" if args.device == "cpu" else None))
     summary = run_inference(config)
     rows = read_results(output, columns=["image_format", "read_ms", "decode_ms", "infer_ms",
                                          "postprocess_ms"]).to_pylist()

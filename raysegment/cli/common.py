@@ -92,3 +92,11 @@ def postprocess_options(args: argparse.Namespace):
 
     return PostprocessConfig(keep_largest=args.keep_largest, fill_holes=not args.no_fill_holes,
                              min_quality_score=args.quality_threshold)
+
+
+def cluster_options(args: argparse.Namespace):
+    """The cluster.capacity.ClusterOptions of --address, --wait-for-capacity and --no-wait."""
+    from raysegment.cluster.capacity import ClusterOptions
+
+    return ClusterOptions(address=args.address, wait_for_capacity=args.wait_for_capacity,
+                          no_wait=bool(args.no_wait))

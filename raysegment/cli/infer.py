@@ -91,23 +91,10 @@ def run(args: argparse.Namespace) -> int:
     """Exit 0 when every input has a row (bad images are rows with status=error, not a failure)."""
     s3 = common.apply_s3_arguments(args)  # before Ray starts: workers inherit the S3 settings
 
-    from raysegment.infer.pipeline import InferConfig, run_inference, summary_header
+    from raysegment.infer.pipeline import run_inference, summary_header
     from raysegment.outputs.report import format_summary
 
-    config = InferConfig(
-        input=args.input, checkpoint=args.checkpoint, output=args.output, masks_out=args.masks_out,
-        ground_truth=args.ground_truth, manifest_column=args.manifest_column, limit=args.limit,
-        batch_size=args.batch_size, num_actors=args.num_actors,
-        use_gpu=False if args.no_gpu else (True if args.gpu else None),
-        min_actors=args.min_actors, max_actors=args.max_actors, wait_for_capacity=args.wait_for_capacity,
-        no_wait=args.no_wait, dry_run=args.dry_run, device=args.device,
-        torch_threads=args.torch_threads, threshold=args.threshold,
-        postprocess=common.postprocess_options(args),
-        pixel_spacing_mm=args.pixel_spacing, resume=not args.no_resume, rows_per_file=args.rows_per_file,
-        s3=s3, address=args.address, correct_inversion=not args.no_inversion_check,
-        mask_png=not args.no_mask_png, dicom_seg_out=args.dicom_seg_out, dicom_seg_sides=args.dicom_seg_sides,
-    )
-    summary = run_inference(config)
+    summary = run_inference(infer_config(args, s3))
     if summary.get("dry_run"):
         return 0
     print(summary_header(summary))
@@ -119,3 +106,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"  WARNING: {summary['missing']} inputs have no row; run the same command again to resume")
     print(f"  results: {summary['output']}")
     return 0 if summary["missing"] == 0 else 1
+
+
+def infer_config(args: argparse.Namespace, s3):
+    """The InferConfig of the parsed flags (section by section, as grouped in --help)."""
+    from raysegment.infer.config import InferConfig, IOSection, ModelSection, ScalingSection
+
+    io = IOSection(
+        input=args.input, output=args.output, masks_out=args.masks_out, ground_truth=args.ground_truth,
+        manifest_column=args.manifest_column, limit=args.limit, resume=not args.no_resume,
+        rows_per_file=args.rows_per_file, pixel_spacing_mm=args.pixel_spacing,
+        correct_inversion=not args.no_inversion_check, mask_png=not args.no_mask_png,
+        dicom_seg_out=args.dicom_seg_out, dicom_seg_sides=args.dicom_seg_sides)
+    model = ModelSection(checkpoint=args.checkpoint, threshold=args.threshold,
+                         postprocess=common.postprocess_options(args))
+    scaling = ScalingSection(
+        batch_size=args.batch_size, num_actors=args.num_actors, min_actors=args.min_actors,
+        max_actors=args.max_actors, use_gpu=False if args.no_gpu else (True if args.gpu else None),
+        device=args.device, torch_threads=args.torch_threads)
+    return InferConfig(io, model, scaling, common.cluster_options(args), s3, dry_run=args.dry_run)
