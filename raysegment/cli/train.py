@@ -31,6 +31,9 @@ FLAG_KEYS = {
     "storage": "run.storage_path",
     "max_failures": "run.max_failures",
     "seed": "run.seed",
+    "address": "cluster.address",
+    "wait_for_capacity": "cluster.wait_for_capacity",
+    "no_wait": "cluster.no_wait",
 }
 
 
@@ -60,7 +63,7 @@ def add_parser(subparsers) -> None:
     outputs.add_argument("--seed", type=int, help="run.seed")
     _add_scaling_arguments(p.add_argument_group(common.CLUSTER_GROUP))
     common.add_s3_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, no_wait=None)  # None: --no-wait not given, cluster.no_wait from --config/--set
 
 
 def _add_scaling_arguments(scaling) -> None:
@@ -94,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from raysegment.outputs.report import format_summary
     from raysegment.train.driver import train
 
-    result = train(config, address=args.address, wait_for_capacity=args.wait_for_capacity,
-                   no_wait=args.no_wait)
+    result = train(config)
     test = result.test_metrics
     if test:
         print(f"test split, best checkpoint (epoch {test['epoch']}), scored as `raysegment evaluate` does:")
