@@ -6,8 +6,9 @@
   1 forward   the seed UNet (base 64, depth 4) at 512x512, bf16 autocast + channels_last, eval mode: a batch
               sweep (8, 16, 32, 64), then torch.compile at the best batch. images/s, achieved TFLOP/s (FLOPs
               counted by torch.utils.flop_counter on the real model), MFU against the device's dense bf16
-              peak (PEAK_BF16_TFLOPS), peak memory; also predict.forward_probabilities at the best batch (what
-              an inference actor calls: uint8 in, uint8 out, host conversions and copies included).
+              peak (PEAK_BF16_TFLOPS), peak memory; also model.forward.forward_probabilities at the best
+              batch (the forward an inference actor runs: uint8 in, uint8 out, host conversions and copies
+              included).
   2 pipeline  raysegment.infer.pipeline.run_inference (Ray Data) on this host, twice: (a) 512x512 8-bit
               PNGs, (b) realistic originals (~3000x2500: 16-bit PNG, 8-bit JPEG, uncompressed 16-bit DICOM).
               A few files per format, repeated through a manifest (hard links: distinct URIs, no decode

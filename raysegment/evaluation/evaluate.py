@@ -1,6 +1,6 @@
 """`raysegment evaluate`: a checkpoint on one split of a labelled dataset, scored at the ORIGINAL resolution.
 
-No Ray: one process runs predict.py's steps (decode_image -> preprocess_image -> forward_probabilities ->
+No Ray: one process runs predict.py's steps (decode_image -> preprocess_image -> forward_structures ->
 postprocess), so every mask is pixel-identical to what `raysegment infer` writes for the same image, and
 scores it against the expert mask with metrics.image_metrics (dice, iou, precision, recall, hd95 in
 pixels, hd95_mm when the file has a pixel spacing).

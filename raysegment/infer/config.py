@@ -34,7 +34,6 @@ class IOSection:
     limit: int | None = None  # only the first N inputs (trials)
     resume: bool = True  # skip inputs already done ok with this model
     rows_per_file: int = 256  # at least this many rows per Parquet file (fewer for the last)
-    run_id: str | None = None  # default: UTC timestamp + random suffix
     pixel_spacing_mm: float | None = None  # assumed spacing where the file has none (PNG/JPEG)
     correct_inversion: bool = True  # invert inverted PNG/JPEG/TIFF exports back (data/inversion.py)
     mask_png: bool = True  # False: leave the mask_png column empty (mask_rle holds the mask)

@@ -166,7 +166,7 @@ def prepare(config: InferConfig) -> Prepared:
     loaded = load_model(config.model.checkpoint)
     calibration = load_calibration(config.model.checkpoint, loaded.model_id)
     wait_s = config.cluster.wait_s()
-    run_id = io.run_id or new_run_id()
+    run_id = new_run_id()
     threshold = loaded.spec.threshold if config.model.threshold is None else config.model.threshold
     truth = _truth_index(io.ground_truth) if io.ground_truth else {}
     return Prepared(run_id, loaded, calibration, threshold, truth, wait_s, run_uri(io.output, run_id),

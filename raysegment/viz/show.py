@@ -5,7 +5,7 @@
 Rows are picked from results.read_results: the N lowest dice (needs the dice column, written when
 `raysegment infer` ran with --ground-truth), the QC-flagged ones, or the given image URIs; with no
 choice, the --limit lowest dice when there are dice, else the QC-flagged. For each, the input is decoded
-again (storage + imageio.decode_image), the mask comes from the row's mask_png, and the true mask, when
+again (storage + io.decode.decode_image), the mask comes from the row's mask_png, and the true mask, when
 there is one, from --ground-truth (matched by image id = file stem) or else the row's own truth_uri.
 A multi-structure model's rows also carry `structures` (heart, clavicles: their mask_rle): each is drawn
 in its own colour (viz.STRUCTURE_COLORS), their truths (the ground truth's or truth_uri's ';heart=...'
