@@ -6,8 +6,9 @@
   1 forward   the seed UNet (base 64, depth 4) at 512x512, bf16 autocast + channels_last, eval mode: a batch
               sweep (8, 16, 32, 64), then torch.compile at the best batch. images/s, achieved TFLOP/s (FLOPs
               counted by torch.utils.flop_counter on the real model), MFU against the device's dense bf16
-              peak (PEAK_BF16_TFLOPS), peak memory; also predict.forward_probabilities at the best batch (what
-              an inference actor calls: uint8 in, uint8 out, host conversions and copies included).
+              peak (PEAK_BF16_TFLOPS), peak memory; also model.forward.forward_probabilities at the best
+              batch (the forward an inference actor runs: uint8 in, uint8 out, host conversions and copies
+              included).
   2 pipeline  raysegment.infer.pipeline.run_inference (Ray Data) on this host, twice: (a) 512x512 8-bit
               PNGs, (b) realistic originals (~3000x2500: 16-bit PNG, 8-bit JPEG, uncompressed 16-bit DICOM).
               A few files per format, repeated through a manifest (hard links: distinct URIs, no decode
@@ -24,8 +25,8 @@ reports what it finished. Installs nothing. The model is untrained: speed does n
 
 --device cpu runs the GPU recipe on the CPU: Ray starts with a fake GPU (num_gpus=1), so the pipeline's
 actors and the training worker ask for and get a GPU, and the model runs on the CPU by the user-facing
-device override (InferConfig.device / scaling.device = "cpu"). --quick shrinks everything (base 8, 128 px,
-a few files, no torch.compile) so that this runs end to end on a 2-core box.
+device override (InferConfig.scaling.device / TrainConfig.scaling.device = "cpu"). --quick shrinks
+everything (base 8, 128 px, a few files, no torch.compile) so that this runs end to end on a 2-core box.
 """
 
 from __future__ import annotations
@@ -281,13 +282,15 @@ def stage_costs(files: list[tuple[str, bytes]], preprocess: PreprocessConfig, mi
 
 
 def run_pipeline(args, checkpoint: str, manifest: str, output: str) -> dict:
-    from raysegment.infer.config import InferConfig
+    from raysegment.infer.config import InferConfig, IOSection, ModelSection, ScalingSection
     from raysegment.infer.pipeline import run_inference
     from raysegment.outputs.results import read_results
 
     shutil.rmtree(output, ignore_errors=True)
-    config = InferConfig(input=manifest, checkpoint=checkpoint, output=output, resume=False,
-                         batch_size=args.pipeline_batch, device="cpu" if args.device == "cpu" else None)
+    config = InferConfig(IOSection(input=manifest, output=output, resume=False),
+                         ModelSection(checkpoint=checkpoint),
+                         ScalingSection(batch_size=args.pipeline_batch,
+                                        device="cpu" if args.device == "cpu" else None))
     summary = run_inference(config)
     rows = read_results(output, columns=["image_format", "read_ms", "decode_ms", "infer_ms",
                                          "postprocess_ms"]).to_pylist()

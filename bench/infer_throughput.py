@@ -159,13 +159,14 @@ def bench_pipeline(checkpoint: str, cxr: str, n: int, batch: int | None, out_dir
                    num_actors: int | None) -> dict:
     """(b): the Ray Data pipeline (Ray started beforehand, not timed)."""
     from raysegment.cluster.plan import connect
-    from raysegment.infer.config import InferConfig
+    from raysegment.infer.config import InferConfig, IOSection, ModelSection, ScalingSection
     from raysegment.infer.pipeline import run_inference
 
     connect()
     shutil.rmtree(out_dir, ignore_errors=True)
-    config = InferConfig(input=cxr, checkpoint=checkpoint, output=out_dir, limit=n, batch_size=batch,
-                         num_actors=num_actors, use_gpu=device == "cuda", resume=False)
+    config = InferConfig(IOSection(input=cxr, output=out_dir, limit=n, resume=False),
+                         ModelSection(checkpoint=checkpoint),
+                         ScalingSection(batch_size=batch, num_actors=num_actors, use_gpu=device == "cuda"))
     result = timed(lambda: {"summary": run_inference(config)})
     summary = result.pop("summary")
     assert summary["ok"] == n and summary["missing"] == 0, summary

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from raysegment.cluster.plan import connect
     from raysegment.data.synth import write_dataset
-    from raysegment.infer.config import InferConfig
+    from raysegment.infer.config import InferConfig, IOSection, ModelSection
     from raysegment.infer.pipeline import run_inference
     from raysegment.io.local_s3 import start_moto
     from raysegment.testing.faulty_proxy import FaultyProxy
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                 proxy.delay_ms = delay
                 seen = len(proxy.heads)
                 t0 = time.perf_counter()
-                summary = run_inference(InferConfig(input="s3://latency-bench/cxr", checkpoint=ckpt,
-                                                    output=os.path.join(work, f"out_{int(delay)}"),
-                                                    s3=options))
+                summary = run_inference(InferConfig(
+                    IOSection(input="s3://latency-bench/cxr", output=os.path.join(work, f"out_{int(delay)}")),
+                    ModelSection(checkpoint=ckpt), s3=options))
                 heads = [h.split(b" ", 1)[0].decode() for h in proxy.heads[seen:]]
                 rows.append({"delay_ms": delay, "images": summary["ok"], "errors": summary["errors"],
                              "images_per_s": summary["images_per_s"], "wall_s": summary["wall_s"],

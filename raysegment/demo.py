@@ -28,7 +28,7 @@ import pandas as pd
 from raysegment import logs
 from raysegment.cluster.plan import connect
 from raysegment.data.synth import write_dataset
-from raysegment.infer.config import InferConfig
+from raysegment.infer.config import InferConfig, IOSection, ModelSection
 from raysegment.infer.pipeline import run_inference
 from raysegment.io import storage
 from raysegment.outputs.report import format_summary
@@ -158,8 +158,9 @@ def run_demo(s: DemoSettings) -> DemoResult:
         held_out = _test_manifest(trained.run_dir, manifest)
         results = storage.join(root, "results")
         summary = run_inference(InferConfig(
-            input=manifest, checkpoint=trained.best_dir, output=results,
-            masks_out=storage.join(root, "masks"), ground_truth=data, resume=False))
+            IOSection(input=manifest, output=results, masks_out=storage.join(root, "masks"),
+                      ground_truth=data, resume=False),
+            ModelSection(checkpoint=trained.best_dir)))
 
         stages.start("pictures", "worst cases, QC-flagged contact sheet, training curves")
         pictures = os.path.join(out, "pictures")

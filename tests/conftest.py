@@ -12,7 +12,7 @@ SHARED_MONTGOMERY = os.path.join(os.path.dirname(__file__), "..", "..", "shared"
 
 @pytest.fixture(autouse=True)
 def _restore_s3_settings():
-    """`--s3-endpoint` / `--s3-anonymous` (cli.s3_args.apply_s3_arguments) export themselves to os.environ and
+    """`--s3-endpoint` / `--s3-anonymous` (cli.common.apply_s3_arguments) export themselves to os.environ and
     set process-wide S3 options, on purpose (Ray workers inherit them). In a test process that would leak
     into every later test: restore both after each test."""
     from raysegment.io import storage

@@ -199,3 +199,31 @@ def test_yaml_file_errors(tmp_path):
         load_config(str(tmp_path / "list.yaml"))
     assert str(err.value) == f"{tmp_path / 'list.yaml'}: expected a mapping of sections at the top level"
     assert issubclass(ConfigError, ValueError)
+
+
+def test_cluster_section_from_flags_and_overrides_and_older_run_configs(tmp_path, capsys):
+    """--address, --wait-for-capacity and --no-wait live in the config's cluster section (as in
+    InferConfig.cluster); --set reaches them too, and a config.yaml saved before the section existed still
+    loads (a rerun resumes such a run)."""
+    import yaml
+
+    from raysegment.cli import main
+    from raysegment.cluster.capacity import ClusterOptions
+
+    def printed(*args) -> dict:
+        assert main(["train", *args, "--print-config"]) == 0
+        return yaml.safe_load(capsys.readouterr().out)["cluster"]
+
+    assert printed() == {"address": None, "wait_for_capacity": None, "no_wait": False}
+    assert printed("--address", "ray://head:10001", "--wait-for-capacity", "30") == {
+        "address": "ray://head:10001", "wait_for_capacity": 30.0, "no_wait": False}
+    assert printed("--set", "cluster.no_wait=true")["no_wait"] is True  # not reset by the flag's absence
+    assert printed("--no-wait")["no_wait"] is True
+    config = _load(**{"cluster.address": "10.0.0.1:6379", "cluster.wait_for_capacity": 5})
+    assert config.cluster == ClusterOptions("10.0.0.1:6379", 5.0) and config.cluster.wait_s() == 5.0
+    save_config(config, str(tmp_path / "config.yaml"))
+    assert load_config(str(tmp_path / "config.yaml")) == config
+    older = TrainConfig().to_dict()
+    del older["cluster"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(older))
+    assert load_config(str(tmp_path / "old.yaml")) == TrainConfig()

@@ -121,24 +121,22 @@ def test_infer_device_flag_reaches_the_config(monkeypatch, tmp_path):
     monkeypatch.setattr(pipeline, "run_inference", fake_run)
     assert main(["infer", "--input", str(tmp_path), "--checkpoint", "c", "--output", "o",
                  "--device", "cpu"]) == 0
-    assert seen["config"].device == "cpu" and seen["config"].use_gpu is None
+    assert seen["config"].scaling.device == "cpu" and seen["config"].scaling.use_gpu is None
     with pytest.raises(SystemExit):
         main(["infer", "--input", str(tmp_path), "--checkpoint", "c", "--output", "o", "--device", "gpu"])
 
 
 def test_infer_plan_with_a_device_override():
-    from raysegment.infer.config import InferConfig
+    from raysegment.infer.config import ScalingSection
     from raysegment.infer.sizing import plan
 
     gpu_node = ClusterResources((NodeResources(2, 1),))
-    config = InferConfig(input="i", checkpoint="c", output="o", device="cpu")
-    p = plan(config, gpu_node)
+    p = plan(ScalingSection(device="cpu"), gpu_node)
     assert p.use_gpu and p.num_actors == 1  # the GPU plan stays: actors ask for the GPU
     with pytest.raises(PlanError, match="--device cuda needs GPU actors"):
-        plan(InferConfig(input="i", checkpoint="c", output="o", device="cuda"),
-             ClusterResources((NodeResources(2, 0),)))
+        plan(ScalingSection(device="cuda"), ClusterResources((NodeResources(2, 0),)))
     with pytest.raises(PlanError, match="drop --no-gpu"):
-        plan(InferConfig(input="i", checkpoint="c", output="o", device="cuda", use_gpu=False), gpu_node)
+        plan(ScalingSection(device="cuda", use_gpu=False), gpu_node)
 
 
 def test_train_device_flag_and_validation(capsys):

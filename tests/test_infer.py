@@ -94,7 +94,7 @@ def checkpoint(tmp_path_factory, archive) -> str:
 def runs(ray_local, archive, checkpoint, tmp_path_factory) -> dict:
     """The three runs over one output; returns their summaries and paths."""
     from raysegment.cli import main
-    from raysegment.infer.config import InferConfig
+    from raysegment.infer.config import InferConfig, IOSection, ModelSection, ScalingSection
     from raysegment.infer.pipeline import run_inference
 
     base = tmp_path_factory.mktemp("infer_out")
@@ -103,8 +103,8 @@ def runs(ray_local, archive, checkpoint, tmp_path_factory) -> dict:
     assert main(["infer", "--input", cxr, "--checkpoint", checkpoint, "--output", out, "--masks-out", masks,
                  "--ground-truth", archive, "--limit", "10", "--batch-size", "4"]) == 0
     first = read_results(out, all_rows=True, columns=["image_uri", "status"])
-    config = InferConfig(input=cxr, checkpoint=checkpoint, output=out, masks_out=masks, ground_truth=archive,
-                         batch_size=4)
+    config = InferConfig(IOSection(input=cxr, output=out, masks_out=masks, ground_truth=archive),
+                         ModelSection(checkpoint=checkpoint), ScalingSection(batch_size=4))
     second = run_inference(config)
     return {"out": out, "masks": masks, "cxr": cxr, "first": first, "second": second}
 
@@ -199,7 +199,7 @@ def test_resume_skips_done_retries_errors_never_duplicates(runs):
 
 def test_s3_manifest_in_s3_results_out(ray_local, s3_endpoint, archive, checkpoint):
     """Manifest, images, checkpoint, results and masks all on S3; a missing object is a read error row."""
-    from raysegment.infer.config import InferConfig
+    from raysegment.infer.config import InferConfig, IOSection, ModelSection, ScalingSection
     from raysegment.infer.pipeline import run_inference
     from raysegment.io import storage
 
@@ -211,9 +211,10 @@ def test_s3_manifest_in_s3_results_out(ray_local, s3_endpoint, archive, checkpoi
     # + a dup
     entries = [f"in/site a/{n}" for n in names] + ["in/missing.png", f"{root}/in/site a/{names[0]}"]
     storage.write_text(f"{root}/manifest.csv", "\n".join(["image_uri", *entries]) + "\n")
-    summary = run_inference(InferConfig(input=f"{root}/manifest.csv", checkpoint=f"{root}/ckpt",
-                                        output=f"{root}/out", masks_out=f"{root}/masks", batch_size=4,
-                                        num_actors=1))  # one torch import, not two, on 2 cores
+    summary = run_inference(InferConfig(
+        IOSection(input=f"{root}/manifest.csv", output=f"{root}/out", masks_out=f"{root}/masks"),
+        ModelSection(checkpoint=f"{root}/ckpt"),
+        ScalingSection(batch_size=4, num_actors=1)))  # one torch import, not two, on 2 cores
     assert (summary["inputs_seen"], summary["ok"], summary["errors"], summary["missing"]) == (4, 2, 2, 0)
     rows = {storage.basename(r["image_uri"]): r for r in read_results(f"{root}/out").to_pylist()}
     assert rows["missing.png"]["error_stage"] == "read" and rows["0_text.png"]["error_stage"] == "decode"

@@ -60,13 +60,13 @@ def _manifest(world, etags: dict[str, str]) -> str:
     return str(path)
 
 
-def _run(world, **kw) -> dict:
-    from raysegment.infer.config import InferConfig
+def _run(world, etags=None, checkpoint=None, **io) -> dict:
+    from raysegment.infer.config import InferConfig, IOSection, ModelSection, ScalingSection
     from raysegment.infer.pipeline import run_inference
 
-    config = {"input": _manifest(world, kw.pop("etags", {})), "checkpoint": world["m1"],
-              "output": world["out"], "manifest_column": "scan", "num_actors": 1, "batch_size": 4, **kw}
-    return run_inference(InferConfig(**config))
+    return run_inference(InferConfig(
+        IOSection(input=_manifest(world, etags or {}), output=world["out"], manifest_column="scan", **io),
+        ModelSection(checkpoint=checkpoint or world["m1"]), ScalingSection(num_actors=1, batch_size=4)))
 
 
 def test_resume_invalidation_end_to_end(world):

@@ -22,7 +22,7 @@ from raysegment.cluster.plan import ClusterResources, NodeResources, PlanError
 from raysegment.data.preprocess import PreprocessConfig
 from raysegment.infer import pipeline, sizing, stages
 from raysegment.infer import predict as predict_module
-from raysegment.infer.config import InferConfig
+from raysegment.infer.config import ScalingSection
 from raysegment.io import storage
 from raysegment.io.decode import decode_mask_png, encode_png
 from raysegment.model.checkpoint import LoadedModel, ModelSpec
@@ -212,12 +212,10 @@ def test_stages_errors_are_rows_with_their_stage(tmp_path):
 ])
 def test_unschedulable_inference_plan_is_refused_before_any_work(gpus, actors, message):
     resources = ClusterResources((NodeResources(2.0, gpus),))
-    config = InferConfig(input="in", checkpoint="ck", output="out", num_actors=actors, use_gpu=True)
     with pytest.raises(PlanError) as err:
-        sizing.plan(config, resources)
+        sizing.plan(ScalingSection(num_actors=actors, use_gpu=True), resources)
     assert str(err.value).startswith(message) and "--num-actors" in str(err.value)
-    ok = sizing.plan(InferConfig(input="in", checkpoint="ck", output="out", use_gpu=False),
-                       resources)
+    ok = sizing.plan(ScalingSection(use_gpu=False), resources)
     assert (ok.num_actors, ok.use_gpu, ok.cpus_per_actor, ok.decode_cpus) == (2, False, 0.75, 0.5)
 
 
@@ -232,10 +230,10 @@ def test_infer_flags_reach_the_config(monkeypatch):
                  "--keep-largest", "0", "--no-fill-holes", "--manifest-column", "scan",
                  "--pixel-spacing", "0.7", "--no-resume", "--limit", "4", "--no-gpu"]) == 0
     [config] = seen
-    assert (config.threshold, config.manifest_column, config.pixel_spacing_mm, config.resume, config.limit,
-            config.use_gpu) == (0.3, "scan", 0.7, False, 4, False)
-    assert config.postprocess == PostprocessConfig(keep_largest=0, fill_holes=False)
+    assert (config.model.threshold, config.io.manifest_column, config.io.pixel_spacing_mm, config.io.resume,
+            config.io.limit, config.scaling.use_gpu) == (0.3, "scan", 0.7, False, 4, False)
+    assert config.model.postprocess == PostprocessConfig(keep_largest=0, fill_holes=False)
     assert main(["infer", "--input", "in", "--checkpoint", "ck", "--output", "out"]) == 0
     defaults = seen[1]
-    assert (defaults.threshold, defaults.resume, defaults.use_gpu, defaults.postprocess) == (
-        None, True, None, PostprocessConfig())
+    assert (defaults.model.threshold, defaults.io.resume, defaults.scaling.use_gpu,
+            defaults.model.postprocess) == (None, True, None, PostprocessConfig())

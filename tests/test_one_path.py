@@ -204,7 +204,7 @@ def checkpoint(labelled, tmp_path_factory) -> str:
 
 def test_evaluate_predict_and_infer_give_identical_masks_and_dice(ray_local, labelled, checkpoint, tmp_path):
     from raysegment.evaluation.evaluate import evaluate
-    from raysegment.infer.config import InferConfig
+    from raysegment.infer.config import InferConfig, IOSection, ModelSection
     from raysegment.infer.pipeline import run_inference
     from raysegment.infer.predict import predict
     from raysegment.io.rle import decode_rle
@@ -213,8 +213,8 @@ def test_evaluate_predict_and_infer_give_identical_masks_and_dice(ray_local, lab
     from raysegment.postprocess.metrics import image_metrics
 
     evaluated = {r["image_id"]: r for r in evaluate(checkpoint, labelled, split="all").rows}
-    run_inference(InferConfig(input=os.path.join(labelled, "cxr"), checkpoint=checkpoint,
-                              output=str(tmp_path / "out"), ground_truth=labelled))
+    run_inference(InferConfig(IOSection(input=os.path.join(labelled, "cxr"), output=str(tmp_path / "out"),
+                                        ground_truth=labelled), ModelSection(checkpoint=checkpoint)))
     inferred = {r["image_id"]: r for r in read_results(str(tmp_path / "out")).to_pylist()}
     loaded = load_model(checkpoint)
     assert set(evaluated) == set(inferred) == {"inverted", "rotated", "mono1"}

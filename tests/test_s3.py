@@ -110,7 +110,7 @@ def test_s3_dataset_discovery_and_checkpoint(s3_endpoint, tmp_path):
 
 
 def test_endpoint_from_flag_wins_and_is_exported(s3_endpoint, monkeypatch):
-    from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+    from raysegment.cli.common import add_s3_arguments, apply_s3_arguments
 
     monkeypatch.setattr(storage, "_default_s3", storage.S3Options())  # restored after the test
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # a dead endpoint: the flag must win
@@ -281,7 +281,7 @@ def test_train_infer_resume_over_s3_and_no_credentials_anywhere(ray_local, s3_en
 
     import raysegment
     from raysegment.data.synth import write_dataset
-    from raysegment.infer.config import InferConfig
+    from raysegment.infer.config import InferConfig, IOSection, ModelSection, ScalingSection
     from raysegment.infer.pipeline import run_inference
     from raysegment.train.loop import load_train_state
 
@@ -310,8 +310,9 @@ def test_train_infer_resume_over_s3_and_no_credentials_anywhere(ray_local, s3_en
     # Inference s3 -> s3 through a proxy that fails every request for one image: that image becomes an
     # error row after the retries (short timeouts), the other 19 are ok.
     marks.append(("train resume", time.monotonic()))
-    common = {"input": f"{root}/data/cxr", "checkpoint": second.best_dir, "output": f"{root}/out",
-              "masks_out": f"{root}/masks", "num_actors": 1}  # one torch import, not two, on 2 cores
+    common = {"io": IOSection(input=f"{root}/data/cxr", output=f"{root}/out", masks_out=f"{root}/masks"),
+              "model": ModelSection(checkpoint=second.best_dir),
+              "scaling": ScalingSection(num_actors=1)}  # one torch import, not two, on 2 cores
     poisoned = "SYN_0003"
     with FaultyProxy("127.0.0.1", s3_endpoint.port, fail_first=10**6, match=poisoned) as proxy:
         options = _fast(proxy.url, max_attempts=3)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.cli.common import add_s3_arguments, apply_s3_arguments
 from raysegment.io import storage
 
 

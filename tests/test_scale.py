@@ -212,12 +212,12 @@ def test_wait_for_plan_gives_up_retryable_and_releases(fake_cluster):
 
 
 def test_elastic_infer_plan_takes_gpus_from_the_user_not_the_snapshot(monkeypatch):
-    from raysegment.infer.config import InferConfig
+    from raysegment.infer.config import ScalingSection
     from raysegment.infer.sizing import elastic_plan
 
     monkeypatch.setattr(capacity, "max_resources", dict)
     nothing = ClusterResources((NodeResources(0, 0),))
-    make_plan, bundles = elastic_plan(InferConfig("in", "ck", "out", use_gpu=True, max_actors=4), nothing)
+    make_plan, bundles = elastic_plan(ScalingSection(use_gpu=True, max_actors=4), nothing)
     assert bundles == [{"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0}]
     with pytest.raises(PlanError):
         make_plan(nothing)
@@ -226,7 +226,7 @@ def test_elastic_infer_plan_takes_gpus_from_the_user_not_the_snapshot(monkeypatc
     assert up.describe().startswith("1-4 inference actor(s) x (1 GPU + 1 CPU)")
     # Unsaid: the autoscaling config decides (GPU node types there), not the empty snapshot.
     monkeypatch.setattr(capacity, "max_resources", lambda: {"CPU": 48.0, "GPU": 8.0})
-    make_plan, bundles = elastic_plan(InferConfig("in", "ck", "out"), nothing)
+    make_plan, bundles = elastic_plan(ScalingSection(), nothing)
     assert bundles[0] == {"CPU": 1.0, "GPU": 1.0}
     assert make_plan(ClusterResources((NodeResources(4, 1),))).pool_max == 8
 

@@ -284,7 +284,7 @@ def test_show_draws_the_structures_truths_from_truth_uri_and_from_a_structures_d
 def inference(ray_local, tmp_path_factory) -> dict:
     """6 phantoms + 1 corrupt file through the real bulk pipeline, with ground truth (dice per image)."""
     from raysegment.data.synth import write_dataset
-    from raysegment.infer.config import InferConfig
+    from raysegment.infer.config import InferConfig, IOSection, ModelSection, ScalingSection
     from raysegment.infer.pipeline import run_inference
 
     base = tmp_path_factory.mktemp("show")
@@ -299,8 +299,8 @@ def inference(ray_local, tmp_path_factory) -> dict:
     spec = ModelSpec(UNetConfig(base_channels=4, depth=2), PreprocessConfig(size=64))
     save_checkpoint(checkpoint, model, spec)
     out = str(base / "results")
-    run_inference(InferConfig(input=os.path.join(data, "cxr"), checkpoint=checkpoint, output=out,
-                              ground_truth=data, batch_size=4))
+    run_inference(InferConfig(IOSection(input=os.path.join(data, "cxr"), output=out, ground_truth=data),
+                              ModelSection(checkpoint=checkpoint), ScalingSection(batch_size=4)))
     return {"results": out, "data": data, "base": base}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.cli import common
 
 DESCRIPTION = (
     "Predict the validation images and shifted copies of them, fit the regression from quality features to "
@@ -33,13 +33,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random shifts")
     p.add_argument("--quality-threshold", type=float, default=None, metavar="Q",
                    help="store this flag threshold instead of the one chosen on the fit")
-    add_s3_arguments(p)
+    common.add_s3_arguments(p)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    apply_s3_arguments(args)
+    common.apply_s3_arguments(args)
     from raysegment.evaluation.calibrate import calibrate
 
     if args.copies < 0:

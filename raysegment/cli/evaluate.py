@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.cli import common
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
 
@@ -14,25 +14,25 @@ def add_parser(subparsers) -> None:
     """Register the `evaluate` subcommand."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "evaluate", help="evaluate a checkpoint on a labelled split (metrics at original resolution)")
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint folder (local or s3://), e.g. RUN_DIR/best")
-    p.add_argument("--data", default=None,
-                   help="dataset folder / s3:// prefix / manifest, or a run folder or its split_manifest.csv "
-                        "(default: the split_manifest.csv next to the checkpoint)")
-    p.add_argument("--split", choices=SPLIT_CHOICES, default="test")
-    p.add_argument("--out", default=None,
-                   help="output folder (local or s3://); default CHECKPOINT/../evaluate_SPLIT")
-    p.add_argument("--batch-size", type=int, default=8, help="images decoded and run per step")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="probability threshold (default: the checkpoint's)")
-    p.add_argument("--quality-threshold", type=float, default=None, metavar="Q",
-                   help="QC: flag quality_score below Q (default: the checkpoint calibration's threshold)")
-    add_s3_arguments(p)
+    data = p.add_argument_group("data and output")
+    data.add_argument("--data", default=None,
+                      help="dataset folder / s3:// prefix / manifest, or a run folder or its "
+                           "split_manifest.csv (default: the split_manifest.csv next to the checkpoint)")
+    data.add_argument("--split", choices=SPLIT_CHOICES, default="test")
+    data.add_argument("--out", default=None,
+                      help="output folder (local or s3://); default CHECKPOINT/../evaluate_SPLIT")
+    model = p.add_argument_group("model")
+    model.add_argument("--checkpoint", required=True,
+                       help="checkpoint folder (local or s3://), e.g. RUN_DIR/best")
+    model.add_argument("--batch-size", type=int, default=8, help="images decoded and run per step")
+    common.add_threshold_argument(model)
+    common.add_quality_threshold_argument(p.add_argument_group(common.QC_GROUP))
+    common.add_s3_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    apply_s3_arguments(args)
+    common.apply_s3_arguments(args)
     from raysegment import logs
     from raysegment.evaluation.evaluate import evaluate
     from raysegment.io import preflight, storage

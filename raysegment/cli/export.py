@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.cli import common
 
 
 def add_parser(subparsers) -> None:
@@ -19,12 +19,12 @@ def add_parser(subparsers) -> None:
                         "default CHECKPOINT/model.onnx or model.torchscript.pt")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument("--atol", type=float, default=1e-4, help="max allowed |exported - PyTorch| on the logits")
-    add_s3_arguments(p)
+    common.add_s3_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    apply_s3_arguments(args)
+    common.apply_s3_arguments(args)
     from raysegment.model.export import export_model
 
     result = export_model(args.checkpoint, args.format, args.out, args.opset, args.atol)

@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
-
-
-def add_capacity_arguments(p: argparse.ArgumentParser) -> None:
-    """--wait-for-capacity / --no-wait (shared by infer and train; see cluster/capacity.py)."""
-    wait = p.add_mutually_exclusive_group()
-    wait.add_argument("--wait-for-capacity", type=float, metavar="SECONDS",
-                      help="wait up to SECONDS for nodes to join when the plan does not fit yet "
-                      "(default: 900 when joining a cluster with --address/$RAY_ADDRESS, 0 on a local Ray)")
-    wait.add_argument("--no-wait", action="store_true",
-                      help="never wait for nodes: fail at once when the plan does not fit what is up")
+from raysegment.cli import common
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the `infer` subcommand."""
+    """Register the `infer` subcommand: its flags in groups (input and output, model and postprocessing,
+    QC, scaling and cluster, object storage)."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "infer",
         help="bulk inference over an X-ray archive on Ray Data",
@@ -27,91 +18,83 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "input, errors included). Rerunning the same command resumes: images done with the same model and "
         "unchanged are skipped, errors are retried. Schema: docs/output_schema.md.",
     )
-    p.add_argument("--input", required=True, metavar="URI",
-                   help="folder or s3:// prefix (listed recursively), or a .csv/.parquet manifest")
-    p.add_argument("--checkpoint", required=True, metavar="URI", help="checkpoint folder (local or s3://)")
-    p.add_argument("--output", required=True, metavar="URI", help="results folder or s3:// prefix")
-    p.add_argument("--masks-out", metavar="URI",
-                   help="also write each mask as PNG here, mirroring input paths")
-    p.add_argument("--ground-truth", metavar="URI",
-                   help="labelled data set (any layout `raysegment train` reads): adds dice, iou, hd95, ... "
-                   "per image, matched by file stem")
-    p.add_argument("--manifest-column", metavar="NAME", help="manifest column with the image URIs "
-                   "(default: image_uri, image, uri or path)")
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N inputs (for a trial)")
-    p.add_argument("--batch-size", type=int, metavar="N",
-                   help="images per actor call (default 8 CPU / 32 GPU)")
-    p.add_argument("--num-actors", type=int, metavar="N",
-                   help="inference actors (default: one per GPU, or one per CPU minus a decode share)")
-    p.add_argument("--min-actors", type=int, metavar="N",
-                   help="autoscaling pool: start with (and wait for) N actors (default 1)")
-    p.add_argument("--max-actors", type=int, metavar="N",
-                   help="autoscaling pool: grow to N actors as nodes join "
-                   "(default: what the cluster can grow to)")
-    gpu = p.add_mutually_exclusive_group()
-    gpu.add_argument("--gpu", action="store_true",
-                     help="one GPU per actor, even when no GPU node is up yet (the autoscaler adds them)")
-    gpu.add_argument("--no-gpu", action="store_true", help="run on CPU even when the cluster has GPUs")
-    p.add_argument("--device", choices=["cpu", "cuda"],
-                   help="where the actors run the model (default: cuda on GPU actors, else cpu). "
-                   "--device cpu keeps the GPU plan (actors ask for GPUs; micro-batches, bf16, "
-                   "channels_last) but runs the model on the node's CPU: to check a GPU plan without GPUs")
-    p.add_argument("--torch-threads", type=int, metavar="N",
-                   help="intra-op threads per CPU actor (default 1; results then match predict() bit for "
-                   "bit)")
-    p.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's)")
-    p.add_argument("--keep-largest", type=int, default=2, metavar="K",
-                   help="keep the K largest components (default 2: two lungs; 0 keeps all)")
-    p.add_argument("--no-fill-holes", action="store_true", help="do not fill holes in the masks")
-    p.add_argument("--quality-threshold", type=float, metavar="Q",
-                   help="QC: flag masks whose quality_score (predicted dice) is below Q (default: the "
-                   "threshold stored with the checkpoint's calibration)")
-    p.add_argument("--pixel-spacing", type=float, metavar="MM",
-                   help="pixel spacing (mm) for images that do not carry one (PNG/JPEG): enables cm2 and "
-                   "hd95_mm")
-    p.add_argument("--no-resume", action="store_true", help="process every input even if done before")
-    p.add_argument("--rows-per-file", type=int, default=256, metavar="N",
-                   help="minimum rows per Parquet file")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--no-inversion-check", action="store_true",
-                   help="do not detect and correct inverted PNG/JPEG/TIFF exports (white air; see docs)")
-    p.add_argument("--no-mask-png", action="store_true",
-                   help="leave mask_png empty: masks only as mask_rle (about 7x smaller in Parquet)")
-    p.add_argument("--dicom-seg-out", metavar="URI",
-                   help="write a DICOM Segmentation (SEG) per DICOM input here, mirroring input paths")
-    p.add_argument("--dicom-seg-sides", action="store_true",
-                   help="DICOM SEG with right and left lung as two segments (default: one 'Lung' segment)")
-    add_capacity_arguments(p)
     p.add_argument("--dry-run", action="store_true",
                    help="list, apply resume and plan, print how many inputs would be processed; run nothing")
-    add_s3_arguments(p)
+    _add_io_arguments(p.add_argument_group("input and output"))
+    model = p.add_argument_group("model and postprocessing")
+    model.add_argument("--checkpoint", required=True, metavar="URI", help="checkpoint folder (local or s3://)")
+    common.add_threshold_argument(model)
+    common.add_postprocess_arguments(model)
+    common.add_quality_threshold_argument(p.add_argument_group(common.QC_GROUP))
+    _add_scaling_arguments(p.add_argument_group(common.CLUSTER_GROUP))
+    common.add_s3_arguments(p)
     p.set_defaults(func=run)
     return p
 
 
+def _add_io_arguments(io) -> None:
+    """Where the images come from and where the results go (and in which forms)."""
+    io.add_argument("--input", required=True, metavar="URI",
+                    help="folder or s3:// prefix (listed recursively), or a .csv/.parquet manifest")
+    io.add_argument("--output", required=True, metavar="URI", help="results folder or s3:// prefix")
+    io.add_argument("--masks-out", metavar="URI",
+                    help="also write each mask as PNG here, mirroring input paths")
+    io.add_argument("--ground-truth", metavar="URI",
+                    help="labelled data set (any layout `raysegment train` reads): adds dice, iou, hd95, ... "
+                    "per image, matched by file stem")
+    io.add_argument("--manifest-column", metavar="NAME", help="manifest column with the image URIs "
+                    "(default: image_uri, image, uri or path)")
+    io.add_argument("--limit", type=int, metavar="N", help="only the first N inputs (for a trial)")
+    io.add_argument("--pixel-spacing", type=float, metavar="MM",
+                    help="pixel spacing (mm) for images that do not carry one (PNG/JPEG): enables cm2 and "
+                    "hd95_mm")
+    io.add_argument("--no-inversion-check", action="store_true",
+                    help="do not detect and correct inverted PNG/JPEG/TIFF exports (white air; see docs)")
+    io.add_argument("--no-resume", action="store_true", help="process every input even if done before")
+    io.add_argument("--rows-per-file", type=int, default=256, metavar="N",
+                    help="minimum rows per Parquet file")
+    io.add_argument("--no-mask-png", action="store_true",
+                    help="leave mask_png empty: masks only as mask_rle (about 7x smaller in Parquet)")
+    io.add_argument("--dicom-seg-out", metavar="URI",
+                    help="write a DICOM Segmentation (SEG) per DICOM input here, mirroring input paths")
+    io.add_argument("--dicom-seg-sides", action="store_true",
+                    help="DICOM SEG with right and left lung as two segments (default: one 'Lung' segment)")
+
+
+def _add_scaling_arguments(scaling) -> None:
+    """Actors, batch, GPU/CPU, threads, and the cluster to run on."""
+    scaling.add_argument("--batch-size", type=int, metavar="N",
+                         help="images per actor call (default 8 CPU / 32 GPU)")
+    scaling.add_argument("--num-actors", type=int, metavar="N",
+                         help="inference actors (default: one per GPU, or one per CPU minus a decode share)")
+    scaling.add_argument("--min-actors", type=int, metavar="N",
+                         help="autoscaling pool: start with (and wait for) N actors (default 1)")
+    scaling.add_argument("--max-actors", type=int, metavar="N",
+                         help="autoscaling pool: grow to N actors as nodes join "
+                         "(default: what the cluster can grow to)")
+    gpu = scaling.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu", action="store_true",
+                     help="one GPU per actor, even when no GPU node is up yet (the autoscaler adds them)")
+    gpu.add_argument("--no-gpu", action="store_true", help="run on CPU even when the cluster has GPUs")
+    scaling.add_argument("--device", choices=["cpu", "cuda"],
+                         help="where the actors run the model (default: cuda on GPU actors, else cpu). "
+                         "--device cpu keeps the GPU plan (actors ask for GPUs; micro-batches, bf16, "
+                         "channels_last) but runs the model on the node's CPU: to check a GPU plan without "
+                         "GPUs")
+    scaling.add_argument("--torch-threads", type=int, metavar="N",
+                         help="intra-op threads per CPU actor (default 1; results then match predict() bit "
+                         "for bit)")
+    common.add_cluster_arguments(scaling)
+
+
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when every input has a row (bad images are rows with status=error, not a failure)."""
-    s3 = apply_s3_arguments(args)  # before Ray starts: workers inherit the S3 settings
+    s3 = common.apply_s3_arguments(args)  # before Ray starts: workers inherit the S3 settings
 
-    from raysegment.infer.pipeline import InferConfig, run_inference, summary_header
+    from raysegment.infer.pipeline import run_inference, summary_header
     from raysegment.outputs.report import format_summary
-    from raysegment.postprocess.masks import PostprocessConfig
 
-    config = InferConfig(
-        input=args.input, checkpoint=args.checkpoint, output=args.output, masks_out=args.masks_out,
-        ground_truth=args.ground_truth, manifest_column=args.manifest_column, limit=args.limit,
-        batch_size=args.batch_size, num_actors=args.num_actors,
-        use_gpu=False if args.no_gpu else (True if args.gpu else None),
-        min_actors=args.min_actors, max_actors=args.max_actors, wait_for_capacity=args.wait_for_capacity,
-        no_wait=args.no_wait, dry_run=args.dry_run, device=args.device,
-        torch_threads=args.torch_threads, threshold=args.threshold,
-        postprocess=PostprocessConfig(keep_largest=args.keep_largest, fill_holes=not args.no_fill_holes,
-                                      min_quality_score=args.quality_threshold),
-        pixel_spacing_mm=args.pixel_spacing, resume=not args.no_resume, rows_per_file=args.rows_per_file,
-        s3=s3, address=args.address, correct_inversion=not args.no_inversion_check,
-        mask_png=not args.no_mask_png, dicom_seg_out=args.dicom_seg_out, dicom_seg_sides=args.dicom_seg_sides,
-    )
-    summary = run_inference(config)
+    summary = run_inference(infer_config(args, s3))
     if summary.get("dry_run"):
         return 0
     print(summary_header(summary))
@@ -123,3 +106,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"  WARNING: {summary['missing']} inputs have no row; run the same command again to resume")
     print(f"  results: {summary['output']}")
     return 0 if summary["missing"] == 0 else 1
+
+
+def infer_config(args: argparse.Namespace, s3):
+    """The InferConfig of the parsed flags (section by section, as grouped in --help)."""
+    from raysegment.infer.config import InferConfig, IOSection, ModelSection, ScalingSection
+
+    io = IOSection(
+        input=args.input, output=args.output, masks_out=args.masks_out, ground_truth=args.ground_truth,
+        manifest_column=args.manifest_column, limit=args.limit, resume=not args.no_resume,
+        rows_per_file=args.rows_per_file, pixel_spacing_mm=args.pixel_spacing,
+        correct_inversion=not args.no_inversion_check, mask_png=not args.no_mask_png,
+        dicom_seg_out=args.dicom_seg_out, dicom_seg_sides=args.dicom_seg_sides)
+    model = ModelSection(checkpoint=args.checkpoint, threshold=args.threshold,
+                         postprocess=common.postprocess_options(args))
+    scaling = ScalingSection(
+        batch_size=args.batch_size, num_actors=args.num_actors, min_actors=args.min_actors,
+        max_actors=args.max_actors, use_gpu=False if args.no_gpu else (True if args.gpu else None),
+        device=args.device, torch_threads=args.torch_threads)
+    return InferConfig(io, model, scaling, common.cluster_options(args), s3, dry_run=args.dry_run)

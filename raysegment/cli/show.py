@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.cli import common
 
 
 def add_parser(subparsers) -> None:
@@ -28,12 +28,12 @@ def add_parser(subparsers) -> None:
                    help="at most this many images with --qc-flagged, or when no choice is given")
     p.add_argument("--cols", type=int, default=4, help="tiles per row of contact_sheet.png")
     p.add_argument("--tile-height", type=int, default=384, help="height of each panel, pixels")
-    add_s3_arguments(p)
+    common.add_s3_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    apply_s3_arguments(args)
+    common.apply_s3_arguments(args)
     from raysegment.viz.show import show
 
     result = show(args.results, args.out, args.worst, args.qc_flagged, args.uri, args.ground_truth,

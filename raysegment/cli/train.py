@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from raysegment.cli.infer import add_capacity_arguments
-from raysegment.cli.s3_args import add_s3_arguments, apply_s3_arguments
+from raysegment.cli import common
 
 # flag dest -> config key
 FLAG_KEYS = {
@@ -32,6 +31,9 @@ FLAG_KEYS = {
     "storage": "run.storage_path",
     "max_failures": "run.max_failures",
     "seed": "run.seed",
+    "address": "cluster.address",
+    "wait_for_capacity": "cluster.wait_for_capacity",
+    "no_wait": "cluster.no_wait",
 }
 
 
@@ -40,37 +42,45 @@ def add_parser(subparsers) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "train", help="train a UNet on Ray Train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE",
-                   help="YAML config (local or s3://), e.g. configs/train-small.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set model.base_channels=8 (repeatable)")
-    p.add_argument("--data", metavar="URI", help="dataset folder, s3:// prefix or manifest (data.path)")
-    p.add_argument("--epochs", type=int, help="optim.epochs")
-    p.add_argument("--batch-size", type=int, help="optim.batch_size, per worker")
-    p.add_argument("--lr", type=float, help="optim.lr")
-    p.add_argument("--loss", choices=["dice", "bce", "bce_dice"], help="optim.loss")
-    p.add_argument("--size", type=int, help="preprocess.size: model input side in pixels")
-    p.add_argument("--num-workers", type=int, help="scaling.num_workers")
-    gpu = p.add_mutually_exclusive_group()
+    settings = p.add_argument_group("config")
+    settings.add_argument("--config", metavar="FILE",
+                          help="YAML config (local or s3://), e.g. configs/train-small.yaml")
+    settings.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override any config key, e.g. --set model.base_channels=8 (repeatable)")
+    settings.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+    data = p.add_argument_group("data and model")
+    data.add_argument("--data", metavar="URI", help="dataset folder, s3:// prefix or manifest (data.path)")
+    data.add_argument("--size", type=int, help="preprocess.size: model input side in pixels")
+    optim = p.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, help="optim.epochs")
+    optim.add_argument("--batch-size", type=int, help="optim.batch_size, per worker")
+    optim.add_argument("--lr", type=float, help="optim.lr")
+    optim.add_argument("--loss", choices=["dice", "bce", "bce_dice"], help="optim.loss")
+    outputs = p.add_argument_group("run (outputs and resume)")
+    outputs.add_argument("--name", help="run.name (the same name resumes that run)")
+    outputs.add_argument("--storage", metavar="URI", help="run.storage_path: local folder or s3:// prefix")
+    outputs.add_argument("--max-failures", type=int, help="run.max_failures: worker deaths to recover from")
+    outputs.add_argument("--seed", type=int, help="run.seed")
+    _add_scaling_arguments(p.add_argument_group(common.CLUSTER_GROUP))
+    common.add_s3_arguments(p)
+    p.set_defaults(func=run, no_wait=None)  # None: --no-wait not given, cluster.no_wait from --config/--set
+
+
+def _add_scaling_arguments(scaling) -> None:
+    """Workers, GPU/CPU, device, and the cluster to run on."""
+    scaling.add_argument("--num-workers", type=int, help="scaling.num_workers")
+    gpu = scaling.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="require GPUs")
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False, help="train on CPUs")
-    p.add_argument("--device", choices=["cpu", "cuda"],
-                   help="scaling.device: where workers run the model (default: cuda on GPU workers). "
-                   "cpu keeps the GPU plan (workers ask for GPUs; bf16, channels_last) but computes on "
-                   "the CPU")
-    p.add_argument("--name", help="run.name (the same name resumes that run)")
-    p.add_argument("--storage", metavar="URI", help="run.storage_path: local folder or s3:// prefix")
-    p.add_argument("--max-failures", type=int, help="run.max_failures: worker deaths to recover from")
-    p.add_argument("--seed", type=int, help="run.seed")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    add_capacity_arguments(p)
-    p.add_argument("--print-config", action="store_true", help="print the effective config and exit")
-    add_s3_arguments(p)
-    p.set_defaults(func=run)
+    scaling.add_argument("--device", choices=["cpu", "cuda"],
+                         help="scaling.device: where workers run the model (default: cuda on GPU workers). "
+                         "cpu keeps the GPU plan (workers ask for GPUs; bf16, channels_last) but computes on "
+                         "the CPU")
+    common.add_cluster_arguments(scaling)
 
 
 def run(args: argparse.Namespace) -> int:
-    apply_s3_arguments(args)  # before Ray starts: workers inherit the endpoint through the environment
+    common.apply_s3_arguments(args)  # before Ray starts: workers inherit the endpoint through the environment
     from raysegment.train.config import TrainConfig, load_config, parse_override
 
     overrides = dict(parse_override(text) for text in args.overrides)
@@ -87,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from raysegment.outputs.report import format_summary
     from raysegment.train.driver import train
 
-    result = train(config, address=args.address, wait_for_capacity=args.wait_for_capacity,
-                   no_wait=args.no_wait)
+    result = train(config)
     test = result.test_metrics
     if test:
         print(f"test split, best checkpoint (epoch {test['epoch']}), scored as `raysegment evaluate` does:")

@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from raysegment.cluster.plan import ClusterResources, PlanError, cluster_resources
@@ -45,6 +46,21 @@ def wait_timeout(address: str | None, wait_for_capacity: float | None = None, no
     if wait_for_capacity is not None:
         return max(0.0, float(wait_for_capacity))
     return DEFAULT_WAIT_S if (address or os.environ.get("RAY_ADDRESS")) else 0.0
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Which Ray cluster to run on and how long to wait for it to grow (the `cluster` section of both
+    InferConfig and TrainConfig; flags --address, --wait-for-capacity, --no-wait)."""
+
+    address: str | None = None  # Ray cluster address (default: $RAY_ADDRESS or a local Ray)
+    # seconds to wait for nodes; None: DEFAULT_WAIT_S when joining a cluster, else 0
+    wait_for_capacity: float | None = None
+    no_wait: bool = False  # never wait: fail at once when the plan does not fit what is up
+
+    def wait_s(self) -> float:
+        """Seconds to wait for capacity (wait_timeout of these options)."""
+        return wait_timeout(self.address, self.wait_for_capacity, self.no_wait)
 
 
 def max_resources() -> dict[str, float]:

@@ -195,6 +195,8 @@ def _vessels(rng: np.random.Generator, res: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- rendering
+# Over 80 lines on purpose: one seeded draw sequence, read top to bottom (geometry, attenuation, exposure,
+# masks), each step using the previous steps' locals; split, it would pass a dozen arrays between parts.
 def _render(seed: int, index: int, size: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """Float32 image (size, size) in [0, 1] and the bool (size, size) masks in Phantom's field order:
     (left lung, right lung, heart, left clavicle, right clavicle)."""

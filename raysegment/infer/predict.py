@@ -44,7 +44,7 @@ def predict(
     threads: int | None = CPU_THREADS,
     fix_inversion: bool = True,
 ) -> Prediction:
-    """Segment one X-ray: encoded bytes (any format imageio reads) or a float32 HxW array in [0, 1].
+    """Segment one X-ray: encoded bytes (any format io/decode.py reads) or a float32 HxW array in [0, 1].
 
     `config` defaults to PostprocessConfig(); `threshold` to the checkpoint's. `micro_batch` and `threads`
     must be what the pipeline used for pixel-identical results (the defaults are the pipeline's defaults).

@@ -20,17 +20,17 @@ from raysegment.cluster.plan import (
     cluster_resources,
     plan_inference,
 )
-from raysegment.infer.config import InferConfig
+from raysegment.infer.config import ScalingSection
 
 
-def plan(config: InferConfig, resources: ClusterResources) -> InferPlan:
-    """Actors and CPUs for this run on a cluster of fixed size (raises cluster.PlanError when it cannot be
-    scheduled)."""
-    use_gpu = resources.gpus >= 1 if config.use_gpu is None else config.use_gpu
-    if config.device == "cuda" and not use_gpu:
-        raise PlanError("--device cuda needs GPU actors: " + ("drop --no-gpu" if config.use_gpu is False else
+def plan(scaling: ScalingSection, resources: ClusterResources) -> InferPlan:
+    """Actors and CPUs for this run (InferConfig.scaling) on a cluster of fixed size (raises
+    cluster.PlanError when it cannot be scheduled)."""
+    use_gpu = resources.gpus >= 1 if scaling.use_gpu is None else scaling.use_gpu
+    if scaling.device == "cuda" and not use_gpu:
+        raise PlanError("--device cuda needs GPU actors: " + ("drop --no-gpu" if scaling.use_gpu is False else
                         f"the cluster has {resources.describe()}"))
-    wanted = config.num_actors or config.max_actors
+    wanted = scaling.num_actors or scaling.max_actors
     if use_gpu:
         fixed = plan_inference(resources, wanted, use_gpu=True)
     else:
@@ -40,12 +40,12 @@ def plan(config: InferConfig, resources: ClusterResources) -> InferPlan:
         if cpus_per_actor >= 1:
             cpus_per_actor = float(int(cpus_per_actor))
         fixed = plan_inference(resources, num_actors, use_gpu=False, cpus_per_actor=cpus_per_actor)
-    if config.min_actors and config.min_actors < fixed.num_actors:  # a pool that may shrink to min_actors
-        return replace(fixed, num_actors=config.min_actors, max_actors=fixed.num_actors)
+    if scaling.min_actors and scaling.min_actors < fixed.num_actors:  # a pool that may shrink to min_actors
+        return replace(fixed, num_actors=scaling.min_actors, max_actors=fixed.num_actors)
     return fixed
 
 
-def elastic_plan(config: InferConfig, resources: ClusterResources):
+def elastic_plan(scaling: ScalingSection, resources: ClusterResources):
     """(make_plan, minimum bundles) for a cluster that can grow: an autoscaling pool of min..max actors.
 
     GPUs: the user's --gpu/--no-gpu, else whether the cluster can have GPUs (some up, or GPU node types in its
@@ -53,16 +53,16 @@ def elastic_plan(config: InferConfig, resources: ClusterResources):
     so the autoscaler adds nodes of the right type. max: --max-actors, else as many as the cluster can grow
     to.
     """
-    use_gpu = capacity.gpus_possible(resources) if config.use_gpu is None else config.use_gpu
-    low = config.min_actors or config.num_actors or 1
+    use_gpu = capacity.gpus_possible(resources) if scaling.use_gpu is None else scaling.use_gpu
+    low = scaling.min_actors or scaling.num_actors or 1
     grow_to = capacity.max_resources()
 
     def make_plan(res: ClusterResources) -> InferPlan:
         if use_gpu:
-            high = config.max_actors or config.num_actors or int(max(grow_to.get("GPU", 0), res.gpus))
+            high = scaling.max_actors or scaling.num_actors or int(max(grow_to.get("GPU", 0), res.gpus))
             return replace(plan_inference(res, low, use_gpu=True), max_actors=max(low, high))
         cpus = max(grow_to.get("CPU", 0), res.cpus)
-        high = config.max_actors or config.num_actors or int(cpus - max(0.5, cpus / 8))
+        high = scaling.max_actors or scaling.num_actors or int(cpus - max(0.5, cpus / 8))
         return replace(plan_inference(res, low, use_gpu=False, cpus_per_actor=1.0), max_actors=max(low, high))
 
     bundles = ([{"CPU": 1.0, "GPU": 1.0} if use_gpu else {"CPU": 1.0}] * low
@@ -70,13 +70,13 @@ def elastic_plan(config: InferConfig, resources: ClusterResources):
     return make_plan, bundles
 
 
-def plan_run(config: InferConfig, wait_s: float, dry_run: bool) -> tuple[InferPlan | None, str]:
+def plan_run(scaling: ScalingSection, wait_s: float, dry_run: bool) -> tuple[InferPlan | None, str]:
     """(plan, note). Waits for capacity when wait_s > 0 (not in a dry run, which only says what it would
     wait for)."""
     resources = cluster_resources()
     if wait_s <= 0:
-        return plan(config, resources), ""
-    make_plan, bundles = elastic_plan(config, resources)
+        return plan(scaling, resources), ""
+    make_plan, bundles = elastic_plan(scaling, resources)
     if dry_run:
         try:
             return make_plan(resources), ""

@@ -169,7 +169,7 @@ class InferActor:
         from raysegment.model.checkpoint import load_model
 
         storage.set_default_s3_options(s3)  # load_model reads with the process-wide options
-        torch.set_num_threads(threads)  # once, so forward_probabilities never has to switch
+        torch.set_num_threads(threads)  # once, so forward_structures never has to switch
         # A GPU actor keeps the GPU recipe (micro-batches, bf16, channels_last) even on device "cpu".
         self.loaded = load_model(checkpoint, device or ("cuda" if use_gpu else "cpu"))
         if self.loaded.model_id != model_id:

@@ -18,6 +18,9 @@ Schema (defaults in the dataclasses below; `configs/train-small.yaml` is a tiny 
                 device (null = auto, cpu, cuda)
     run:        name (null = train-<timestamp>), storage_path (local or s3://), seed, max_failures,
                 checkpoints_to_keep, prefetch_batches, evaluate_test
+    cluster:    cluster.capacity.ClusterOptions, as for `raysegment infer`: address (null = $RAY_ADDRESS or
+                a local Ray), wait_for_capacity (seconds; null = 900 when joining a cluster, else 0), no_wait.
+                Not compared on resume: a run may go on on another cluster
     debug:      kill_worker_at_epoch (fault-injection for tests)
     threshold:  probability threshold of the predicted mask
 """
@@ -33,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from raysegment.cluster.capacity import ClusterOptions
 from raysegment.data.augment import AugmentConfig
 from raysegment.data.preprocess import PreprocessConfig
 from raysegment.data.structures import LUNGS, check_structures
@@ -113,6 +117,7 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)
     run: RunSection = field(default_factory=RunSection)
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
     debug: DebugSection = field(default_factory=DebugSection)
     threshold: float = 0.5  # on the sigmoid probability
     structures: tuple[str, ...] = ("lungs",)  # model output channels, in order; model.out_channels = count

@@ -100,39 +100,25 @@ def _check_resumable(config: TrainConfig, previous_uri: str) -> None:
                 f"Use a new run.name for a new model.")
 
 
-def train(config: TrainConfig, address: str | None = None, wait_for_capacity: float | None = None,
-          no_wait: bool = False) -> TrainResult:
-    """Train per `config` on the connected (or started) Ray cluster; see the module docstring for outputs.
-
-    On a cluster that can grow (joined with `address`/$RAY_ADDRESS, or `wait_for_capacity` seconds given) a
-    plan that does not fit yet is waited for (cluster.capacity: bounded, visible; RetryableError at the end).
-    """
+def _preflight(config: TrainConfig) -> None:
+    """Everything that can be wrong with the request fails here, in seconds, before Ray starts."""
     if not config.data.path and not config.data.sources:
         raise ConfigError("data.path: required (a dataset folder, s3:// prefix or manifest); pass --data "
                           "DIR, or list data.sources in the config")
-    # Everything that can be wrong with the request fails here, in seconds, before Ray starts.
     paths = [path for _, path, _ in config.source_list()]
     preflight.check_reachable(*paths, config.run.storage_path)
     for i, path in enumerate(paths):
         preflight.require_exists(path, f"data.sources[{i}].path" if config.data.sources else "data.path")
-    t_start = time.perf_counter()
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
 
+
+def _plan_workers(config: TrainConfig):
+    """(TrainPlan, torch threads per worker), checked before anything is submitted: an impossible plan
+    fails now, naming what is missing; on a cluster that can grow it is waited for."""
     from raysegment.cluster import capacity
-    from raysegment.cluster.plan import cluster_resources, connect, plan_training
-    from raysegment.data.datasets import write_manifest
-    from raysegment.train.data import build_datasets, load_split
-    from raysegment.train.loop import train_loop_per_worker
+    from raysegment.cluster.plan import cluster_resources, plan_training
 
-    if config.run.name is None:
-        config = config.replace({"run.name": default_run_name()})
-    split = load_split(config)
-    connect(address)
-    t_ray = time.perf_counter()
     s = config.scaling
-    # Checked before anything is submitted: an impossible plan fails now, naming what is missing.
-    wait_s = capacity.wait_timeout(address, wait_for_capacity, no_wait)
+    wait_s = config.cluster.wait_s()
     use_gpu = True if s.device == "cuda" and s.use_gpu is None else s.use_gpu
     if wait_s > 0 and use_gpu is None:  # from the cluster's config, not from which nodes happen to be up
         use_gpu = capacity.gpus_possible(cluster_resources())
@@ -140,14 +126,14 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
     plan = capacity.wait_for_plan(
         lambda res: plan_training(res, s.num_workers, use_gpu, s.cpus_per_worker, s.data_cpus),
         [worker] * s.num_workers + [{"CPU": 0.5}], wait_s, what=f"{s.num_workers} training worker(s)")
-    threads = s.torch_threads or max(1, int(plan.cpus_per_worker))
-    fs, fs_path = storage.filesystem(config.run.storage_path)
-    storage_uri = storage.to_uri(fs_path, config.run.storage_path)  # absolute: workers have another cwd
-    run_dir = storage.join(storage_uri, config.run.name)
-    print(f"run {config.run.name}: {plan.describe()}, {threads} torch thread(s) per worker; "
-          f"run dir {run_dir}",
-          flush=True)
-    logs.set_destination(run_dir)
+    return plan, s.torch_threads or max(1, int(plan.cpus_per_worker))
+
+
+def _prepare_run_dir(config: TrainConfig, split, plan, run_dir: str) -> str:
+    """Check the split fits the plan and the run dir (if any) can be resumed; write split_manifest.csv
+    and config.yaml. Returns the split's digest."""
+    from raysegment.data.datasets import write_manifest
+
     counts = split.counts()
     if counts["train"] < plan.num_workers or counts["val"] < 1:
         raise ConfigError(f"data.path: {counts} images per split; need >= {plan.num_workers} train "
@@ -160,23 +146,23 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
               "changed since); resuming continues on the new split", flush=True)
     digest = write_manifest(split, manifest_uri)
     save_config(config, storage.join(run_dir, "config.yaml"))
+    return digest
 
-    ingest = build_datasets(split, config, run_dir, digest)  # materialized, or a Parquet cache streamed
-    datasets, decoded = ingest.datasets, ingest.rows
-    t_ingest = time.perf_counter()
-    per_source = "".join(f"\n  source {name}: {c['train']}/{c['val']}/{c['test']} train/val/test"
-                         for name, c in split.source_counts().items())
-    print(f"data: {split.discovery.layout} layout, {counts} images per split{per_source}\n  decoded train "
-          f"{decoded['train']}/{counts['train']}, val {decoded['val']}/{counts['val']} "
-          f"({t_ingest - t_ray:.1f} s); {ingest.describe()}", flush=True)
+
+def _trainer(config: TrainConfig, plan, threads: int, run_dir: str, digest: str, ingest, fs, fs_path: str):
+    """The Ray Train TorchTrainer of this run (train_loop_per_worker on plan.num_workers workers)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from raysegment.train.loop import train_loop_per_worker
 
     resources = {"CPU": plan.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})}
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "run_dir": run_dir, "torch_threads": threads,
                            "split_digest": digest, "val_check": ingest.val_check, "use_gpu": plan.use_gpu},
         # GPU workers computing on the CPU (scaling.device=cpu) need gloo: NCCL only moves CUDA tensors.
-        torch_config=TorchConfig(backend="gloo") if plan.use_gpu and s.device == "cpu" else None,
+        torch_config=TorchConfig(backend="gloo") if plan.use_gpu and config.scaling.device == "cpu" else None,
         scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -189,20 +175,17 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
                 checkpoint_score_order="max"),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
-        datasets=datasets,
+        datasets=ingest.datasets,
         # Val is not split (an equal split drops remainder rows): every worker reads it all, in order, and
         # evaluates every world_size-th batch. In order: without preserve_order Ray Data's collate threads
         # may reorder batches differently on each worker, and some images would count twice, others never.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
                                             execution_options=ingest.execution_options()),
     )
-    t_fit, wall_fit = time.perf_counter(), time.time()
-    epochs = Progress(config.optim.epochs, "train", "epochs", every_s=0)
-    with epochs, poll(lambda: epoch_progress(run_dir), epochs, interval_s=2.0):
-        result = trainer.fit()
-    t_done = time.perf_counter()
-    out = result.return_value or {}
 
+
+def _keep_best(result, run_dir: str, storage_uri: str) -> tuple[str, dict]:
+    """Copy the best checkpoint to RUN_DIR/best; returns (best_dir, its config.json)."""
     best = result.get_best_checkpoint("val_dice", "max")
     if best is None:
         raise RuntimeError(f"training produced no checkpoint in {run_dir}")
@@ -211,6 +194,55 @@ def train(config: TrainConfig, address: str | None = None, wait_for_capacity: fl
     best_info = json.loads(storage.read_text(storage.join(best_dir, CONFIG_FILE)))
     print(f"best: epoch {best_info['epoch']}, val dice {best_info['metrics']['val_dice']:.4f} -> {best_dir}",
           flush=True)
+    return best_dir, best_info
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train per `config` on the connected (or started) Ray cluster; see the module docstring for outputs.
+
+    On a cluster that can grow (joined with `cluster.address`/$RAY_ADDRESS, or `cluster.wait_for_capacity`
+    seconds given) a plan that does not fit yet is waited for (cluster.capacity: bounded, visible;
+    RetryableError at the end).
+    """
+    _preflight(config)
+    t_start = time.perf_counter()
+    import ray.train  # noqa: F401 - imported first, as always: its seconds count in timings["ray_init_s"]
+
+    from raysegment.cluster.plan import connect
+    from raysegment.train.data import build_datasets, load_split
+
+    if config.run.name is None:
+        config = config.replace({"run.name": default_run_name()})
+    split = load_split(config)
+    connect(config.cluster.address)
+    t_ray = time.perf_counter()
+    plan, threads = _plan_workers(config)
+    fs, fs_path = storage.filesystem(config.run.storage_path)
+    storage_uri = storage.to_uri(fs_path, config.run.storage_path)  # absolute: workers have another cwd
+    run_dir = storage.join(storage_uri, config.run.name)
+    print(f"run {config.run.name}: {plan.describe()}, {threads} torch thread(s) per worker; "
+          f"run dir {run_dir}",
+          flush=True)
+    logs.set_destination(run_dir)
+    digest = _prepare_run_dir(config, split, plan, run_dir)
+
+    ingest = build_datasets(split, config, run_dir, digest)  # materialized, or a Parquet cache streamed
+    t_ingest = time.perf_counter()
+    counts, decoded = split.counts(), ingest.rows
+    per_source = "".join(f"\n  source {name}: {c['train']}/{c['val']}/{c['test']} train/val/test"
+                         for name, c in split.source_counts().items())
+    print(f"data: {split.discovery.layout} layout, {counts} images per split{per_source}\n  decoded train "
+          f"{decoded['train']}/{counts['train']}, val {decoded['val']}/{counts['val']} "
+          f"({t_ingest - t_ray:.1f} s); {ingest.describe()}", flush=True)
+
+    trainer = _trainer(config, plan, threads, run_dir, digest, ingest, fs, fs_path)
+    t_fit, wall_fit = time.perf_counter(), time.time()
+    epochs = Progress(config.optim.epochs, "train", "epochs", every_s=0)
+    with epochs, poll(lambda: epoch_progress(run_dir), epochs, interval_s=2.0):
+        result = trainer.fit()
+    t_done = time.perf_counter()
+    out = result.return_value or {}
+    best_dir, best_info = _keep_best(result, run_dir, storage_uri)
 
     test_metrics = None
     if config.run.evaluate_test and split.pairs("test"):

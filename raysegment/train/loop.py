@@ -268,6 +268,23 @@ def progress_line(row: dict, epochs: int) -> str:
             f"  lr {row['lr']:.1e}  {row['images_per_s']:.1f} img/s  {row['epoch_time_s']:.1f} s")
 
 
+def _place_model(model, config: TrainConfig, device: torch.device, bf16: bool, rank: int, world: int):
+    """The model on its device, wrapped for data parallelism; channels_last with the GPU recipe."""
+    import ray.train.torch
+
+    if bf16:
+        model = model.to(memory_format=torch.channels_last)
+    if config.scaling.device != "cpu":
+        return ray.train.torch.prepare_model(model)
+    if rank == 0 and bf16:  # say so: the GPUs the workers hold sit idle
+        say(f"worker 0 holds GPU(s) {ray.get_gpu_ids()} but runs the model on cpu (scaling.device=cpu)")
+    # Not prepare_model: on a GPU worker it would pin the model to the worker's CUDA device.
+    model = model.to(device)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    return model
+
+
 def train_loop_per_worker(params: dict) -> dict:
     """Ray Train entry point. params: config (TrainConfig dict), run_dir, torch_threads, split_digest,
     val_check ((images, key checksum) of the val set)."""
@@ -295,17 +312,7 @@ def train_loop_per_worker(params: dict) -> dict:
         state = TrainState(**saved["state"])
         if rank == 0 and info.get("split_digest") != params["split_digest"]:
             say("warning: the data split differs from the checkpoint's (the data set changed since)")
-    if bf16:
-        model = model.to(memory_format=torch.channels_last)
-    if config.scaling.device == "cpu":
-        if rank == 0 and bf16:  # say so: the GPUs the workers hold sit idle
-            say(f"worker 0 holds GPU(s) {ray.get_gpu_ids()} but runs the model on cpu (scaling.device=cpu)")
-        # Not prepare_model: on a GPU worker it would pin the model to the worker's CUDA device.
-        model = model.to(device)
-        if world > 1:
-            model = torch.nn.parallel.DistributedDataParallel(model)
-    else:
-        model = ray.train.torch.prepare_model(model)
+    model = _place_model(model, config, device, bf16, rank, world)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr,
                                  weight_decay=config.optim.weight_decay)
     scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=config.optim.lr_factor,

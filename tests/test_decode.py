@@ -16,7 +16,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import JPEG2000Lossless
 
-from raysegment.io import decode as imageio
+from raysegment.io import decode
 from raysegment.io.decode import (
     DecodeError,
     binarize,
@@ -69,7 +69,7 @@ def test_png8_exact() -> None:
     out = decode_image(encode_png(arr), "a.png")
     assert out.image.dtype == np.float32 and out.image.shape == (37, 53)
     np.testing.assert_array_equal(out.image, arr.astype(np.float32) / np.float32(255))
-    assert out.meta == imageio.ImageMeta(37, 53, 8, "png", 1, None)
+    assert out.meta == decode.ImageMeta(37, 53, 8, "png", 1, None)
 
 
 def test_png16_scaled_by_dtype_max() -> None:
@@ -169,7 +169,7 @@ def test_dicom_rescale_and_window() -> None:
     assert img[0, 1] == pytest.approx(0.5, abs=0.005)  # the centre
     # LINEAR window (PS3.3 C.11.2.1.2): ((x - (c - 0.5)) / (w - 1) + 0.5)
     assert img[1, 0] == pytest.approx((1100 - 999.5) / 499 + 0.5, abs=1e-5)
-    assert out.meta == imageio.ImageMeta(2, 2, 12, "dicom", 1, None, "MONOCHROME2")
+    assert out.meta == decode.ImageMeta(2, 2, 12, "dicom", 1, None, "MONOCHROME2")
 
 
 @pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
@@ -364,7 +364,7 @@ def test_pixel_guard_png_before_decoding(monkeypatch: pytest.MonkeyPatch) -> Non
     def no_decoding(*_args: object, **_kw: object) -> None:
         raise AssertionError("pixels decoded before the size check")
 
-    monkeypatch.setattr(imageio.cv2, "imdecode", no_decoding)
+    monkeypatch.setattr(decode.cv2, "imdecode", no_decoding)
     with pytest.raises(DecodeError, match=r"20000x20000 = 400 MP, over the 100 MP limit \(max_pixels\)"):
         decode_image(bomb, "bomb.png")
     with pytest.raises(DecodeError, match="max_pixels"):
@@ -411,7 +411,7 @@ def test_binarize_rules() -> None:
 def test_mask_png_round_trip_is_lossless(shape: tuple[int, int]) -> None:
     mask = RNG.random(shape) > 0.5
     data = encode_mask_png(mask)
-    assert decode_image(data).meta == imageio.ImageMeta(shape[0], shape[1], 8, "png", 1, None)
+    assert decode_image(data).meta == decode.ImageMeta(shape[0], shape[1], 8, "png", 1, None)
     back = decode_mask_png(data)
     assert back.dtype == bool
     np.testing.assert_array_equal(back, mask)
