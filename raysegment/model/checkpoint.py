@@ -20,6 +20,7 @@ from raysegment.data.preprocess import PreprocessConfig
 from raysegment.data.structures import DEFAULT_STRUCTURES, check_structures
 from raysegment.errors import CheckpointError
 from raysegment.io import storage
+from raysegment.model import reference
 from raysegment.model.unet import UNet, UNetConfig
 
 WEIGHTS_FILE = "model.safetensors"
@@ -111,10 +112,13 @@ def read_config(uri: str) -> dict:
 
 
 def load_model(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a checkpoint folder (local path or s3:// URI) into an eval-mode UNet. No Ray needed.
+    """Load a checkpoint folder (local path or s3:// URI), or the shipped model by its name "reference"
+    (model/reference.py: resolved from this process's own installed package), into an eval-mode UNet.
+    No Ray needed.
 
     Raises errors.CheckpointError (a UserError) when the folder is missing or does not load.
     """
+    uri, _ = reference.resolve(uri)
     config = read_config(uri)
     try:
         spec = ModelSpec.from_dict(config)

@@ -159,11 +159,13 @@ def save_calibration(checkpoint: str, calibration: Calibration) -> str:
 
 
 def load_calibration(checkpoint: str, model_id: str) -> Calibration | None:
-    """The checkpoint's calibration, or None when it has none. ValueError when it was fitted for other
-    weights or was edited (its calibration_id no longer matches its content)."""
+    """The checkpoint's calibration (the name "reference": the shipped model's), or None when it has none.
+    ValueError when it was fitted for other weights or was edited (its calibration_id no longer matches
+    its content)."""
     from raysegment.io import storage
+    from raysegment.model import reference
 
-    uri = storage.join(checkpoint, CALIBRATION_FILE)
+    uri = storage.join(reference.resolve(checkpoint)[0], CALIBRATION_FILE)
     if not storage.exists(uri):
         return None
     d = json.loads(storage.read_text(uri))
