@@ -24,7 +24,7 @@ test: $(STAMP)
 
 # Mutation testing of the production modules against their fast unit tests ([tool.mutmut] in pyproject.toml):
 # prints the score per module and the surviving mutants; fails under 85 % (docs/testing.md). 4171 mutants:
-# an estimated ~7 min on 2 idle cores (not measured yet; 20+ min while other jobs share them).
+# 8 min on 2 idle cores (4313 mutants, measured 2026-12-01; 20+ min while other jobs share them).
 mutation: $(STAMP)
 	rm -rf mutants
 	$(BIN)/mutmut run
