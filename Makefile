@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Mutation testing of the production modules against their fast unit tests ([tool.mutmut] in pyproject.toml):
-# prints the score per module and the surviving mutants; fails under 85 % (docs/testing.md). 4171 mutants:
+# prints the score per module and the surviving mutants; fails under 85 % (docs/testing.md).
 # 8 min on 2 idle cores (4313 mutants, measured 2026-12-01; 20+ min while other jobs share them).
 mutation: $(STAMP)
 	rm -rf mutants
