@@ -123,7 +123,7 @@ def bench_plain(data: str, args, device: str, name: str, threads: int) -> dict:
 
 def bench_ray(data: str, args, device: str, name: str, workers: int, cpus_per_worker: float | None,
               data_cpus: float, threads: int) -> dict:
-    from raysegment.cluster.plan import PlanError
+    from raysegment.errors import PlanError
     from raysegment.train.config import load_config
     from raysegment.train.driver import train
 

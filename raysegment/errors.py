@@ -1,4 +1,5 @@
-"""The two kinds of failure a user sees, and their exit codes.
+"""Every error class of the package: the two kinds of failure a user sees, with their exit codes, and the
+per-file failures that become error rows.
 
 Library code raises these; the CLI layer (raysegment/cli) turns them into one line
 `raysegment COMMAND: error: ...` (and an optional hint line) and the exit code, without a traceback
@@ -45,3 +46,27 @@ class CheckpointError(UserError, FileNotFoundError):
 
 class ConfigError(UserError, ValueError):
     """A configuration file, override or value is invalid; the message names the key."""
+
+
+class ExportError(UserError):
+    """The export ran but the exported model does not reproduce PyTorch (or a dependency is missing)."""
+
+
+class PlanError(UserError, RuntimeError):
+    """The requested resources cannot be scheduled on this cluster."""
+
+
+# Failures of one file (a row's error, never the command's): io/decode.py and io/storage.py raise them.
+
+class DecodeError(ValueError):
+    """The bytes are not an image we can decode. str(e) is a readable one-line reason."""
+
+
+class NotAnImageError(DecodeError):
+    """The bytes are no image format at all (the header sniffs as no PNG, JPEG, TIFF or DICOM): a stray
+    file in an archive, not a broken image. Still a DecodeError, so every caller treats it as one today;
+    the distinction lets a caller skip such files instead of reporting them as failures."""
+
+
+class NotRegularFileError(OSError):
+    """A local path that is not a regular file (FIFO, socket, device): it is never read."""

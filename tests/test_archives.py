@@ -18,6 +18,7 @@ import pydicom
 import pytest
 import torch
 
+from raysegment.errors import NotRegularFileError
 from raysegment.io import names, storage
 from raysegment.io.decode import decode_mask_png, encode_png
 from raysegment.io.rle import decode_rle
@@ -185,7 +186,7 @@ def test_listing_and_reading_odd_entries_gives_one_row_each_with_reasons(odd_arc
 def test_local_read_refuses_fifos_without_blocking(tmp_path):
     fifo = tmp_path / "p.png"
     os.mkfifo(fifo)
-    with pytest.raises(storage.NotRegularFileError, match="fifo"):
+    with pytest.raises(NotRegularFileError, match="fifo"):
         storage.read_bytes(str(fifo))  # a plain open() would block here forever
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 

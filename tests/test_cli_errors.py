@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from raysegment.cli import main, run_command
-from raysegment.cluster.plan import PlanError
 from raysegment.data.preprocess import PreprocessConfig
-from raysegment.errors import RetryableError
+from raysegment.errors import PlanError, RetryableError
 from raysegment.model.checkpoint import ModelSpec, save_checkpoint
 from raysegment.model.unet import UNet, UNetConfig
 

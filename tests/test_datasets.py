@@ -134,7 +134,7 @@ def test_manifest_round_trip_reproduces_split(tmp_path):
 def test_mask_size_mismatch_is_a_clear_error(tmp_path):
     import cv2
 
-    from raysegment.io.decode import DecodeError
+    from raysegment.errors import DecodeError
 
     root = _synth(tmp_path / "g", 2, "generic")
     pair = discover(root).pairs[0]

@@ -16,9 +16,9 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import JPEG2000Lossless
 
+from raysegment.errors import DecodeError
 from raysegment.io import decode
 from raysegment.io.decode import (
-    DecodeError,
     binarize,
     decode_image,
     decode_mask,

@@ -92,7 +92,7 @@ def test_missing_onnx_gives_an_install_hint(small_checkpoint, tmp_path, monkeypa
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_onnx)
-    from raysegment.model.export import ExportError
+    from raysegment.errors import ExportError
 
     with pytest.raises(ExportError, match=r"pip install 'raysegment\[export\]'"):
         export_model(small_checkpoint, "onnx", out=str(tmp_path / "m.onnx"))

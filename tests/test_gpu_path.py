@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import torch
 
-from raysegment.cluster.plan import ClusterResources, NodeResources, PlanError
+from raysegment.cluster.plan import ClusterResources, NodeResources
 from raysegment.data.preprocess import to_tensor
-from raysegment.errors import ConfigError
+from raysegment.errors import ConfigError, PlanError
 from raysegment.model.forward import GPU_MICRO_BATCH, forward_probabilities, gpu_recipe
 from raysegment.model.unet import UNet
 from raysegment.testing.models import untrained_unet

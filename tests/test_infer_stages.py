@@ -18,8 +18,9 @@ import pyarrow as pa
 import pytest
 from worklist_helpers import listed
 
-from raysegment.cluster.plan import ClusterResources, NodeResources, PlanError
+from raysegment.cluster.plan import ClusterResources, NodeResources
 from raysegment.data.preprocess import PreprocessConfig
+from raysegment.errors import PlanError
 from raysegment.infer import pipeline, sizing, stages
 from raysegment.infer import predict as predict_module
 from raysegment.infer.config import ScalingSection

@@ -159,3 +159,17 @@ def test_the_check_sees_a_primitive_called_outside_its_place(tmp_path, where, so
     probe.parent.mkdir(parents=True)
     probe.write_text(source)
     assert bool(one_path_violations(tmp_path / "raysegment")) is bad
+
+
+def test_every_error_class_lives_in_errors_py():
+    """errors.py is the one home of the package's exception classes (what a user or a row can see)."""
+    elsewhere = []
+    for path in _sources():
+        if path.name == "errors.py" and path.parent == PACKAGE:
+            continue
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception"))
+                    for b in node.bases):
+                elsewhere.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.name}")
+    assert elsewhere == []

@@ -29,7 +29,8 @@ from raysegment.data.model_input import (
 )
 from raysegment.data.preprocess import PreprocessConfig
 from raysegment.data.synth import make_phantom
-from raysegment.io.decode import DecodeError, NotAnImageError, apply_orientation, encode_png
+from raysegment.errors import DecodeError, NotAnImageError
+from raysegment.io.decode import apply_orientation, encode_png
 from raysegment.testing.dicom import make_dicom_bytes
 
 SIZE = 96

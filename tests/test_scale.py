@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 
 from raysegment.cluster import capacity
-from raysegment.cluster.plan import ClusterResources, NodeResources, PlanError
-from raysegment.errors import RetryableError
+from raysegment.cluster.plan import ClusterResources, NodeResources
+from raysegment.errors import PlanError, RetryableError
 from raysegment.infer import worklist
 from raysegment.outputs import results
 from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION, SummaryAccumulator, summarize_results

@@ -22,8 +22,7 @@ import pytest
 import torch
 
 from raysegment import load_model
-from raysegment.cluster.plan import PlanError
-from raysegment.errors import ConfigError
+from raysegment.errors import ConfigError, PlanError
 from raysegment.train.config import TrainConfig, load_config, parse_override, save_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from raysegment.cluster.plan import ClusterResources, PlanError, cluster_resources
-from raysegment.errors import RetryableError
+from raysegment.cluster.plan import ClusterResources, cluster_resources
+from raysegment.errors import PlanError, RetryableError
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,11 @@ import os
 from dataclasses import dataclass
 
 from raysegment import logs
-from raysegment.errors import UserError
+from raysegment.errors import PlanError
 
 log = logging.getLogger(__name__)
 
 
-class PlanError(UserError, RuntimeError):
-    """The requested resources cannot be scheduled on this cluster."""
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:

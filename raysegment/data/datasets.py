@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raysegment.data.structures import LUNGS, STRUCTURES
+from raysegment.errors import DecodeError
 from raysegment.io import names, storage
-from raysegment.io.decode import DecodeError, decode_mask
+from raysegment.io.decode import decode_mask
 from raysegment.io.inputs import read_table
 
 IMAGE_DIRS = ("CXR_png", "cxr", "images", "image", "imgs")

@@ -14,7 +14,7 @@ one file gives one model input whichever command reads it (tests/test_layering.p
 decode and preprocess primitives are called nowhere else). Training deliberately differs in ONE way,
 written in train/data.py: it augments the model inputs (never the decode).
 
-Errors: io.decode.DecodeError for bytes that do not decode; its subclass NotAnImageError when the bytes
+Errors: errors.DecodeError for bytes that do not decode; its subclass NotAnImageError when the bytes
 are no image format at all (a stray file, which a caller may skip rather than count as a failure).
 """
 
@@ -76,7 +76,7 @@ def input_notes(meta: ImageMeta, inversion_corrected: bool) -> tuple[str, ...]:
 def decode_frame(data: bytes, name: str = "", options: InputOptions = InputOptions()) -> Frame:
     """Encoded bytes -> Frame. `name` (a file name, best without its folders) prefixes error messages.
 
-    Raises io.decode.DecodeError (NotAnImageError when the bytes are no image format at all).
+    Raises errors.DecodeError (NotAnImageError when the bytes are no image format at all).
     """
     decoded = decode_image(data, name, options.max_pixels)
     image, inverted = decoded.image, False

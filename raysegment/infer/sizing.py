@@ -13,13 +13,8 @@ import math
 from dataclasses import replace
 
 from raysegment.cluster import capacity
-from raysegment.cluster.plan import (
-    ClusterResources,
-    InferPlan,
-    PlanError,
-    cluster_resources,
-    plan_inference,
-)
+from raysegment.cluster.plan import ClusterResources, InferPlan, cluster_resources, plan_inference
+from raysegment.errors import PlanError
 from raysegment.infer.config import ScalingSection
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from raysegment.errors import DecodeError, NotAnImageError
 from raysegment.io import names
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -48,14 +49,8 @@ _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and B
 _PNG_COMPRESSION = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; masks compress well anyway
 
 
-class DecodeError(ValueError):
-    """The bytes are not an image we can decode. str(e) is a readable one-line reason."""
 
 
-class NotAnImageError(DecodeError):
-    """The bytes are no image format at all (the header sniffs as no PNG, JPEG, TIFF or DICOM): a stray
-    file in an archive, not a broken image. Still a DecodeError, so every caller treats it as one today;
-    the distinction lets a caller skip such files instead of reporting them as failures."""
 
 
 @dataclass(frozen=True)

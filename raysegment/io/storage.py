@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from raysegment.errors import NotRegularFileError
 from raysegment.io import names
 
 ANONYMOUS_ENV = "RAYSEGMENT_S3_ANONYMOUS"
@@ -273,8 +274,6 @@ def _log_listing_problem(folder: bytes, error: OSError) -> None:
     logging.getLogger(__name__).warning("cannot list %s: %s", names.path_to_uri(folder), error.strerror)
 
 
-class NotRegularFileError(OSError):
-    """A local path that is not a regular file (FIFO, socket, device): it is never read."""
 
 
 def _read_local(path: str | bytes) -> bytes:

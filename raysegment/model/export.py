@@ -26,7 +26,7 @@ import torch
 from raysegment.data.model_input import to_model_input
 from raysegment.data.preprocess import to_tensor
 from raysegment.data.synth import make_phantom
-from raysegment.errors import UserError
+from raysegment.errors import ExportError, UserError
 from raysegment.io import storage
 from raysegment.model.checkpoint import load_model
 
@@ -36,8 +36,6 @@ DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
-class ExportError(UserError):
-    """The export ran but the exported model does not reproduce PyTorch (or a dependency is missing)."""
 
 
 @dataclass

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import raysegment
 from raysegment.data.model_input import Frame
+from raysegment.errors import DecodeError, NotAnImageError
 from raysegment.io import storage
-from raysegment.io.decode import DecodeError, NotAnImageError, encode_mask_png
+from raysegment.io.decode import encode_mask_png
 from raysegment.io.rle import encode_rle
 from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION
 from raysegment.postprocess.scoring import Scored

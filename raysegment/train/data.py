@@ -47,8 +47,8 @@ from raysegment.data.datasets import (
 from raysegment.data.model_input import prepare_input
 from raysegment.data.preprocess import PreprocessConfig, preprocess_mask, to_tensor
 from raysegment.data.structures import LUNGS
+from raysegment.errors import DecodeError
 from raysegment.io import storage
-from raysegment.io.decode import DecodeError
 from raysegment.train import cache
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the decode tasks never need it
