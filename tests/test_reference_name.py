@@ -35,3 +35,16 @@ def test_without_a_shipped_model_the_name_is_one_clear_error(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match="^this installation of raysegment ships no reference model"):
         load_model("reference")
+
+
+def test_an_actor_whose_package_holds_another_reference_model_fails_clearly(tmp_path, monkeypatch):
+    """The driver's model id travels to the actors; the name is resolved on each node from its own package."""
+    from raysegment.infer.stages import InferActor
+    from raysegment.io.storage import S3Options
+
+    _checkpoint(tmp_path / "reference_model", seed=3)
+    monkeypatch.setattr(reference, "shipped_dir", lambda: str(tmp_path / "reference_model"))
+    monkeypatch.chdir(tmp_path / "reference_model")
+    with pytest.raises(RuntimeError, match="^this node's raysegment ships reference model [0-9a-f]{16}, the "
+                                           "driver's 0123456789abcdef: install the same raysegment version"):
+        InferActor("reference", "0123456789abcdef", use_gpu=False, threads=1, micro_batch=1, s3=S3Options())

@@ -166,12 +166,17 @@ class InferActor:
                  s3: storage.S3Options, device: str | None = None) -> None:
         import torch
 
+        from raysegment.model import reference
         from raysegment.model.checkpoint import load_model
 
         storage.set_default_s3_options(s3)  # load_model reads with the process-wide options
         torch.set_num_threads(threads)  # once, so forward_structures never has to switch
         # A GPU actor keeps the GPU recipe (micro-batches, bf16, channels_last) even on device "cpu".
         self.loaded = load_model(checkpoint, device or ("cuda" if use_gpu else "cpu"))
+        if self.loaded.model_id != model_id and checkpoint == reference.NAME:
+            # Each node resolves the name from its own installed package (model/reference.py).
+            raise RuntimeError(f"this node's raysegment ships reference model {self.loaded.model_id}, the "
+                               f"driver's {model_id}: install the same raysegment version on every node")
         if self.loaded.model_id != model_id:
             raise RuntimeError(f"checkpoint {checkpoint} changed during the run: weights "
                                f"{self.loaded.model_id}, expected {model_id}")
