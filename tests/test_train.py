@@ -330,3 +330,33 @@ def test_early_stopping_stops_after_patience_epochs_without_a_better_val_dice(ra
             break
     assert len(dice) == expected < epochs  # stopped early, exactly when the patience ran out
     assert [row["epoch"] for row in read_metrics_csv(result.run_dir)] == list(range(1, expected + 1))
+
+
+def test_a_fresh_run_starts_from_another_models_weights(ray_local, phantoms, tmp_path, capsys):
+    """run.init_from: the workers load the source's weights (lr ~ 0, so the best checkpoint still IS the
+    source for every weight but the dropped head channel); another architecture fails before Ray starts."""
+    from raysegment.cli import main
+    from raysegment.model.checkpoint import ModelSpec, save_checkpoint
+    from raysegment.model.unet import UNet, UNetConfig
+    from raysegment.train.driver import train
+
+    torch.manual_seed(5)
+    two = UNetConfig(out_channels=2, base_channels=8, depth=3)  # train-small.yaml's width and depth
+    source = str(tmp_path / "source")
+    save_checkpoint(source, UNet.from_config(two), ModelSpec(model=two, structures=("lungs", "heart")))
+    config = tiny_config(phantoms, str(tmp_path), "ft", **{
+        "optim.epochs": 1, "optim.lr": 1e-12, "optim.min_lr": 0.0, "augment.enabled": False,
+        "run.evaluate_test": False, "scaling.num_workers": 1, "run.init_from": source})
+    result = train(config)
+    tuned, theirs = load_model(os.path.join(result.run_dir, "best")), load_model(source)
+    mine, ref = tuned.model.state_dict(), theirs.model.state_dict()
+    assert mine["head.weight"].shape[0] == 1  # lungs only: the heart channel was dropped
+    assert torch.allclose(mine["head.weight"][0], ref["head.weight"][0], atol=1e-6)
+    learned = [k for k, _ in tuned.model.named_parameters() if not k.startswith("head.")]  # not BN statistics
+    assert learned and all(torch.allclose(mine[k], ref[k], atol=1e-6) for k in learned)
+    assert f"starting from the weights of {source}" in capsys.readouterr().out
+
+    assert main(["train", "--config", os.path.join(ROOT, "configs", "train-small.yaml"), "--data", phantoms,
+                 "--set", f"run.init_from={source}", "--set", "model.base_channels=16",
+                 "--set", f"run.storage_path={tmp_path}"]) == 2
+    assert "raysegment train: error: run.init_from: model " in capsys.readouterr().err

@@ -109,6 +109,12 @@ def _preflight(config: TrainConfig) -> None:
     preflight.check_reachable(*paths, config.run.storage_path)
     for i, path in enumerate(paths):
         preflight.require_exists(path, f"data.sources[{i}].path" if config.data.sources else "data.path")
+    if config.run.init_from:  # a start point that cannot be used fails now, not on the workers
+        from raysegment.model.checkpoint import load_model
+        from raysegment.model.finetune import check_compatible
+        from raysegment.model.unet import UNet
+
+        check_compatible(UNet.from_config(config.model), load_model(config.run.init_from))
 
 
 def _plan_workers(config: TrainConfig):

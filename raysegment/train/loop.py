@@ -312,6 +312,13 @@ def train_loop_per_worker(params: dict) -> dict:
         state = TrainState(**saved["state"])
         if rank == 0 and info.get("split_digest") != params["split_digest"]:
             say("warning: the data split differs from the checkpoint's (the data set changed since)")
+    elif config.run.init_from:  # a fresh run: start from these weights (the run's own checkpoint wins)
+        from raysegment.model.checkpoint import load_model
+        from raysegment.model.finetune import init_from
+
+        notes = init_from(model, config.structures, load_model(config.run.init_from))
+        if rank == 0:
+            say(f"starting from the weights of {config.run.init_from}" + "".join(f"; {n}" for n in notes))
     model = _place_model(model, config, device, bf16, rank, world)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr,
                                  weight_decay=config.optim.weight_decay)
