@@ -149,7 +149,9 @@ def calibrate(checkpoint: str, data: str | None = None, split: str = "val", copi
     stats = {
         "data": data, "split": split, "images": len(pairs), "copies_per_image": copies, "seed": seed,
         "samples": len(y), "l2": L2,
-        "fit_spearman": float(spearmanr(pred, y).statistic), "fit_mae": float(np.abs(pred - y).mean()),
+        # undefined (and a scipy warning on the console) when every sample has the same dice or score
+        "fit_spearman": float(spearmanr(pred, y).statistic) if np.ptp(pred) > 0 and np.ptp(y) > 0 else None,
+        "fit_mae": float(np.abs(pred - y).mean()),
         "fit_bad_found": _share(pred[y < BAD_DICE] < chosen),
         "fit_good_flagged": _share(pred[y >= GOOD_DICE] < chosen),
         "samples_below_0.85": int((y < BAD_DICE).sum()), "seconds": round(time.perf_counter() - t0, 1),
@@ -161,11 +163,15 @@ def calibrate(checkpoint: str, data: str | None = None, split: str = "val", copi
     uri = save_calibration(checkpoint, calibration)
     if progress:
         print(f"calibrated {checkpoint} on {len(pairs)} '{split}' images x {copies + 1} variants "
-              f"({len(y)} samples, "
-              f"{stats['seconds']} s): fit Spearman {stats['fit_spearman']:.3f}, MAE {stats['fit_mae']:.3f}; "
+              f"({len(y)} samples, {stats['seconds']} s): "
+              f"fit Spearman {_fmt(stats['fit_spearman'])}, MAE {stats['fit_mae']:.3f}; "
               f"flag threshold {calibration.threshold:.3f} -> {uri} "
               f"(calibration_id {calibration.calibration_id})")
     return calibration
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined (constant)" if value is None else f"{value:.3f}"
 
 
 def _share(flags: np.ndarray) -> float | None:

@@ -101,6 +101,7 @@ class RunSection:
     checkpoints_to_keep: int = 1  # best by val_dice; Ray always keeps the latest as well
     prefetch_batches: int = 2
     evaluate_test: bool = True  # evaluate the best checkpoint on the test split at the end
+    calibrate: bool = True  # fit best/calibration.json (QC quality_score) on the val split at the end
     # A fresh run starts from these weights (a checkpoint folder or s3:// URI, or "reference": the shipped
     # model); same width and depth, structures may differ (model/finetune.py). Ignored on resume.
     init_from: str | None = None

@@ -7,6 +7,7 @@ Run directory = the Ray Train run directory `{run.storage_path}/{run.name}/` (lo
     checkpoint_epoch_NNNN/ Ray Train checkpoints: model.safetensors + config.json + train_state.pt.
                            Ray keeps the best `run.checkpoints_to_keep` by val_dice AND always the latest.
     best/                  copy of the best checkpoint (model.safetensors + config.json): load_model(it)
+                           + calibration.json: QC's quality_score fitted on the val split (run.calibrate)
     test_metrics.json      best/ on the test split, scored as `raysegment evaluate` does (scoring.py)
     raysegment.log         the full log of a `raysegment train` run (logs.py)
     checkpoint_manager_snapshot.json  Ray's bookkeeping: what makes a rerun with the same name resume
@@ -67,6 +68,17 @@ def evaluate_checkpoint(checkpoint_uri: str, run_dir: str, split: str = "test") 
     keep += (*(["source"] if any(r.get("source") for r in result.rows) else []),
              *(structure_columns(structures) if len(structures) > 1 else []))
     return {**result.summary, "per_image": [{k: r.get(k) for k in keep} for r in result.flat_rows()]}
+
+
+def calibrate_best(best_dir: str, run_dir: str) -> None:
+    """best/calibration.json on the run's val split, as `raysegment calibrate` fits it (so `train` then
+    `infer` has a quality_score); a val split too small to fit on is said in one line, never an error."""
+    from raysegment.evaluation.calibrate import calibrate
+
+    try:
+        calibrate(best_dir, storage.join(run_dir, "split_manifest.csv"), progress=True)
+    except ValueError as e:  # fewer than 2 labelled val images
+        print(f"no QC calibration: {e}", flush=True)
 
 
 def epoch_progress(run_dir: str) -> tuple[int, str]:
@@ -250,6 +262,8 @@ def train(config: TrainConfig) -> TrainResult:
     out = result.return_value or {}
     best_dir, best_info = _keep_best(result, run_dir, storage_uri)
 
+    if config.run.calibrate:  # before the test evaluation, so test_metrics.json reports QC as infer will
+        calibrate_best(best_dir, run_dir)
     test_metrics = None
     if config.run.evaluate_test and split.pairs("test"):
         test_metrics = {"epoch": best_info["epoch"], **evaluate_checkpoint(best_dir, run_dir, "test")}
