@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference import bootstrap_ci  # noqa: E402
+from reference import bootstrap_ci
 
 
 def lung_dice(loaded, images: list[tuple[np.ndarray, np.ndarray]], batch: int = 16) -> np.ndarray:
@@ -35,9 +35,38 @@ def lung_dice(loaded, images: list[tuple[np.ndarray, np.ndarray]], batch: int = 
         prepared = [to_model_input(img, loaded.spec.preprocess) for img, _ in chunk]
         probs = forward_probabilities(loaded.model, np.stack([p[0] for p in prepared]))
         for (_, truth), (_, geo), prob in zip(chunk, prepared, probs, strict=True):
-            scored = score(prob, geo, loaded.spec.threshold, PostprocessConfig(), truth=truth, with_hd95=False)
+            scored = score(prob, geo, loaded.spec.threshold, PostprocessConfig(), truth=truth,
+                           with_hd95=False)
             out.append(scored.metrics["dice"])
     return np.array(out, dtype=np.float64)
+
+
+def robustness(checkpoint: str, data: str, split: str = "all", limit: int = 0,
+               min_cover: float = 0.3) -> dict:
+    """Clean vs opacified lung dice of `split` of `data` (the first `limit` films by id; 0: all)."""
+    from raysegment.evaluation.calibrate import load_originals
+    from raysegment.evaluation.evaluate import select_pairs
+    from raysegment.evaluation.opacities import opacify
+    from raysegment.model.checkpoint import load_model
+
+    loaded = load_model(checkpoint)
+    pairs, _, _ = select_pairs(data, split)
+    pairs = pairs[:limit] if limit else pairs
+    clean = load_originals(pairs)
+    sick, covers = [], []
+    for k, (image, lungs) in enumerate(clean):
+        painted, cover = opacify(image, lungs, seed=k, min_cover=min_cover)
+        sick.append((painted, lungs))
+        covers.append(cover)
+    d_clean, d_sick = lung_dice(loaded, clean), lung_dice(loaded, sick)
+    diff = d_sick - d_clean
+    lo, hi = bootstrap_ci(diff)
+    return {"checkpoint": checkpoint, "model_id": loaded.model_id, "data": data, "split": split,
+            "n": len(pairs), "clean": float(d_clean.mean()), "opacified": float(d_sick.mean()),
+            "paired_diff": float(diff.mean()), "ci95": [lo, hi], "cover_median": float(np.median(covers)),
+            "cover_min": float(np.min(covers)),
+            "per_image": {p.image_id: [float(a), float(b)]
+                          for p, a, b in zip(pairs, d_clean, d_sick, strict=True)}}
 
 
 def main() -> None:
@@ -49,31 +78,10 @@ def main() -> None:
     p.add_argument("--min-cover", type=float, default=0.3)
     p.add_argument("--out")
     args = p.parse_args()
-
-    from raysegment.evaluation.calibrate import load_originals
-    from raysegment.evaluation.evaluate import select_pairs
-    from raysegment.evaluation.opacities import opacify
-    from raysegment.model.checkpoint import load_model
-
-    loaded = load_model(args.checkpoint)
-    pairs, _, _ = select_pairs(args.data, args.split)
-    pairs = pairs[: args.limit] if args.limit else pairs
-    clean = load_originals(pairs)
-    sick, covers = [], []
-    for k, (image, lungs) in enumerate(clean):
-        painted, cover = opacify(image, lungs, seed=k, min_cover=args.min_cover)
-        sick.append((painted, lungs))
-        covers.append(cover)
-    d_clean, d_sick = lung_dice(loaded, clean), lung_dice(loaded, sick)
-    diff = d_sick - d_clean
-    lo, hi = bootstrap_ci(diff)
-    res = {"checkpoint": args.checkpoint, "model_id": loaded.model_id, "data": args.data,
-           "split": args.split, "n": len(pairs), "clean": float(d_clean.mean()), "opacified": float(d_sick.mean()),
-           "paired_diff": float(diff.mean()), "ci95": [lo, hi], "cover_median": float(np.median(covers)),
-           "cover_min": float(np.min(covers)),
-           "per_image": {p.image_id: [float(a), float(b)] for p, a, b in zip(pairs, d_clean, d_sick, strict=True)}}
+    res = robustness(args.checkpoint, args.data, args.split, args.limit, args.min_cover)
     print(f"{args.checkpoint}: {res['n']} films of {args.data} ({args.split}), opacity cover median "
           f"{res['cover_median']:.2f} (min {res['cover_min']:.2f})")
+    lo, hi = res["ci95"]
     print(f"  lung dice clean {res['clean']:.4f}  opacified {res['opacified']:.4f}  "
           f"paired {res['paired_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     if args.out:

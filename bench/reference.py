@@ -12,7 +12,17 @@ loso-<direction>-<name> under --runs: rerunning the same command resumes an inte
 finished one. Prints a table with 95 % bootstrap intervals of the mean dice and writes JSON. Never the
 test split of a shipped model: this is the selection criterion.
 
-The other stages (final training, fine-tuning) are still to come; see docs/results.md.
+    python bench/reference.py --stage final [--runs runs]
+trains configs/reference-cpu.yaml (run reference-cpu: both sources, their train splits; val splits pick
+the checkpoint and fit best/calibration.json), then scores its TEST splits once: lungs per source, heart,
+clavicles and the CTR on JSRT; Montgomery's test films paired against today's lungs-only recipe
+(configs/montgomery-cpu.yaml, trained as run montgomery-cpu when absent); and the opacity robustness
+(evaluation/opacities.py over >= 30 % of one lung) of both models on every test film.
+
+    python bench/reference.py --stage finetune --start runs/loso-montgomery-NAME/best [--draws 3]
+fine-tuning for a site with a few labelled films: per seeded draw of 20 JSRT films (16 train, 4 val), the
+Montgomery-only start fine-tuned on them (run.init_from), the same 20 films from scratch, and the start
+alone, each scored on the other 227 JSRT films; mean +- sd over the draws.
 """
 
 from __future__ import annotations
@@ -59,10 +69,100 @@ def train_and_score(run: str, train_on: str, score_on: str, args) -> dict:
             "per_image": {r["image_id"]: r.get("dice") for r in rows}}
 
 
+def cli() -> list[str]:
+    return [sys.executable, "-m", "raysegment"]
+
+
+def train(config: str, run: str, args, *sets: str) -> str:
+    """Train (or resume, or reuse a finished) run; returns its best/ checkpoint."""
+    best = os.path.join(args.runs, run, "best")
+    if not os.path.isfile(os.path.join(best, "model.safetensors")):
+        flags = [x for s in sets for x in ("--set", s)]
+        subprocess.run([*cli(), "train", "--config", config, "--set", f"run.name={run}",
+                        "--set", f"run.storage_path={args.runs}", *flags], check=True)
+    return best
+
+
+def paired(a, b) -> dict:
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    lo, hi = bootstrap_ci(d)
+    return {"mean": float(d.mean()), "ci95": [lo, hi], "n": len(d)}
+
+
+def final_stage(args) -> dict:
+    from raysegment.evaluation.evaluate import evaluate, flat_row
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from opacity_robustness import robustness
+
+    best = train("configs/reference-cpu.yaml", "reference-cpu", args)
+    rows = [flat_row(r) for r in evaluate(best, split="test").rows if r["status"] == "ok"]
+    by = {s: [r for r in rows if r.get("source") == s] for s in ("montgomery", "jsrt")}
+    mean = lambda rs, k: float(np.mean([r[k] for r in rs if r.get(k) is not None]))  # noqa: E731
+    jsrt = by["jsrt"]
+    out = {"checkpoint": best, "jsrt_test": {"n": len(jsrt), "lungs": mean(jsrt, "dice"),
+                                              "heart": mean(jsrt, "heart_dice"),
+                                              "clavicles": mean(jsrt, "clavicles_dice"),
+                                              "ctr_mae": mean(jsrt, "ctr_abs_diff"),
+                                              "ctr_max": float(max(r["ctr_abs_diff"] for r in jsrt))},
+           "montgomery_test": {"n": len(by["montgomery"]), "lungs": mean(by["montgomery"], "dice")}}
+    # Today's lungs-only recipe on the same Montgomery test films (split_seed 42 per source: same films).
+    lungs_only = train("configs/montgomery-cpu.yaml", "montgomery-cpu", args)
+    base = {r["image_id"]: r["dice"] for r in evaluate(lungs_only, split="test").rows if r["status"] == "ok"}
+    ids = [r["image_id"] for r in by["montgomery"] if r["image_id"] in base]
+    ref = {r["image_id"]: r["dice"] for r in by["montgomery"]}
+    out["montgomery_test"]["lungs_only_recipe"] = float(np.mean([base[i] for i in ids]))
+    out["montgomery_test"]["paired_vs_lungs_only"] = paired([ref[i] for i in ids], [base[i] for i in ids])
+    manifest = os.path.join(args.runs, "reference-cpu", "split_manifest.csv")
+    out["opacities"] = {name: robustness(ckpt, manifest, "test") for name, ckpt in
+                        (("reference", best), ("montgomery-cpu (today)", lungs_only))}
+    for r in out["opacities"].values():
+        r.pop("per_image", None)
+    return out
+
+
+def write_manifest(path: str, rows: list[tuple[str, str, str, str]]) -> None:
+    with open(path, "w") as f:
+        f.write("image_id,split,image,mask\n")
+        f.writelines(",".join(row) + "\n" for row in rows)
+
+
+def finetune_stage(args) -> dict:
+    from raysegment.data.datasets import load_split_dataset
+    from raysegment.evaluation.evaluate import evaluate
+
+    jsrt = sorted(load_split_dataset(os.path.join(args.data, "jsrt_512")).discovery.pairs,
+                  key=lambda p: p.image_id)
+    arms = {"start only": [], "20 films from scratch": [], "start + 20 films": []}
+    for seed in range(args.draws):
+        pick = set(np.random.default_rng(seed).choice(len(jsrt), size=20, replace=False).tolist())
+        chosen = [k for k in range(len(jsrt)) if k in pick]
+        split = {k: "train" for k in chosen[:16]} | {k: "val" for k in chosen[16:]}
+        path = os.path.join(args.runs, f"finetune-draw{seed}.csv")
+        write_manifest(path, [(p.image_id, split.get(k, "test"), p.image_uri, "|".join(p.mask_uris))
+                              for k, p in enumerate(jsrt)])
+        sets = [f"data.path={path}", f"optim.epochs={args.ft_epochs}", f"run.seed={seed}",
+                "preprocess.size=256", "preprocess.normalize=equalize", "augment.opacity_p=0.5",
+                "augment.edge_air_p=0.5", "optim.early_stopping_patience=0"]
+        config = "configs/montgomery-cpu.yaml"
+        runs = {"20 films from scratch": train(config, f"ft{seed}-scratch", args, *sets),
+                "start + 20 films": train(config, f"ft{seed}-start", args, *sets,
+                                          f"run.init_from={os.path.abspath(args.start)}", "optim.lr=3e-4")}
+        runs["start only"] = args.start
+        for arm, ckpt in runs.items():
+            rows = evaluate(ckpt, path, "test").rows
+            arms[arm].append(float(np.mean([r["dice"] for r in rows if r["status"] == "ok"])))
+    return {arm: {"per_draw": v, "mean": float(np.mean(v)),
+                  "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0} for arm, v in arms.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=["loso"], default="loso")
-    p.add_argument("--name", required=True, help="the recipe variant's name (runs are loso-<source>-NAME)")
+    p.add_argument("--stage", choices=["loso", "final", "finetune"], default="loso")
+    p.add_argument("--name", help="loso: the recipe variant's name (runs are loso-<source>-NAME)")
+    p.add_argument("--start", help="finetune: the Montgomery-only checkpoint to start from")
+    p.add_argument("--draws", type=int, default=3)
+    p.add_argument("--ft-epochs", type=int, default=40)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train overrides")
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--data", default="../shared/data")
@@ -70,6 +170,19 @@ def main() -> None:
     p.add_argument("--out")
     args = p.parse_args()
     args.runs = os.path.abspath(args.runs)
+    if args.stage != "loso":
+        if args.stage == "finetune" and not args.start:
+            p.error("--stage finetune needs --start CHECKPOINT")
+        res = final_stage(args) if args.stage == "final" else finetune_stage(args)
+        print(json.dumps(res, indent=1))
+        out = args.out or f"bench/results/reference_{args.stage}.json"
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(res, f, indent=2)
+        print(f"-> {out}")
+        return
+    if not args.name:
+        p.error("--stage loso needs --name")
     results = {f"{src}->{other.split('_')[0]}":
                train_and_score(f"loso-{src}-{args.name}", train_on, other, args)
                for src, train_on, other in DIRECTIONS}

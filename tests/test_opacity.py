@@ -59,3 +59,23 @@ def test_augmentation_paints_opacities_only_when_asked_and_keeps_the_mask():
     painted, painted_mask = augment_pair(u8, mask, np.random.default_rng(3), on)
     assert np.array_equal(painted_mask, mask)  # sick lung is still lung
     assert painted[lungs].mean() > u8[lungs].mean() + 10 and np.array_equal(painted[~lungs], u8[~lungs])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_edge_air_squeezes_the_film_and_adds_dark_unlabelled_air_at_one_side(seed):
+    """Air outside the body (augment.edge_air_p): a dark band at one side, as dark as the lungs give or
+    take, no structure labelled there; the lungs are squeezed with the film, not cut."""
+    from raysegment.data.augment import edge_air
+
+    image, lungs = _film()
+    mask = np.stack([lungs, lungs]).astype(np.uint8)  # two channels: every one is squeezed alike
+    out, squeezed = edge_air(image, mask, np.random.default_rng(seed))
+    assert out.shape == image.shape and squeezed.shape == mask.shape
+    body = out > 0.5
+    cols = np.nonzero(body.any(axis=0))[0]
+    band = np.r_[0 : cols.min()] if cols.min() > 0 else np.r_[cols.max() + 1 : image.shape[1]]
+    assert len(band) >= 0.05 * image.shape[1]  # a band of air at one side...
+    assert not squeezed[:, :, band].any()  # ...labelled as nothing
+    assert 0.0 < out[:, band].mean() < 0.35  # dark like the lungs (0.2), not black, not the body (0.8)
+    assert squeezed.sum() > 0.7 * mask.sum()  # the lungs are squeezed, not cut away
+    assert (squeezed[0] == squeezed[1]).all()

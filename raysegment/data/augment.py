@@ -76,7 +76,7 @@ def edge_air(x: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple
     borders (zoom out) do not teach it: real outside air is dark grey and textured like a lung field.
     """
     size_h, size_w = x.shape
-    band = int(round(rng.uniform(0.06, 0.22) * size_w))
+    band = round(rng.uniform(0.06, 0.22) * size_w)
     left = rng.random() < 0.5
     keep = size_w - band
     x0 = band if left else 0
