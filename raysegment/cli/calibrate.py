@@ -22,7 +22,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "calibrate", description=DESCRIPTION,
         help="fit the quality_score (predicted dice) of a checkpoint on its validation split")
-    p.add_argument("--checkpoint", required=True, metavar="URI", help="checkpoint folder (local or s3://)")
+    common.add_checkpoint_argument(p)
+    p.add_argument("--out", default=None, metavar="FOLDER",
+                   help="write a copy of the checkpoint with the new calibration.json here instead of "
+                        "beside the checkpoint (required for the shipped reference model)")
     p.add_argument("--data", default=None, metavar="URI",
                    help="labelled dataset, or a run folder / its split_manifest.csv (default: the "
                    "split_manifest.csv next to the checkpoint)")
@@ -41,13 +44,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     common.apply_s3_arguments(args)
     from raysegment.evaluation.calibrate import calibrate
+    from raysegment.model.reference import require_out
 
+    require_out(args.checkpoint, args.out, "calibrate")
+    common.announce_checkpoint(args.checkpoint)
     if args.copies < 0:
         print("raysegment calibrate: error: --copies must be >= 0", file=sys.stderr)
         return 2
     try:
         calibrate(args.checkpoint, args.data, args.split, args.copies, args.seed, args.quality_threshold,
-                  progress=True)
+                  progress=True, out=args.out)
     except (FileNotFoundError, ValueError) as e:
         print(f"raysegment calibrate: error: {e}", file=sys.stderr)
         return 2

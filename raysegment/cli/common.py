@@ -16,12 +16,34 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from raysegment.io import storage
 
 S3_GROUP = "object storage (s3:// URIs)"
 QC_GROUP = "quality control (QC)"
 CLUSTER_GROUP = "scaling and cluster"
+
+
+CHECKPOINT_HELP = ("checkpoint folder (local or s3://), e.g. RUN_DIR/best, or 'reference': the model shipped "
+                   "in the package (the default)")
+
+
+def add_checkpoint_argument(group) -> None:
+    """--checkpoint, defaulting to the shipped reference model."""
+    from raysegment.model.reference import NAME
+
+    group.add_argument("--checkpoint", default=NAME, metavar="URI", help=CHECKPOINT_HELP)
+
+
+def announce_checkpoint(uri: str) -> None:
+    """One line on stderr when the checkpoint is the shipped model (its model_id and the weights' terms), or
+    when a path of the user's called 'reference' wins over the name."""
+    from raysegment.model.reference import notice
+
+    line = notice(uri)
+    if line:
+        print(line, file=sys.stderr)
 
 
 def add_s3_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,8 +22,7 @@ def add_parser(subparsers) -> None:
     data.add_argument("--out", default=None,
                       help="output folder (local or s3://); default CHECKPOINT/../evaluate_SPLIT")
     model = p.add_argument_group("model")
-    model.add_argument("--checkpoint", required=True,
-                       help="checkpoint folder (local or s3://), e.g. RUN_DIR/best")
+    common.add_checkpoint_argument(model)
     model.add_argument("--batch-size", type=int, default=8, help="images decoded and run per step")
     common.add_threshold_argument(model)
     common.add_quality_threshold_argument(p.add_argument_group(common.QC_GROUP))
@@ -36,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from raysegment import logs
     from raysegment.evaluation.evaluate import evaluate
     from raysegment.io import preflight, storage
+    from raysegment.model.reference import require_out
     from raysegment.outputs.report import format_summary
 
+    require_out(args.checkpoint, args.out, "evaluate")
+    common.announce_checkpoint(args.checkpoint)
     preflight.check_reachable(args.checkpoint, args.data, args.out)
     out = args.out or storage.join(storage.parent(args.checkpoint), f"evaluate_{args.split}")
     result = evaluate(args.checkpoint, args.data, args.split, out, max(1, args.batch_size), args.threshold,

@@ -11,8 +11,7 @@ def add_parser(subparsers) -> None:
     """Register the `export` subcommand."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "export", help="export a checkpoint to ONNX or TorchScript (verified against PyTorch)")
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint folder (local or s3://), e.g. RUN_DIR/best")
+    common.add_checkpoint_argument(p)
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     p.add_argument("--out", default=None,
                    help="output file or folder (local or s3://); "
@@ -26,7 +25,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     common.apply_s3_arguments(args)
     from raysegment.model.export import export_model
+    from raysegment.model.reference import require_out
 
+    require_out(args.checkpoint, args.out, "export")
+    common.announce_checkpoint(args.checkpoint)
     result = export_model(args.checkpoint, args.format, args.out, args.opset, args.atol)
     print(f"wrote {result.path} ({result.format}, {result.size_bytes / 1e6:.1f} MB) and {result.sidecar}")
     print(f"verified on 2 synthetic phantoms: max |{result.format} - pytorch| = {result.max_abs_diff:.2e} "

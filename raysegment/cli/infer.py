@@ -22,7 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="list, apply resume and plan, print how many inputs would be processed; run nothing")
     _add_io_arguments(p.add_argument_group("input and output"))
     model = p.add_argument_group("model and postprocessing")
-    model.add_argument("--checkpoint", required=True, metavar="URI", help="checkpoint folder (local or s3://)")
+    common.add_checkpoint_argument(model)
     common.add_threshold_argument(model)
     common.add_postprocess_arguments(model)
     common.add_quality_threshold_argument(p.add_argument_group(common.QC_GROUP))
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from raysegment.infer.pipeline import run_inference, summary_header
     from raysegment.outputs.report import format_summary
 
+    common.announce_checkpoint(args.checkpoint)
     summary = run_inference(infer_config(args, s3))
     if summary.get("dry_run"):
         return 0

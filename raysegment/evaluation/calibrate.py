@@ -109,8 +109,12 @@ def choose_threshold(pred: np.ndarray, dice: np.ndarray) -> float:
 
 
 def calibrate(checkpoint: str, data: str | None = None, split: str = "val", copies: int = DEFAULT_COPIES,
-              seed: int = 0, threshold: float | None = None, progress: bool = False) -> Calibration:
-    """Fit and store CHECKPOINT/calibration.json (see the module docstring); returns the calibration."""
+              seed: int = 0, threshold: float | None = None, progress: bool = False,
+              out: str | None = None) -> Calibration:
+    """Fit and store CHECKPOINT/calibration.json (see the module docstring); returns the calibration.
+
+    With `out`, the checkpoint (config and weights) is copied to that folder and the calibration written
+    there instead: the shipped reference model's folder is never written to."""
     from scipy.stats import spearmanr
 
     from raysegment.evaluation.evaluate import default_manifest, select_pairs
@@ -160,7 +164,11 @@ def calibrate(checkpoint: str, data: str | None = None, split: str = "val", copi
     }
     calibration = Calibration(loaded.model_id, refs, tuple(map(float, mean)), tuple(map(float, scale)),
                               tuple(map(float, coef)), float(intercept), round(chosen, 4), fitted_on=stats)
-    uri = save_calibration(checkpoint, calibration)
+    if out is not None:
+        from raysegment.model.checkpoint import copy_checkpoint
+
+        copy_checkpoint(checkpoint, out)
+    uri = save_calibration(out or checkpoint, calibration)
     if progress:
         print(f"calibrated {checkpoint} on {len(pairs)} '{split}' images x {copies + 1} variants "
               f"({len(y)} samples, {stats['seconds']} s): "

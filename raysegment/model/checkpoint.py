@@ -130,3 +130,11 @@ def load_model(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
                               hint=CHECKPOINT_HINT) from e
     model.to(device).eval()
     return LoadedModel(model, spec, weights_digest(weights), config)
+
+
+def copy_checkpoint(uri: str, out: str) -> None:
+    """Copy a checkpoint's config and weights (local or s3://, or the name "reference") to the folder `out`,
+    so a refitted calibration can be written there instead of beside the original."""
+    uri, _ = reference.resolve(uri)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        storage.write_bytes(storage.join(out, name), storage.read_bytes(storage.join(uri, name)))

@@ -13,10 +13,11 @@ and education only, because the films they were trained on were released for res
 
 from __future__ import annotations
 
+import json
 import os
 from importlib import resources
 
-from raysegment.errors import CheckpointError
+from raysegment.errors import CheckpointError, UserError
 
 NAME = "reference"
 PACKAGE_FOLDER = "reference_model"
@@ -44,3 +45,26 @@ def resolve(uri: str) -> tuple[str, str | None]:
                               "has no model.safetensors)",
                               hint="reinstall raysegment, or pass your own --checkpoint")
     return shipped_dir(), None
+
+
+def names_shipped(uri: str) -> bool:
+    """Whether `uri` names the shipped model (the name, and no path of the user's called so)."""
+    return uri == NAME and not os.path.exists(NAME)
+
+
+def notice(uri: str) -> str | None:
+    """The one console line for a checkpoint URI: which model the name chose (model_id, the weights'
+    terms), or that a path of the user's won over the name; None for any other URI."""
+    folder, note = resolve(uri)
+    if note or uri != NAME:
+        return note
+    with open(os.path.join(folder, "config.json")) as f:
+        model_id = json.load(f).get("model_id", "?")
+    return f"using the shipped reference model (model_id {model_id}): {TERMS}"
+
+
+def require_out(uri: str, out: str | None, command: str) -> None:
+    """Commands that write next to the checkpoint by default must not write into the installed package."""
+    if out is None and names_shipped(uri):
+        raise UserError(f"{command} would write into the installed package's reference model folder",
+                        hint="pass --out FOLDER (a folder of yours)")
