@@ -89,6 +89,21 @@ def paired(a, b) -> dict:
     return {"mean": float(d.mean()), "ci95": [lo, hi], "n": len(d)}
 
 
+def folder_digest(root: str) -> dict:
+    """sha256 over every file under `root` (relative path and content, sorted): which data trained it."""
+    import hashlib
+
+    h, n = hashlib.sha256(), 0
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                h.update(os.path.relpath(path, root).encode() + b"\0" + hashlib.sha256(f.read()).digest())
+            n += 1
+    return {"files": n, "sha256": h.hexdigest()}
+
+
 def final_stage(args) -> dict:
     from raysegment.evaluation.evaluate import evaluate, flat_row
 
@@ -100,7 +115,12 @@ def final_stage(args) -> dict:
     by = {s: [r for r in rows if r.get("source") == s] for s in ("montgomery", "jsrt")}
     mean = lambda rs, k: float(np.mean([r[k] for r in rs if r.get(k) is not None]))  # noqa: E731
     jsrt = by["jsrt"]
-    out = {"checkpoint": best, "jsrt_test": {"n": len(jsrt), "lungs": mean(jsrt, "dice"),
+    with open(os.path.join(best, "config.json")) as f:
+        config = json.load(f)
+    out = {"checkpoint": best, "model_id": config["model_id"], "epoch": config.get("epoch"),
+           "split_digest": config.get("split_digest"),
+           "data": {s: folder_digest(os.path.join(args.data, f"{s}_512")) for s in ("montgomery", "jsrt")},
+           "jsrt_test": {"n": len(jsrt), "lungs": mean(jsrt, "dice"),
                                               "heart": mean(jsrt, "heart_dice"),
                                               "clavicles": mean(jsrt, "clavicles_dice"),
                                               "ctr_mae": mean(jsrt, "ctr_abs_diff"),
