@@ -19,6 +19,10 @@ clavicles and the CTR on JSRT; Montgomery's test films paired against today's lu
 (configs/montgomery-cpu.yaml, trained as run montgomery-cpu when absent); and the opacity robustness
 (evaluation/opacities.py over >= 30 % of one lung) of both models on every test film.
 
+    python bench/reference.py --stage ship [--runs runs]
+copies runs/reference-cpu/best (weights, config, calibration: exactly the measured files) and
+LICENSE-WEIGHTS into raysegment/reference_model/, the package data the wheel carries.
+
     python bench/reference.py --stage finetune --start runs/loso-montgomery-NAME/best [--draws 3]
 fine-tuning for a site with a few labelled films: per seeded draw of 20 JSRT films (16 train, 4 val), the
 Montgomery-only start fine-tuned on them (run.init_from), the same 20 films from scratch, and the start
@@ -176,9 +180,28 @@ def finetune_stage(args) -> dict:
                   "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0} for arm, v in arms.items()}
 
 
+def ship_stage(args) -> dict:
+    """Copy the measured checkpoint (weights, config, QC calibration: exactly the measured files) and the
+    weights' terms into the package: raysegment/reference_model/."""
+    import shutil
+
+    best = os.path.join(args.runs, "reference-cpu", "best")
+    dest = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "raysegment",
+                        "reference_model")
+    os.makedirs(dest, exist_ok=True)
+    for name in ("model.safetensors", "config.json", "calibration.json"):
+        shutil.copyfile(os.path.join(best, name), os.path.join(dest, name))
+    shutil.copyfile(os.path.join(os.path.dirname(dest), "..", "LICENSE-WEIGHTS"),
+                    os.path.join(dest, "LICENSE-WEIGHTS"))
+    with open(os.path.join(dest, "config.json")) as f:
+        model_id = json.load(f)["model_id"]
+    return {"shipped": dest, "model_id": model_id,
+            "bytes": {n: os.path.getsize(os.path.join(dest, n)) for n in sorted(os.listdir(dest))}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=["loso", "final", "finetune"], default="loso")
+    p.add_argument("--stage", choices=["loso", "final", "finetune", "ship"], default="loso")
     p.add_argument("--name", help="loso: the recipe variant's name (runs are loso-<source>-NAME)")
     p.add_argument("--start", help="finetune: the Montgomery-only checkpoint to start from")
     p.add_argument("--draws", type=int, default=3)
@@ -193,7 +216,7 @@ def main() -> None:
     if args.stage != "loso":
         if args.stage == "finetune" and not args.start:
             p.error("--stage finetune needs --start CHECKPOINT")
-        res = final_stage(args) if args.stage == "final" else finetune_stage(args)
+        res = {"final": final_stage, "finetune": finetune_stage, "ship": ship_stage}[args.stage](args)
         print(json.dumps(res, indent=1))
         out = args.out or f"bench/results/reference_{args.stage}.json"
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
