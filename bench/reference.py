@@ -131,7 +131,8 @@ def final_stage(args) -> dict:
                                               "ctr_max": float(max(r["ctr_abs_diff"] for r in jsrt))},
            "montgomery_test": {"n": len(by["montgomery"]), "lungs": mean(by["montgomery"], "dice")}}
     # Today's lungs-only recipe on the same Montgomery test films (split_seed 42 per source: same films).
-    lungs_only = train("configs/montgomery-cpu.yaml", "montgomery-cpu", args)
+    lungs_only = train("configs/montgomery-cpu.yaml", "montgomery-cpu", args,
+                       f"data.path={os.path.join(args.data, 'montgomery_512')}")
     base = {r["image_id"]: r["dice"] for r in evaluate(lungs_only, split="test").rows if r["status"] == "ok"}
     ids = [r["image_id"] for r in by["montgomery"] if r["image_id"] in base]
     ref = {r["image_id"]: r["dice"] for r in by["montgomery"]}
