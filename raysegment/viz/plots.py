@@ -22,16 +22,26 @@ def _fmt(x: float) -> str:
 
 
 def value_range(values: np.ndarray, low: float | None = None, high: float | None = None,
-                include: tuple[float, ...] = ()) -> tuple[float, float]:
+                include: tuple[float, ...] = (), step: float | None = None,
+                floor: float | None = None) -> tuple[float, float]:
     """An axis range: the given ends, else the 0.5 and 99.5 percentiles of the values (outliers go to the end
-    bars), widened to show `include` (reference lines)."""
+    bars) rounded outwards to a multiple of `step`, not below `floor`; widened to show `include` (reference
+    lines)."""
     lo = low if low is not None else (float(np.percentile(values, 0.5)) if values.size else 0.0)
     hi = high if high is not None else (float(np.percentile(values, 99.5)) if values.size else 1.0)
+    if step:
+        lo = lo if low is not None else np.floor(lo / step) * step
+        hi = hi if high is not None else np.ceil(hi / step) * step
+        if hi - lo < 2 * step:
+            lo = hi - 2 * step if low is None else lo
+            hi = lo + 2 * step if hi - lo < 2 * step else hi
+    if floor is not None:
+        lo = max(lo, floor)
     for x in include:
         lo, hi = min(lo, x), max(hi, x)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
-    return lo, hi
+    return float(lo), float(hi)
 
 
 def histogram_svg(values: np.ndarray, lo: float, hi: float, label: str, measure: str, bins: int = 40,

@@ -491,13 +491,14 @@ def _why_missing(data: ReportData, column: str) -> str:
     return "no values"
 
 
-PLOTS = (  # measure, label, fixed range, reference lines
-    ("quality_score", "quality_score (predicted dice)", (0.0, 1.0), ()),
+PLOTS = (  # measure, label, fixed ends (None: from the values, rounded to 0.05), reference lines
+    ("quality_score", "quality_score (predicted dice)", (None, 1.0), ()),
     ("lung_area_cm2", "lung area, cm²", (None, None), ()),
     ("ctr", "cardiothoracic ratio", (None, None), ((0.5, "0.5"),)),
     ("mean_confidence", "mean confidence in the mask", (None, 1.0), ((0.75, "QC 0.75"),)),
-    ("dice", "dice vs ground truth", (0.0, 1.0), ()),
+    ("dice", "dice vs ground truth", (None, 1.0), ()),
 )
+UNIT_MEASURES = {"quality_score", "ctr", "mean_confidence", "dice", "lung_fraction"}  # values in [0, 1]
 
 
 def _distributions_section(data: ReportData) -> str:
@@ -509,13 +510,13 @@ def _distributions_section(data: ReportData) -> str:
             if n:
                 missing.append(f"lung area in cm²: {_why_missing(data, 'lung_area_cm2')}; the lung fraction "
                                "of the image is plotted instead")
-                measure, label, (lo, hi) = "lung_fraction", "lung area, fraction of the image", (0.0, None)
+                measure, label, (lo, hi) = "lung_fraction", "lung area, fraction of the image", (None, None)
         if n == 0:
             missing.append(f"{label}: {_why_missing(data, measure)}")
             continue
-        lo_, hi_ = value_range(values, lo, hi, tuple(x for x, _ in refs))
-        if measure == "ctr":
-            lo_, hi_ = min(lo_, 0.3), max(hi_, 0.7)
+        unit = measure in UNIT_MEASURES
+        lo_, hi_ = value_range(values, lo, hi, tuple(x for x, _ in refs), step=0.05 if unit else None,
+                               floor=0.0 if unit else None)
         svg = histogram_svg(values, lo_, hi_, label, measure, refs=refs)
         median = float(np.median(values)) if values.size else float("nan")
         caption = (f"n = {_n(n)} images (exact) · median {_num(median, 3)} · min "
