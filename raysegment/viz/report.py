@@ -290,9 +290,9 @@ def _run_section(data: ReportData, names: Names) -> str:
                 _count("queue", len(data.queue), "in the review queue")]
     wall, rate = latest.get("wall_s"), latest.get("images_per_s")
     figures.append(_figure("wall_s", f"{wall:.1f} s" if isinstance(wall, (int, float)) else "–",
-                           "wall time (latest run)"))
+                           "wall time (latest finished run)"))
     figures.append(_figure("images_per_s", f"{rate:.2f}" if isinstance(rate, (int, float)) else "–",
-                           "images/s (latest run)"))
+                           "images/s (latest finished run)"))
     rows = []
 
     def add(label: str, value: str) -> None:

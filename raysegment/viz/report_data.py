@@ -423,12 +423,14 @@ def _folder_notes(data: ReportData) -> None:
         notes.append(f"{len(data.unreadable)} of {data.files} result files could not be read and were left "
                      "out (a run killed while writing leaves a partial file: its images are simply not done "
                      f"yet); first: {data.unreadable[0]}")
-    for run in data.runs:
-        if run.summary is None:
-            state = ("is still running, or was stopped before its end" if run.in_progress
-                     else "was stopped before its end")
-            notes.append(f"run {run.run_id} has no summary.json: it {state} ({run.rows} of its rows are the "
-                         "latest of their image); run the same `raysegment infer` command again to resume")
+    unfinished = [run for run in data.runs if run.summary is None]
+    for run in unfinished[:3]:
+        state = ("is still running, or was stopped before its end" if run.in_progress
+                 else "was stopped before its end")
+        notes.append(f"run {run.run_id} has no summary.json: it {state} ({run.rows} of its rows are the "
+                     "latest of their image); run the same `raysegment infer` command again to resume")
+    if len(unfinished) > 3:
+        notes.append(f"{len(unfinished) - 3} more of the last {len(data.runs)} runs have no summary.json")
     if data.latest_summary is None and data.files and not any("summary.json" in n for n in notes):
         notes.append("no summary.json in the folder: no run has finished here yet")
     older = {v: n for v, n in data.schema_versions.items() if v not in (str(SCHEMA_VERSION), "(none)")}
