@@ -133,12 +133,15 @@ class _ReportSummary(SummaryAccumulator):
     MEASURES = (*SummaryAccumulator.MEASURES, "lung_area_cm2")
 
 
+FLUSH_ROWS = 256  # the report's rows are wider than the worklist's index: smaller write buffers
+
+
 class _Index(worklist.Partitioner):
     """The partitioner of the report's rows that also keeps the smallest and largest folder of the URIs
     (their common part is the root the per-folder table is relative to)."""
 
     def __init__(self, scratch: str) -> None:
-        super().__init__(REPORT_SCHEMA, scratch)
+        super().__init__(REPORT_SCHEMA, scratch, flush_rows=FLUSH_ROWS)
         self.low: str | None = None
         self.high: str | None = None
 
@@ -320,7 +323,8 @@ def _add_sites(sites: dict[str, SiteStats], rows: pa.Table, prefix: str) -> None
         images=("ok", "size"), ok=("ok", "sum"), errors=("errors", "sum"), flagged=("flagged", "sum"),
         quality_sum=("quality", "sum"), quality_n=("quality", "count"), dice_sum=("dice", "sum"),
         dice_n=("dice", "count"))
-    for site, g in grouped.iterrows():
+    for g in grouped.itertuples():
+        site = g.Index
         part = SiteStats(int(g.images), int(g.ok), int(g.errors), int(g.images - g.ok - g.errors),
                          int(g.flagged), float(g.quality_sum), int(g.quality_n), float(g.dice_sum),
                          int(g.dice_n))
