@@ -266,8 +266,11 @@ def test_queue_counts_and_sites_stay_exact_when_rows_spill_into_partitions(tmp_p
     films = write_films(str(tmp_path / "in"), 3, size=64)
     uris = [str(tmp_path / "in" / f"s{i % 7}" / f"x{i:05d}.png") for i in range(1500)]
     first = synthetic_table(uris, films, seed=5, error_rate=0.05, skipped_rate=0.02)
-    first = edited(first, {i: {"qc_flag": True, "qc_reasons": ["low_quality_score"], "quality_score": 0.5,
-                               "status": "ok"} for i in range(100, 1500, 47)})  # ties on the quality
+    first = edited(first, {
+        **{i: {"qc_flag": True, "qc_reasons": ["low_quality_score"], "quality_score": 0.5, "status": "ok"}
+           for i in range(100, 1500, 47)},  # ties on the quality
+        **{i: {"qc_flag": True, "qc_reasons": ["no_lung"], "quality_score": None, "mean_confidence": None,
+               "status": "ok"} for i in range(51, 1500, 131)}})  # flagged, but no quality_score: after
     out = str(tmp_path / "out")
     write_run(out, first, rows_per_file=250)
     second = synthetic_table(uris[:500], films, seed=6, run_id="20260102T000000Z-bbbbbb", error_rate=0.3)
