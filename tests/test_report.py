@@ -474,3 +474,22 @@ def test_the_page_renders_in_headless_chromium_with_its_queue_plots_and_the_summ
     assert {k: shown[k] for k in ("images", "ok", "errors", "qc_flagged")} == {
         k: summary[k] for k in ("images", "ok", "errors", "qc_flagged")}
     assert shown["errors"] > 0 and len(dom.find("tr", cls="site")) == 2
+
+
+def test_odd_file_names_are_escaped_and_still_link_to_their_originals(tmp_path):
+    """HTML-special characters and a name that is not UTF-8 (stored as a file:// URI, docs/formats.md)."""
+    from raysegment.io import names
+
+    [film] = write_films(str(tmp_path / "in"), 1, size=64)
+    odd = str(tmp_path / "in" / 'a <b> & "c".png')
+    os.link(film.uri, odd)
+    raw = os.fsencode(str(tmp_path / "in")) + b"/caf\xe9.png"
+    os.link(film.uri, raw)
+    latin1 = names.path_to_uri(raw)
+    assert latin1.startswith(names.FILE_SCHEME)
+    out = str(tmp_path / "out")
+    write_run(out, synthetic_table([odd, latin1], [film], error_rate=0))
+    dom = parse(_read(build_report(out, queue=2).path))
+    links = {a.text(): a.attrs["href"] for a in dom.one("section", id="queue").find("a", cls="uri")}
+    assert links == {'a <b> & "c"': "file://" + urllib.parse.quote(odd), "caf%E9": latin1}
+    assert len(dom.find("img")) == 2 and not dom.find(cls="thumb-note")  # both originals read back
