@@ -10,6 +10,7 @@ Everything lands under --out (default `demo_out/`):
     masks/                     predicted masks as PNG, mirroring the input names
     pictures/                  worst cases side by side (input | truth | prediction | overlay),
                                contact_sheet.png (lowest dice and QC-flagged), training_curves.png
+    report.html                the run report of the inference results (viz/report.py), one HTML page
 
 `--s3` runs the same flow through a local S3 endpoint (moto on 127.0.0.1, from the dev extra) to show the
 object-storage path without a cloud account: data, run storage, checkpoints, results and masks live in
@@ -34,6 +35,7 @@ from raysegment.io import storage
 from raysegment.outputs.report import format_summary
 from raysegment.train.config import TrainConfig
 from raysegment.train.driver import train
+from raysegment.viz.report import build_report
 from raysegment.viz.show import show
 
 DEMO_BUCKET = "raysegment-demo"
@@ -64,6 +66,7 @@ class DemoResult:
     summary: dict
     test_dice: float | None
     timings: dict[str, float] = field(default_factory=dict)
+    report: str | None = None  # report.html
 
 
 class _Stages:
@@ -167,6 +170,9 @@ def run_demo(s: DemoSettings) -> DemoResult:
         shown = show(results, pictures, worst=s.show_worst, ground_truth=data)
         curves = os.path.join(pictures, "training_curves.png")
         storage.write_bytes(curves, storage.read_bytes(storage.join(trained.run_dir, "training_curves.png")))
+
+        stages.start("report", "the run report: one HTML page (run, review queue, errors, distributions)")
+        report = build_report(results, os.path.join(out, "report.html")).path  # local, also with --s3
         stages.stop()
     finally:
         if server is not None:
@@ -175,11 +181,11 @@ def run_demo(s: DemoSettings) -> DemoResult:
 
     metrics = summary.get("metrics") or {}
     test_dice = (metrics.get("dice") or {}).get("mean")
-    _print_report(s, trained, summary, held_out, results, shown, curves, stages.timings)
-    return DemoResult(trained.run_dir, results, pictures, summary, test_dice, stages.timings)
+    _print_report(s, trained, summary, held_out, results, shown, curves, stages.timings, report)
+    return DemoResult(trained.run_dir, results, pictures, summary, test_dice, stages.timings, report)
 
 
-def _print_report(s, trained, summary, held_out, results, shown, curves, timings) -> None:
+def _print_report(s, trained, summary, held_out, results, shown, curves, timings, report) -> None:
     """The demo's last lines: what was trained, the ONE test score (inference on the held-out split, masks
     post-processed at the original resolution, as `raysegment evaluate` scores them), where things are."""
     print("\n== raysegment demo: summary")
@@ -193,5 +199,6 @@ def _print_report(s, trained, summary, held_out, results, shown, curves, timings
     print(f"  results Parquet  {results}   (raysegment.read_results)")
     print(f"  pictures         {os.path.dirname(curves)}  ({len(shown.pictures)} side-by-side"
           + (", contact_sheet.png" if shown.contact_sheet else "") + ", training_curves.png)")
+    print(f"  report           {report}  (open it in a browser)")
     print("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
           + f"; total {sum(timings.values()):.1f}s")

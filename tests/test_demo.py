@@ -67,3 +67,10 @@ def test_demo_small_end_to_end(tmp_path):
     assert os.path.exists(out / "runs" / runs[0] / "test_metrics.json")
     assert os.listdir(out / "masks")
     assert "stage times" in printed and "results Parquet" in printed
+    # the run report of the held-out inference, its path printed; its counts are the summary's
+    from report_helpers import counts, parse
+
+    assert f"  report           {out / 'report.html'}  (open it in a browser)" in lines
+    page = counts(parse((out / "report.html").read_text(encoding="utf-8")))
+    assert (page["images"], page["ok"], page["errors"], page["qc_flagged"]) == (
+        held_out, summary["ok"], summary["errors"], summary["qc_flagged"])

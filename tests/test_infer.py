@@ -142,6 +142,15 @@ def test_every_input_is_one_row_and_bad_files_are_error_rows(runs, results):
     assert read_results(runs["out"]).schema.equals(SCHEMA)
 
 
+def test_the_cli_run_wrote_its_report(runs):
+    """`raysegment infer` (the first run, through the CLI) ended with OUTPUT/report.html: its 10 inputs."""
+    from report_helpers import counts, parse
+
+    with open(os.path.join(runs["out"], "report.html"), encoding="utf-8") as f:
+        shown = counts(parse(f.read()))
+    assert (shown["images"], shown["ok"], shown["errors"]) == (10, 7, 3)
+
+
 def load_model_id(runs) -> str:
     return runs["second"]["model_id"]
 

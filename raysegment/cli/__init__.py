@@ -20,8 +20,8 @@ import raysegment
 from raysegment.errors import RetryableError, UserError
 
 # name -> module that implements it (module.add_parser registers the subcommand).
-COMMANDS = {name: f"raysegment.cli.{name}"
-            for name in ("infer", "synth", "train", "export", "evaluate", "calibrate", "show", "demo")}
+COMMANDS = {name: f"raysegment.cli.{name}" for name in (
+    "infer", "synth", "train", "export", "evaluate", "calibrate", "show", "report", "demo")}
 
 
 def _add_common_flags(parser: argparse.ArgumentParser, default) -> None:

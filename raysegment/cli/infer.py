@@ -59,6 +59,8 @@ def _add_io_arguments(io) -> None:
                     help="write a DICOM Segmentation (SEG) per DICOM input here, mirroring input paths")
     io.add_argument("--dicom-seg-sides", action="store_true",
                     help="DICOM SEG with right and left lung as two segments (default: one 'Lung' segment)")
+    io.add_argument("--no-report", action="store_true",
+                    help="do not write OUTPUT/report.html (the run report: `raysegment report`) at the end")
 
 
 def _add_scaling_arguments(scaling) -> None:
@@ -106,7 +108,23 @@ def run(args: argparse.Namespace) -> int:
     if summary["missing"]:
         print(f"  WARNING: {summary['missing']} inputs have no row; run the same command again to resume")
     print(f"  results: {summary['output']}")
+    if not args.no_report:
+        write_report(args.output)
     return 0 if summary["missing"] == 0 else 1
+
+
+def write_report(output: str) -> None:
+    """OUTPUT/report.html (viz/report.py) after a run, its path printed; a failure is one printed line, never
+    the run's failure (the rows are written)."""
+    from raysegment.cli import error_line
+    from raysegment.viz.report import build_report
+
+    try:
+        result = build_report(output)
+    except Exception as e:  # noqa: BLE001 - the run itself succeeded
+        print(f"  report not written: {error_line(e)} (`raysegment report {output}` retries)")
+        return
+    print(f"  report: {result.path} ({result.seconds:.1f} s)")
 
 
 def infer_config(args: argparse.Namespace, s3):

@@ -79,8 +79,10 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 class Partitioner:
     """Tables appended in any order, split by partition_of(image_uri); read back one partition at a time."""
 
-    def __init__(self, schema: pa.Schema, scratch: str, nparts: int = NPARTS) -> None:
+    def __init__(self, schema: pa.Schema, scratch: str, nparts: int = NPARTS,
+                 flush_rows: int = FLUSH_ROWS) -> None:
         self.schema, self.root, self.nparts = schema, scratch, nparts
+        self.flush_rows = flush_rows  # rows buffered per partition before a row group is written
         self.memory: list[pa.Table] = []  # until SMALL rows: nothing on disk
         self.buffers: list[list[pa.Table]] = [[] for _ in range(nparts)]
         self.writers: dict[int, pq.ParquetWriter] = {}
@@ -111,7 +113,7 @@ class Partitioner:
         for p in range(self.nparts):
             if bounds[p + 1] > bounds[p]:
                 self.buffers[p].append(table.slice(bounds[p], bounds[p + 1] - bounds[p]))
-                if sum(t.num_rows for t in self.buffers[p]) >= FLUSH_ROWS:
+                if sum(t.num_rows for t in self.buffers[p]) >= self.flush_rows:
                     self._flush(p)
 
     def _flush(self, p: int) -> None:

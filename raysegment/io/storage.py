@@ -361,11 +361,14 @@ def get_object(uri: str, s3: S3Options | None = None) -> bytes:
             raise FileNotFoundError(f"no such object: {uri}") from None
 
 
-def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
-    """Write a whole file, creating parent folders. Local writes are atomic (temp file + rename)."""
+def write_bytes(uri: str, data: bytes, s3: S3Options | None = None, content_type: str | None = None) -> None:
+    """Write a whole file, creating parent folders. Local writes are atomic (temp file + rename).
+    content_type: the S3 object's Content-Type (e.g. "text/html", so a browser shows it); ignored locally."""
     fs, path = filesystem(uri, s3)
     if is_s3(uri):
-        with fs.open_output_stream(path) as f:  # an S3 object appears only when the upload completes
+        metadata = {"Content-Type": content_type} if content_type else None
+        # an S3 object appears only when the upload completes
+        with fs.open_output_stream(path, metadata=metadata) as f:
             f.write(data)
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)

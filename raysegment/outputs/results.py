@@ -305,6 +305,16 @@ class SummaryAccumulator:
             self.stats.setdefault(f"{name}_dice", _Stat()).add(
                 pa.chunked_array([dice.filter(pa.array(chosen))]), keys[parents[chosen]])
 
+    def sample(self, name: str) -> tuple[np.ndarray, int]:
+        """(the bounded sample of one measure's finite values, their exact count n): every value up to
+        SAMPLE values, beyond that the values of the SAMPLE rows with the smallest image_uri hashes (a
+        uniform sample); an empty array and 0 for a measure never seen. For plots of the distributions."""
+        stat = self.stats.get(name)
+        if stat is None or stat.n == 0:
+            return np.empty(0), 0
+        stat._trim()
+        return stat.values.copy(), stat.n
+
     def result(self) -> dict:
         empty = _Stat()
         out = {

@@ -191,7 +191,7 @@ def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = Fa
             truth_uris, other_truths = truth_index.get(image_id, ((), {}))
             if image_id not in truth_index and row.get("truth_uri") and not ground_truth:
                 truth_uris, other_truths = parse_truth(row["truth_uri"])  # lungs '|'-joined; ';heart=...'
-            extra, ctr = _structures_of(row, structures.get(image_uri), pred)
+            extra, ctr = structures_of(row, structures.get(image_uri), pred)
             # Only the truths of structures the row predicts: a lungs-only row's picture stays lungs-only.
             other_truths = {n: f for n, f in other_truths.items() if f and n in (extra or {})}
             truth, true_structures = None, {}
@@ -233,7 +233,7 @@ def show(results: str, out: str, worst: int | None = None, qc_flagged: bool = Fa
     return result
 
 
-def _structures_of(row: dict, masks: dict[str, np.ndarray] | None, pred: np.ndarray):
+def structures_of(row: dict, masks: dict[str, np.ndarray] | None, pred: np.ndarray):
     """(further structures to draw or None, the CTR's measurement or None) of one row: its decoded
     structure masks (the ones with a colour; a mask of another size is left out rather than failing the
     picture), and, when the row has a CTR, its lines measured again on the decoded lungs and heart (the
