@@ -31,7 +31,8 @@ def phantoms(tmp_path_factory):
 
 def _check_rows(rows, n):
     assert len(rows) == n and all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
-    shipped = json.loads(open(os.path.join(reference.shipped_dir(), "config.json")).read())
+    with open(os.path.join(reference.shipped_dir(), "config.json")) as f:
+        shipped = json.load(f)
     for r in rows:
         assert r["model_id"] == shipped["model_id"]
         assert sorted(p["name"] for p in r["structures"]) == ["clavicles", "heart"]
@@ -40,7 +41,8 @@ def _check_rows(rows, n):
         assert r["quality_score"] is not None  # the shipped calibration travels with the weights
 
 
-def test_infer_without_a_checkpoint_uses_the_shipped_model(ray_local, phantoms, tmp_path, monkeypatch, capsys):
+def test_infer_without_a_checkpoint_uses_the_shipped_model(ray_local, phantoms, tmp_path, monkeypatch,
+                                                           capsys):
     """As typed: relative paths, run from another folder; the console names the model and its terms."""
     from raysegment.cli import main
 
@@ -109,5 +111,6 @@ def test_the_wheel_carries_the_weights_and_loads_them_from_outside_the_repo(tmp_
                          capture_output=True, text=True).stdout
     where, model_id = json.loads(out)
     assert where.startswith(str(tmp_path / "site")) and not where.startswith(repo)
-    shipped = json.loads(open(os.path.join(repo, "raysegment", "reference_model", "config.json")).read())
+    with open(os.path.join(repo, "raysegment", "reference_model", "config.json")) as f:
+        shipped = json.load(f)
     assert model_id == shipped["model_id"]
