@@ -36,8 +36,8 @@ def _check_rows(rows, n):
     for r in rows:
         assert r["model_id"] == shipped["model_id"]
         assert sorted(p["name"] for p in r["structures"]) == ["clavicles", "heart"]
-        assert all(p["area_px"] > 0 for p in r["structures"]) and r["area_px"] > 0
-        assert r["ctr"] is not None and 0.2 < r["ctr"] < 0.8
+        assert all(p["area_px"] > 0 for p in r["structures"]) and r["lung_area_px"] > 0
+        assert r["ctr"] is not None and 0 < r["ctr"] < 1  # phantoms: present, not a clinical value
         assert r["quality_score"] is not None  # the shipped calibration travels with the weights
 
 
