@@ -30,8 +30,10 @@ so they can never be starved by the actors (the 2-CPU hang).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+import os
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -150,6 +152,27 @@ class Work:
     n_todo: int
     todo_files: list[str]  # the todo parts written (none in a dry run)
     list_s: float  # seconds to list and resume
+
+
+def resolve_paths(config: InferConfig) -> InferConfig:
+    """The run's local paths made absolute, ONCE, here in the driver (--input, --output, --masks-out,
+    --ground-truth, --dicom-seg-out; s3:// as they are): every URI the run writes (image_uri, mask_uri,
+    truth_uri, the result files) and compares (resume, this run's own files in the summary) then has one
+    form whatever the working directory, and Ray workers (other working directories) write where the
+    driver reads. image_uri was always absolute (the listing makes it so), so results of a run started
+    with relative paths resume as they are. A --checkpoint that is a local folder is made absolute too (the
+    actors load it); the name of the shipped model stays a name."""
+    io, checkpoint = config.io, config.model.checkpoint
+
+    def fix(uri: str | None) -> str | None:
+        return storage.absolute(uri) if uri else uri
+
+    if not storage.is_s3(checkpoint) and os.path.exists(checkpoint):
+        checkpoint = storage.absolute(checkpoint)
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, checkpoint=checkpoint),
+        io=dataclasses.replace(io, input=fix(io.input), output=fix(io.output), masks_out=fix(io.masks_out),
+                               ground_truth=fix(io.ground_truth), dicom_seg_out=fix(io.dicom_seg_out)))
 
 
 def prepare(config: InferConfig) -> Prepared:
@@ -309,6 +332,7 @@ def tally(config: InferConfig, prep: Prepared, work: Work, scratch: worklist.Scr
 
 def run_inference(config: InferConfig) -> dict:
     """Run (or resume) bulk inference; returns the summary (also written as summary.json)."""
+    config = resolve_paths(config)
     prep = prepare(config)
     with worklist.Scratch() as scratch:
         work = list_and_resume(config, prep, scratch)

@@ -121,6 +121,15 @@ def filesystem(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, 
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def absolute(uri: str) -> str:
+    """`uri` with a relative local path made absolute against this process's working directory (and "~"
+    expanded); s3:// and file:// URIs as they are. Drivers resolve their paths once with it: Ray workers
+    run in other working directories, and every URI the run records or compares must be the same form."""
+    if is_s3(uri) or uri.startswith(names.FILE_SCHEME):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a local path or URI with '/'."""
     if is_s3(uri):
