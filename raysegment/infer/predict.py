@@ -59,7 +59,8 @@ def predict(
     threshold = loaded.spec.threshold if threshold is None else threshold
     # scoring.score: the one scoring path (lungs, further structures, CTR), here without a truth.
     others = {name: probs[c] for c, name in enumerate(loaded.spec.structures) if c > 0}
-    scored = score(probs[0], geo, threshold, config or PostprocessConfig(), others=others)
+    scored = score(probs[0], geo, threshold, config or PostprocessConfig(), others=others,
+                   frontal=frame.frontal if frame is not None else True)
     notes = [*(frame.qc_notes if frame else ()), *scored.qc_notes]
     return Prediction(scored.segmentation, probs[0], geo, frame.meta if frame else None,
                       {p.name: p.mask for p in scored.structures}, scored.ctr,
