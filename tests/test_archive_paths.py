@@ -52,11 +52,11 @@ def _summary(output) -> dict:
         return json.load(f)
 
 
-def _comparable(row: dict, root: str) -> dict:
+def _comparable(row: dict, masks: str, segs: str) -> dict:
     """A row without what differs between two runs by design: run id, timings, and where the outputs went
     (mask and SEG paths are compared relative to their folders)."""
     out = {k: v for k, v in row.items() if k not in ("run_id", "mask_uri", "dicom_seg_uri", *TIMING)}
-    for k in ("mask_uri", "dicom_seg_uri"):
+    for k, root in (("mask_uri", masks), ("dicom_seg_uri", segs)):
         out[k] = os.path.relpath(row[k], root) if row[k] else None
     return out
 
@@ -96,8 +96,8 @@ def test_relative_paths_give_the_absolute_run_and_an_old_relative_output_resumes
     assert {k: v for k, v in rel.items() if k not in varying} == same
     rows_rel = sorted(read_results("rel").to_pylist(), key=lambda r: r["image_uri"])
     rows_abs = sorted(read_results(str(world / "abs")).to_pylist(), key=lambda r: r["image_uri"])
-    assert [_comparable(r, str(world / "rel_masks" if r["mask_uri"] else world)) for r in rows_rel] == [
-        _comparable(r, str(world / "abs_masks" if r["mask_uri"] else world)) for r in rows_abs]
+    assert [_comparable(r, str(world / "rel_masks"), str(world / "rel_segs")) for r in rows_rel] == [
+        _comparable(r, str(world / "abs_masks"), str(world / "abs_segs")) for r in rows_abs]
     for row in rows_rel:  # every URI absolute, every file where the row says
         assert row["status"] == "ok" and os.path.isabs(row["image_uri"]) and os.path.isfile(row["mask_uri"])
         assert row["mask_uri"].startswith(str(world / "rel_masks") + os.sep)
