@@ -122,9 +122,9 @@ def _read_row(row: dict, s3: storage.S3Options, options: InputOptions = DEFAULT_
     try:
         if names.is_image_name(uri):
             return Read(storage.get_object(uri, s3), ms=_ms(t0))
-        size = row.get("input_size")
-        head = b"" if size == 0 else storage.read_head(uri, SNIFF_BYTES, s3)
-        skip = triage(head, storage.basename(uri), size if size is not None else None, options)
+        # read even when the listing says 0 bytes: a folder, FIFO or dangling link must say what it is
+        head = storage.read_head(uri, SNIFF_BYTES, s3)
+        skip = triage(head, storage.basename(uri), row.get("input_size"), options)
         if skip is not None:
             return Read(skip=skip, ms=_ms(t0), skip_format=sniff_format(head) if head else None)
         rest = storage.read_range(uri, len(head), None, s3) if len(head) == SNIFF_BYTES else b""
