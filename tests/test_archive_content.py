@@ -521,3 +521,24 @@ def test_training_drops_a_pair_over_data_max_pixels_naming_the_key(tmp_path):
     assert prepare_pair(pair, PreprocessConfig(size=32))[0].shape == (32, 32)
     with pytest.raises(DecodeError, match="data.max_pixels"):
         prepare_pair(pair, PreprocessConfig(size=32), max_pixels=48 * 48 - 1)
+
+
+def test_training_and_evaluate_data_sets_take_the_same_formats_and_names(tmp_path):
+    """A generic layout whose films are BMP, JPEG 2000, a DICOM named .IMA and one without an extension:
+    all paired by stem and decoded by the one input path; a notes file and OS clutter are no images."""
+    from raysegment.data.datasets import discover, load_pair
+
+    film = _film()
+    mask = np.zeros_like(film)
+    mask[10:40, 5:20] = mask[10:40, 28:43] = 255
+    files = {"cxr/a.bmp": _encode("BMP", film), "cxr/b.jp2": _encode("JPEG2000", film),
+             "cxr/c.IMA": _dicom_film(), "cxr/d": _dicom_film(), "cxr/notes.txt": b"x", "cxr/Thumbs.db": b"x",
+             "cxr/._a.bmp": b"x"}
+    files.update({f"masks/{s}.png": cv2.imencode(".png", mask)[1].tobytes() for s in "abcd"})
+    for rel, data in files.items():
+        _write(str(tmp_path), rel, data)
+    found = discover(str(tmp_path))
+    assert sorted(p.image_id for p in found.pairs) == ["a", "b", "c", "d"] and found.unmatched_images == []
+    for pair in found.pairs:
+        image, truth = load_pair(pair)
+        assert image.shape == film.shape and truth.sum() == 2 * 30 * 15
