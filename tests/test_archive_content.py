@@ -499,14 +499,15 @@ def test_max_pixels_and_modalities_flags_reach_the_decode_tasks_and_bad_values_n
                        defaults.input_options())
     assert (row["status"], row["skip_reason"], row["image_format"]) == ("skipped", MODALITY_CT, "dicom")
 
+    capsys.readouterr()
     for flag, value, message in (
-            ("--max-pixels", "0", "argument --max-pixels: must be at least 1, got 0"),
-            ("--max-pixels", "lots", "argument --max-pixels: expected a whole number"),
-            ("--modalities", ",", "argument --modalities: expected DICOM Modality codes")):
-        with pytest.raises(SystemExit) as exit_:
-            main(["infer", "--input", "i", "--output", "o", flag, value])
-        assert exit_.value.code == 2
-        assert f"raysegment infer: error: {message}" in capsys.readouterr().err
+            ("--max-pixels", "0", "--max-pixels: must be at least 1, got 0"),
+            ("--max-pixels", "lots", "--max-pixels: expected a whole number of pixels, got 'lots'"),
+            ("--modalities", ",", "--modalities: expected DICOM Modality codes such as CR,DX,OT")):
+        assert main(["infer", "--input", str(tmp_path), "--output", str(tmp_path / "o"), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"raysegment infer: error: {message}") and len(err.strip().splitlines()) == 1
+        assert "Traceback" not in err and not (tmp_path / "o").exists()  # before anything is written
 
 
 def test_training_drops_a_pair_over_data_max_pixels_naming_the_key(tmp_path):

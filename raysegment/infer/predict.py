@@ -49,7 +49,8 @@ def predict(
     `config` defaults to PostprocessConfig(); `threshold` to the checkpoint's. `micro_batch` and `threads`
     must be what the pipeline used for pixel-identical results (the defaults are the pipeline's defaults).
     `fix_inversion`: an inverted PNG/JPEG/TIFF is inverted back first, as bulk inference does
-    (data/inversion.py). Raises errors.DecodeError on undecodable bytes (NotAnImageError: no image at all).
+    (data/inversion.py). Raises errors.DecodeError on undecodable bytes (NotAnImageError: no image at all;
+    NotAChestFilmError: a DICOM without an image, or of a Modality other than CR/DX/OT).
     """
     frame = None
     if isinstance(image, (bytes, bytearray, memoryview)):
