@@ -63,9 +63,29 @@ class DecodeError(ValueError):
 
 
 class NotAnImageError(DecodeError):
-    """The bytes are no image format at all (the header sniffs as no PNG, JPEG, TIFF or DICOM): a stray
-    file in an archive, not a broken image. Still a DecodeError, so every caller treats it as one today;
-    the distinction lets a caller skip such files instead of reporting them as failures."""
+    """The bytes are no image format at all (the header sniffs as none of the formats io/decode.py reads):
+    a stray file in an archive, not a broken image. Still a DecodeError, so a caller that catches those
+    treats it as a failure; bulk inference skips it when the file is not named like an image either
+    (a README, a .xml), and reports it as an error when it is (a "scan.png" of text)."""
+
+
+class NotAChestFilmError(DecodeError):
+    """A readable file that is no chest film to segment: a DICOM object that holds no image, or an image
+    of a modality that is not a radiograph. Never a failure: bulk inference writes a row with status
+    "skipped". `reason` is the short text that row records and summaries count (no file name in it)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NonImageDicomError(NotAChestFilmError):
+    """A DICOM object of a SOP class that holds no image: Structured Report, Key Object Selection,
+    Presentation State, Encapsulated PDF, a DICOMDIR, ..."""
+
+
+class NotRadiographError(NotAChestFilmError):
+    """A DICOM image whose Modality is not among the radiographs segmented (CT, MR, US, NM, PT, ...)."""
 
 
 class NotRegularFileError(OSError):

@@ -258,7 +258,7 @@ def test_infer_over_an_odd_archive_one_row_per_entry_exit_0(ray_local, odd_archi
     assert rows[b"odd/" + LATIN1]["image_uri"].startswith(names.FILE_SCHEME)  # escaped, reversibly:
     assert os.path.basename(names.uri_to_path(rows[b"odd/" + LATIN1]["image_uri"])) == LATIN1
     for row in table.to_pylist():
-        assert row["schema_version"] == 2
+        assert row["schema_version"] == 3
         if row["status"] != "ok":
             continue
         mask = decode_mask_png(row["mask_png"])

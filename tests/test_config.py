@@ -119,6 +119,7 @@ RULES = [
     ("data.split", [0.9, 0.1, 0.0], [0.0, 0.5, 0.5],
      "data.split: train and val fractions must be > 0, got [0.0"),
     ("data.split", [0.9, 0.1, 0.0], [1.0, 0.0, 0.0], "data.split: train and val fractions must be > 0"),
+    ("data.max_pixels", 1, 0, "data.max_pixels: must be >= 1 (pixels: width x height), got 0"),
 ]
 
 

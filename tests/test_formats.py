@@ -3,6 +3,7 @@ the compact / DICOM outputs (mask_rle, DICOM SEG), plus reading results of the o
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import importlib.util
 import io
@@ -19,6 +20,7 @@ from PIL import Image, ImageOps
 from worklist_helpers import done_identities
 
 from raysegment.data.inversion import INVERTED_BELOW, correct_inversion, inversion_score, looks_inverted
+from raysegment.data.inversion import layout as inversion_layout
 from raysegment.data.preprocess import PreprocessConfig
 from raysegment.infer.predict import predict
 from raysegment.io.decode import PREFERRED_PLUGINS, _preferred_plugin, decode_image, decode_mask, encode_png
@@ -195,6 +197,41 @@ def test_no_normal_real_film_is_flagged_and_every_inverted_one_is(dataset):
     assert len(paths) in (138, 247)
     assert (scores > INVERTED_BELOW).all(), np.array(paths)[scores <= INVERTED_BELOW]  # zero false positives
     assert (-scores < INVERTED_BELOW).all()  # an inverted film scores the negative: all detected
+
+
+@pytest.mark.parametrize("dataset", ["montgomery_512", "jsrt_512"])
+def test_turned_or_half_real_films_are_never_corrected_and_inverted_ones_are(dataset):
+    """Every 8th shared film (18 + 31; bench/inversion_check.py does all 385): as it is, turned 90 / 180 /
+    270 degrees and cut in half, a normal film is never called inverted; its inverted copy upright always is.
+    An inverted film that is also turned a quarter or cut in half is left as it is (the layout evidence is
+    the same for a film and its inverted copy, and such layouts are never judged)."""
+    forms = {"90": lambda i: np.rot90(i, -1), "180": lambda i: np.rot90(i, 2),
+             "270": lambda i: np.rot90(i, 1),
+             "left": lambda i: i[:, : i.shape[1] // 2], "right": lambda i: i[:, i.shape[1] // 2:],
+             "top": lambda i: i[: i.shape[0] // 2], "bottom": lambda i: i[i.shape[0] // 2:]}
+    paths = sorted(glob.glob(os.path.join(shared_dataset(dataset), "cxr", "*.png")))[::8]
+    for path in paths:
+        image = decode_image(_read(path)).image
+        assert not looks_inverted(image) and looks_inverted(1.0 - image), path
+        assert correct_inversion(1.0 - image, "png")[1] is True
+        for name, form in forms.items():
+            turned = np.ascontiguousarray(form(image))
+            assert not looks_inverted(turned), (path, name)  # the bug: 260 of 770 quarter turns, 709 halves
+            if name != "180":
+                assert not looks_inverted(1.0 - turned), (path, name)  # inverted AND turned: left as it is
+    layout = inversion_layout(decode_image(_read(paths[0])).image)
+    inverse = inversion_layout(1.0 - decode_image(_read(paths[0])).image)
+    assert layout.upright and inverse.upright
+    assert np.allclose(dataclasses.astuple(layout), dataclasses.astuple(inverse), atol=1e-5)
+
+
+def test_the_old_band_rule_alone_fires_on_a_turned_film():
+    """Why the layout check exists: a film whose band score alone calls its quarter turn inverted."""
+    root = shared_dataset("montgomery_512")
+    image = decode_image(_read(min(glob.glob(os.path.join(root, "cxr", "*.png"))))).image
+    turned = [np.ascontiguousarray(np.rot90(image, k)) for k in (1, 3)]
+    assert any(inversion_score(t) < INVERTED_BELOW for t in turned)  # the score alone would invert it
+    assert not any(looks_inverted(t) for t in turned) and not any(inversion_layout(t).upright for t in turned)
 
 
 def test_inverted_montgomery_segmented_within_002_dice(tiny_model):

@@ -23,8 +23,7 @@ from raysegment.data.preprocess import PreprocessConfig, geometry
 from raysegment.errors import InputError
 from raysegment.infer.predict import predict
 from raysegment.io.decode import decode_mask, decode_mask_png, encode_png
-from raysegment.io.names import is_input_name as is_image_name
-from raysegment.io.names import mask_key, sanitize_key
+from raysegment.io.names import is_input_name, mask_key, sanitize_key
 from raysegment.model.checkpoint import ModelSpec, load_model, save_checkpoint
 from raysegment.model.forward import forward_probabilities
 from raysegment.model.unet import UNet, UNetConfig
@@ -137,7 +136,7 @@ def test_every_input_is_one_row_and_bad_files_are_error_rows(runs, results):
         assert row["lung_area_px"] == mask.sum() == row["right_lung_area_px"] + row["left_lung_area_px"]
         assert row["lung_fraction"] == pytest.approx(mask.mean())
         assert row["qc_flag"] == bool(row["qc_reasons"])
-        assert row["model_id"] == load_model_id(runs) and row["schema_version"] == 2
+        assert row["model_id"] == load_model_id(runs) and row["schema_version"] == 3
         assert row["input_size"] > 0 and row["input_mtime_ns"] > 0 and row["total_ms"] > 0
     assert read_results(runs["out"]).schema.equals(SCHEMA)
 
@@ -333,10 +332,11 @@ def test_listing_filters_names_and_reads_manifests(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
     items = listed(str(tmp_path), exclude=(str(tmp_path / "out"),))
-    assert [r["key"] for r in items] == ["a/1.png", "a/2.JPG", "b/1.2.840.10008", "b/3.dcm", "b/noext"]
+    assert [r["key"] for r in items] == ["a/1.png", "a/2.JPG", "b/1.2.840.10008", "b/3.dcm", "b/noext",
+                                         "b/notes.txt"]  # every file but hidden ones: the bytes decide
     assert all(r["input_size"] == 1 and r["input_mtime_ns"] for r in items)
     assert listed(str(tmp_path), limit=2, exclude=(str(tmp_path / "out"),))[1]["key"] == "a/2.JPG"
-    assert not is_image_name("x.csv") and is_image_name("IM0001")
+    assert is_input_name("x.csv") and is_input_name("IM0001") and not is_input_name(".x.png")
 
     (tmp_path / "m.csv").write_text("image_uri,size\na/1.png,1\nb/3.dcm,\na/1.png,1\n")
     manifest = listed(str(tmp_path / "m.csv"))

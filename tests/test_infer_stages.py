@@ -19,6 +19,7 @@ import pytest
 from worklist_helpers import listed
 
 from raysegment.cluster.plan import ClusterResources, NodeResources
+from raysegment.data.model_input import InputOptions
 from raysegment.data.preprocess import PreprocessConfig
 from raysegment.errors import PlanError
 from raysegment.infer import pipeline, sizing, stages
@@ -107,7 +108,7 @@ def _run_stages(tmp_path, files: dict[str, bytes], truth: dict[str, str] | None 
     preprocess = PreprocessConfig(size=SIZE, resize=resize, normalize="unit")
     inputs = pa.Table.from_pylist(items, schema=stages.INPUT_SCHEMA)
     decoded = pa.concat_tables(stages.decode_batch(inputs, preprocess, spacing_mm, storage.S3Options(),
-                                                     fix_inversion=False))
+                                                     options=InputOptions(correct_inversion=False)))
     rows = decoded.to_pylist()
     for row in rows:
         image = row.pop("image")

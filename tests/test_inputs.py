@@ -16,8 +16,7 @@ from worklist_helpers import listed
 
 from raysegment.errors import InputError
 from raysegment.io.inputs import MANIFEST_COLUMNS, InputItem, is_manifest, iter_folder
-from raysegment.io.names import is_input_name as is_image_name
-from raysegment.io.names import mask_key, sanitize_key, stable_key
+from raysegment.io.names import is_input_name, mask_key, sanitize_key, stable_key
 
 
 def _folder(uri: str, exclude: tuple[str, ...] = ()) -> list[InputItem]:
@@ -35,11 +34,12 @@ def _touch(root, *rels: str, data: bytes = b"x") -> None:
 @pytest.mark.parametrize("name, expected", [
     ("a.png", True), ("A.PNG", True), ("x.jpeg", True), ("x.tif", True), ("x.dcm", True),
     ("IM0001", True), ("1.2.840.10008.5", True), ("dir/sub/x.png", True), ("dir\\sub\\x.png", True),
-    ("x.csv", False), ("notes.txt", False), (".hidden.png", False), ("dir/.DS_Store", False), ("", False),
-    ("x.png.txt", False), ("x.12a", False), ("dir\\.hidden.png", False),
+    ("x.csv", True), ("notes.txt", True), (".hidden.png", False), ("dir/.DS_Store", False), ("", False),
+    ("x.png.txt", True), ("x.12a", True), ("dir\\.hidden.png", False), ("._x.png", False),
 ])
-def test_is_image_name(name, expected):
-    assert is_image_name(name) is expected
+def test_is_input_name(name, expected):
+    """Every file is an input (its bytes decide what it is) unless its name is hidden or OS clutter."""
+    assert is_input_name(name) is expected
 
 
 def test_image_id_is_the_stem():
@@ -97,17 +97,24 @@ def test_property_mask_keys_are_distinct_for_distinct_clean_keys(keys):
 
 
 def test_folder_walk_filters_and_keys(tmp_path):
+    from raysegment.io.inputs import Skipped
+
     _touch(tmp_path, "a/1.png", "a/2.JPG", "b/3.dcm", "b/1.2.840.10008", "b/noext", "b/notes.txt",
-           "b/.hidden.png", "out/x.png", "outside.png")
-    items = _folder(str(tmp_path), exclude=(str(tmp_path / "out"),))
+           "b/.hidden.png", "b/._3.dcm", "b/Thumbs.db", ".cache/t.png", ".cache/u/v.png", "out/x.png",
+           "out/y/z.png", "outside.png")
+    skipped = Skipped()
+    items = list(iter_folder(str(tmp_path), (str(tmp_path / "out"),), None, skipped))
     assert [i.key for i in items] == ["a/1.png", "a/2.JPG", "b/1.2.840.10008", "b/3.dcm", "b/noext",
-                                      "outside.png"]
+                                      "b/notes.txt", "outside.png"]
     assert items[0].uri == str(tmp_path / "a" / "1.png")
     assert all(i.size == 1 and i.mtime_ns and i.etag is None for i in items)
+    # by name, never rows: a hidden folder (not walked; its 2 files counted), our own output, clutter
+    assert skipped.as_dict() == {"hidden": 3, "os-clutter": 2, "output": 2} and skipped.total == 7
+    assert skipped.examples[0] == ".cache/ (2 files)" and "b/._3.dcm" in skipped.examples
     # The exclusion is a folder, not a name prefix: "outside.png" and "out/" differ.
-    assert [i.key for i in _folder(str(tmp_path))][-2:] == ["out/x.png", "outside.png"]
+    assert [i.key for i in _folder(str(tmp_path))][-3:] == ["out/x.png", "out/y/z.png", "outside.png"]
     # An exclusion of the other kind (s3 vs local) or empty is ignored.
-    assert len(_folder(str(tmp_path), exclude=("", "s3://b/out"))) == 7
+    assert len(_folder(str(tmp_path), exclude=("", "s3://b/out"))) == 9
     # A folder name ending in "X" or a trailing slash changes nothing.
     _touch(tmp_path, "scanX/in.png")
     assert [i.key for i in _folder(str(tmp_path / "scanX") + "/")] == ["in.png"]
@@ -194,7 +201,7 @@ def test_s3_options_and_manifest_column_are_passed_through(tmp_path, monkeypatch
         seen.append(("filesystem", s3))
         return real_filesystem(uri)
 
-    def iter_files(uri, s3=None):
+    def iter_files(uri, s3=None, prune=None):
         seen.append(("iter_files", s3))
         return iter(entries)
 
@@ -252,7 +259,7 @@ def test_s3_listing_keys_kinds_exclusions_and_identity(monkeypatch):
         assert s3 is options
         return object(), uri[len("s3://"):]  # no rstrip: iter_folder must strip the trailing "/"
 
-    def iter_files(uri, s3=None):
+    def iter_files(uri, s3=None, prune=None):
         assert uri == "s3://bkt/arch/" and s3 is options
         return iter([
             E("s3://bkt/arch/1.2.840", 0, kind="dir"),  # a UID-named series folder: not an input
@@ -275,13 +282,14 @@ def test_s3_listing_keys_kinds_exclusions_and_identity(monkeypatch):
         ("s3://bkt/arch/outside.png", "outside.png", 6, 8, '"p"'),
         ("s3://bkt/arch/p1/a.png", "p1/a.png", 3, 9, '"e1"'),
         ("s3://bkt/arch/p1\\b.png", stable_key("p1\\b.png", "s3://bkt/arch/p1\\b.png"), 4, None, '"e2"'),
+        ("s3://bkt/arch/p1/notes.txt", "p1/notes.txt", 1, None, None),  # its bytes decide (a skipped row)
         ("s3://bkt/arch/p1/x.png/", "p1/x.png", 0, None, None),
         ("s3://bkt/arch/p2/fifo.png", "p2/fifo.png", 0, None, None),
     ]
 
     assert items[3].key.startswith("p1/b~") and items[3].key.endswith(".png")  # not "p1/b.png"
 
-    monkeypatch.setattr(storage, "iter_files", lambda uri, s3=None: iter([E(uri + "a.png", 1)]))
+    monkeypatch.setattr(storage, "iter_files", lambda uri, s3=None, prune=None: iter([E(uri + "a.png", 1)]))
     assert [i.key for i in iter_folder("s3://bkt/dirX/", s3=options)] == ["a.png"]
 
 

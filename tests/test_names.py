@@ -15,7 +15,8 @@ def sha10(text: str) -> str:
 
 
 def test_constants():
-    assert names.IMAGE_EXTENSIONS == (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
+    assert names.IMAGE_EXTENSIONS == (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".jp2",
+                                      ".j2k", ".dcm", ".dicom", ".ima")
     assert names.MANIFEST_EXTENSIONS == (".csv", ".parquet")
     assert names.FILE_SCHEME == "file://"
     assert names.MAX_NAME_BYTES == 255
@@ -58,8 +59,11 @@ def test_extension(name, expected):
 
 @pytest.mark.parametrize("name, expected", [
     ("a.png", True), ("A.PNG", True), ("b.JpEg", True), ("c.tiff", True), ("d.dcm", True), ("e.jpg", True),
-    ("f.tif", True), ("dir/x.png", True), ("x.gif", False), (".x.png", False), ("dir/.x.png", False),
-    ("", False), ("/", False), ("noext", False), ("1.2.840", False), ("x.png/", True),
+    ("f.tif", True), ("dir/x.png", True), ("x.gif", True), ("x.BMP", True), ("x.jp2", True), ("x.J2K", True),
+    ("x.dicom", True), ("x.DCM", True), ("scan.IMA", True), ("1.2.840", True),
+    ("1.2.840.113619.2.55.3", True),
+    (".x.png", False), ("dir/.x.png", False), ("._x.png", False), ("", False), ("/", False), ("noext", False),
+    ("x.png/", True), ("log.1", False), ("x.txt", False), ("1.2.x", False), ("12", False),
 ])
 def test_is_image_name(name, expected):
     assert names.is_image_name(name) is expected
@@ -67,19 +71,35 @@ def test_is_image_name(name, expected):
 
 @pytest.mark.parametrize("name, expected", [
     ("a.png", True), ("A.JPG", True), ("noext", True), ("1.2.840.113619", True), ("scan.dcm", True),
-    ("a.txt", False), (".hidden", False), ("d/.x.png", False), ("", False), ("a.1b", False),
-    ("dir/README", True), ("x.csv", False),
+    ("a.txt", True), ("dir/README", True), ("x.csv", True), ("a.1b", True), ("scan.IMA", True),
+    (".hidden", False), ("d/.x.png", False), ("", False), ("._a.png", False), ("d/.DS_Store", False),
+    ("Thumbs.db", False), ("DESKTOP.INI", False), ("ehthumbs.db", False),
 ])
 def test_is_input_name(name, expected):
+    """Every file is an input of bulk inference (its bytes decide) unless hidden or OS clutter."""
     assert names.is_input_name(name) is expected
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("a.dcm", True), ("a.DICOM", True), ("a.dicom", True), ("noext", True), ("1.2.840", True),
-    ("a.png", False), ("a.dcmx", False), ("a.dic", False), ("a.1x", False), ("d/a.DCM", True),
+@pytest.mark.parametrize("name, is_dir, expected", [
+    (".DS_Store", False, "os-clutter"), ("._scan.png", False, "os-clutter"),
+    ("Thumbs.db", False, "os-clutter"),
+    ("desktop.ini", False, "os-clutter"), ("Icon\r", False, "os-clutter"), ("__MACOSX", True, "os-clutter"),
+    ("$RECYCLE.BIN", True, "os-clutter"), ("System Volume Information", True, "os-clutter"),
+    ("__MACOSX", False, None), (".git", True, "hidden"), (".thumbnails", True, "hidden"),
+    (".hidden.png", False, "hidden"), ("a/b/.x", False, "hidden"), ("scan.png", False, None),
+    ("README", False, None), ("Thumbs", False, None),
 ])
-def test_may_be_dicom_name(name, expected):
-    assert names.may_be_dicom_name(name) is expected
+def test_listing_skip(name, is_dir, expected):
+    assert names.listing_skip(name, is_dir) == expected
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("a.dcm", True), ("noext", True), ("1.2.840", True), ("a.png", True), ("a.GIF", True),
+    ("a.txt", False), (".x", False), ("._x.png", False), ("Thumbs.db", False),
+])
+def test_may_be_image_name(name, expected):
+    """Training and ground-truth folders: named like an image, or without an extension."""
+    assert names.may_be_image_name(name) is expected
 
 
 @pytest.mark.parametrize("name, expected", [

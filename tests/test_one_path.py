@@ -127,7 +127,7 @@ def test_the_error_row_keeps_reporting_a_stray_file_as_a_decode_error():
         fields = error_fields("decode", e)
     assert fields == {"status": "error", "error_stage": "decode", "error_type": "DecodeError",
                       "error": "text.png: not an image: unrecognised header b'hello, w' (expected PNG, "
-                               "JPEG, TIFF or DICOM)"}
+                               "JPEG, TIFF, BMP, GIF, JPEG 2000 or DICOM)"}
 
 
 def test_max_pixels_is_passed_to_the_decoder():

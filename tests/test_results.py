@@ -128,7 +128,9 @@ def test_resume_index_keeps_only_ok_rows_with_their_identity(tmp_path):
     ])
     assert done_identities(str(tmp_path)) == {"a": {"model_id": "m1", "calibration_id": None,
                                                 "schema_version": None, "input_size": 10, "input_mtime_ns": 5,
-                                                "input_etag": None, "truth_uri": "t/a.png"}}
+                                                "input_etag": None, "truth_uri": "t/a.png",
+                                                "image_format": None, "inversion_corrected": None,
+                                                "skip_reason": None}}
     assert set(done_identities(str(tmp_path))["a"]) == set(IDENTITY_COLUMNS)
     assert done_identities(str(tmp_path / "none")) == {}
 
@@ -268,7 +270,9 @@ def test_accumulator_merges_partitions_exactly():
                       "recall", "hd95", "hd95_mm"}
     assert set(s) == {"images", "ok", "errors", "errors_by_reason", "error_examples", "qc_flagged",
                       "qc_reasons", "qc_notes", "quality_flagged", "quality_scored", "lung_fraction",
-                      "mean_confidence", "quality_score", "metrics"}
+                      "mean_confidence", "quality_score", "metrics", "skipped_files", "skipped_by_reason",
+                      "skipped_examples"}
+    assert (s["skipped_files"], s["skipped_by_reason"], s["skipped_examples"]) == (0, {}, [])
 
 
 def test_accumulator_minimal_tables():
@@ -389,7 +393,9 @@ def test_resume_schema_version_and_calibration_each_matter():
     before = {"model_id": "m", "input_size": 10, "input_mtime_ns": 5, "input_etag": None, "truth_uri": None,
               "schema_version": SCHEMA_VERSION, "calibration_id": "c1"}
     assert skipped(before, "m", 10, 5, None, None, "c1")
-    assert not skipped({**before, "schema_version": SCHEMA_VERSION - 1}, "m", 10, 5, None, None, "c1")
+    assert skipped({**before, "schema_version": 2}, "m", 10, 5, None, None, "c1")  # v2 ok rows resume ...
+    assert not skipped({**before, "schema_version": 2, "image_format": "dicom"}, "m", 10, 5, None, None, "c1")
+    assert not skipped({**before, "schema_version": 1}, "m", 10, 5, None, None, "c1")  # ... not v1
     assert not skipped(before, "m", 10, 5, None, None, "c2")
     assert not skipped(before, "m", 11, 5, None, None, "c1")  # size changed
     assert not skipped(before, "m", 10, 6, None, None, "c1")  # mtime changed
@@ -452,3 +458,39 @@ def test_accumulator_median_sample_is_the_smallest_uri_hashes(monkeypatch):
                           "qc_reasons": pa.nulls(len(part), pa.null()),
                           "lung_fraction": [float(i) for i in part]}))
     assert acc.result()["lung_fraction"]["median"] == (kept[0] + kept[1]) / 2
+
+
+def test_skipped_rows_count_apart_from_errors_and_rank_between_ok_and_error(tmp_path):
+    """status "skipped" (a file that is no chest film): neither ok nor an error; in read_results a skipped
+    row beats an error row of the same image (an old version's "DICOM has no Rows" for a structured report)
+    and loses to an ok row."""
+    from raysegment.outputs.results import SummaryAccumulator
+
+    acc = SummaryAccumulator(examples=2)
+    acc.add(pa.Table.from_pylist([
+        _row("/d/a.png"),
+        _row("/d/b.png", "error", error_stage="decode", error_type="DecodeError", error="bad"),
+        _row("/d/README", "skipped", skip_reason="not an image (no image format recognised)"),
+        _row("/d/sr.dcm", "skipped", skip_reason="not an image: DICOM Structured Report"),
+        _row("/d/ct.dcm", "skipped", skip_reason="not a chest radiograph (Modality CT)"),
+        _row("/d/ct2.dcm", "skipped", skip_reason="not a chest radiograph (Modality CT)")]))
+    s = acc.result()
+    assert (s["images"], s["ok"], s["errors"], s["skipped_files"]) == (6, 1, 1, 4)
+    assert s["errors_by_reason"] == {"decode/DecodeError": 1} and s["error_examples"] == ["b.png: bad"]
+    assert s["skipped_by_reason"] == {"not a chest radiograph (Modality CT)": 2,
+                                      "not an image (no image format recognised)": 1,
+                                      "not an image: DICOM Structured Report": 1}
+    assert s["skipped_examples"] == ["README: not an image (no image format recognised)",
+                                     "sr.dcm: not an image: DICOM Structured Report"]
+    from raysegment.outputs.report import format_summary
+
+    text = format_summary(s)
+    assert "6 images: 1 ok, 1 errors, 4 skipped (not chest films)" in text
+    assert "  skipped: not a chest radiograph (Modality CT) x2, " in text
+
+    _write(tmp_path, RUN1, [{"image_uri": "sr", "status": "error", "error": "DICOM has no readable Rows"},
+                            {"image_uri": "x", "status": "ok"}])
+    _write(tmp_path, RUN2, [{"image_uri": "sr", "status": "skipped", "skip_reason": "r"},
+                            {"image_uri": "x", "status": "skipped", "skip_reason": "r"}])
+    rows = {r["image_uri"]: (r["status"], r["run_id"]) for r in read_results(str(tmp_path)).to_pylist()}
+    assert rows == {"sr": ("skipped", RUN2), "x": ("ok", RUN1)}

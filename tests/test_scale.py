@@ -39,10 +39,10 @@ def test_partitioned_listing_lists_the_folder_and_manifest(tmp_path, monkeypatch
         os.makedirs(root / os.path.dirname(rel), exist_ok=True)
         (root / rel).write_bytes(b"x" * len(rel))
     exclude = (str(root / "z" / "out"),)
-    # The folder's inputs by full path (hidden files, notes.txt and the excluded output left out), with their
-    # sizes (len(rel) bytes each) and stems.
+    # The folder's inputs by full path (hidden files and the excluded output left out; notes.txt is an input:
+    # its bytes decide), with their sizes (len(rel) bytes each) and stems.
     expected = [("1.2.840.5", 9, "1.2.840"), ("a.png", 5, "a"), ("b.png", 5, "b"), ("b/c.dcm", 7, "c"),
-                ("b/d/e.jpg", 9, "e"), ("b0.png", 6, "b0")]
+                ("b/d/e.jpg", 9, "e"), ("b0.png", 6, "b0"), ("notes.txt", 9, "notes")]
     got = _listing(str(root), exclude=exclude, scratch=str(tmp_path / "s"))
     assert ([(r["image_uri"], r["key"], r["input_size"]) for r in got]
             == [(str(root / key), key, size) for key, size, _ in expected])

@@ -19,7 +19,7 @@ from raysegment.errors import InputError
 from raysegment.infer import worklist
 from raysegment.io import names
 from raysegment.io.names import stable_key
-from raysegment.outputs.results import SCHEMA, SCHEMA_VERSION, read_results
+from raysegment.outputs.results import RESUMES_FROM, SCHEMA, SCHEMA_VERSION, read_results
 
 
 def _touch(root, *rels: str, size: int = 1) -> None:
@@ -44,20 +44,21 @@ def test_folder_listing_odd_names_exclusions_and_ids(tmp_path):
     (tmp_path / os.fsdecode(b"bad\xff.png")).write_bytes(b"xyz")
     rows = listed(str(tmp_path), exclude=(str(tmp_path / "out"),))
     digest = stable_key("C:/d.png", str(tmp_path / "C:" / "d.png"))
-    # In the order of the names' bytes ("b c/" < "bad\xff" < "outside"), one folder at a time.
-    assert _keys(rows) == ["1.2.3/4.dcm", digest, "a/1.2.840.10008.5", "a/1.png", "a/IM0001", "b c/ü.JPG",
-                           "bad%FF.png", "outside.png", "series.png"]
+    # In the order of the names' bytes ("b c/" < "bad\xff" < "outside"), one folder at a time. Every file
+    # is an input whatever its name (notes.txt, x.csv: their bytes decide, in the decode tasks) but hidden.
+    assert _keys(rows) == ["1.2.3/4.dcm", digest, "a/1.2.840.10008.5", "a/1.png", "a/IM0001", "a/notes.txt",
+                           "a/x.csv", "b c/ü.JPG", "bad%FF.png", "outside.png", "series.png"]
     assert digest.startswith("d~") and digest.endswith(".png")  # "C:" was dropped: the URI's digest added
-    assert [r["image_id"] for r in rows] == ["4", "d~" + digest[2:-4], "1.2.840.10008", "1", "IM0001", "ü",
-                                             "bad%FF", "outside", "series"]
-    assert [r["ordinal"] for r in rows] == list(range(9))
+    assert [r["image_id"] for r in rows] == ["4", "d~" + digest[2:-4], "1.2.840.10008", "1", "IM0001",
+                                             "notes", "x", "ü", "bad%FF", "outside", "series"]
+    assert [r["ordinal"] for r in rows] == list(range(11))
     assert rows[3]["image_uri"] == str(tmp_path / "a" / "1.png")
-    assert rows[6]["image_uri"] == names.FILE_SCHEME + names.quote_from_bytes(
+    assert rows[8]["image_uri"] == names.FILE_SCHEME + names.quote_from_bytes(
         os.fsencode(str(tmp_path)) + b"/bad\xff.png")
-    assert [r["input_size"] for r in rows if r["key"] != "series.png"] == [1] * 6 + [3, 1]
+    assert [r["input_size"] for r in rows if r["key"] != "series.png"] == [1] * 8 + [3, 1]
     assert all(r["input_mtime_ns"] > 0 and r["input_etag"] is None and r["truth_uri"] is None for r in rows)
     # Without the exclusion our own output is listed too; "outside.png" is not under "out/".
-    assert "out/old.png" in _keys(listed(str(tmp_path))) and len(listed(str(tmp_path))) == 10
+    assert "out/old.png" in _keys(listed(str(tmp_path))) and len(listed(str(tmp_path))) == 12
 
 
 def test_listing_chunks_limit_and_truth(tmp_path):
@@ -207,7 +208,7 @@ def _listing(*rows: dict) -> pa.Table:
 def _done(*rows: dict) -> pa.Table:
     base = {"run_id": "r1", "status": "ok", "model_id": "m1", "calibration_id": "c1",
             "schema_version": SCHEMA_VERSION, "input_size": 10, "input_mtime_ns": 5, "input_etag": None,
-            "truth_uri": None}
+            "truth_uri": None, "image_format": "png", "inversion_corrected": False, "skip_reason": None}
     return worklist.latest(_index([{**base, "seq": i, **r} for i, r in enumerate(rows)]))
 
 
@@ -243,7 +244,9 @@ def test_todo_redoes_another_model_calibration_schema_or_truth():
     assert _todo(listing, done, calibration_id=None) == ["a", "b"]  # calibration removed
     older = _done({"image_uri": "a", "truth_uri": "t/a.png", "schema_version": SCHEMA_VERSION - 1},
                   {"image_uri": "b", "schema_version": None})
-    assert _todo(listing, older) == ["a", "b"]
+    assert _todo(listing, older) == ["b"]  # a v2 ok row of a PNG resumes (results.RESUMES_FROM); b: unknown
+    ancient = _done({"image_uri": "a", "truth_uri": "t/a.png", "schema_version": 1}, {"image_uri": "b"})
+    assert _todo(listing, ancient) == ["a"]
     moved = _listing({"image_uri": "a", "truth_uri": "t/other.png"}, {"image_uri": "b", "truth_uri": None})
     assert _todo(moved, done) == ["a"]  # another truth file; b still without truth
     removed = _listing({"image_uri": "a", "truth_uri": None})
@@ -253,6 +256,39 @@ def test_todo_redoes_another_model_calibration_schema_or_truth():
     assert _todo(_listing({"image_uri": "b"}), uncalibrated, calibration_id="c1") == ["b"]
     no_model = _done({"image_uri": "b", "model_id": None})
     assert _todo(_listing({"image_uri": "b"}), no_model) == ["b"]
+
+
+def test_v2_ok_rows_resume_under_v3_except_dicom_and_inversion_corrected_ones():
+    """Schema 3 changed what an ok row of a DICOM is (Modality, SOP class, lateral view) and when a PNG is
+    inversion-corrected (upright layouts only); any other v2 ok row is what v3 writes, so it resumes."""
+    assert (SCHEMA_VERSION, RESUMES_FROM) == (3, 2)
+    listing = _listing(*({"image_uri": u} for u in ("png", "dicom", "corrected", "v3-dicom", "tiff-false")))
+    done = _done({"image_uri": "png", "schema_version": 2, "image_format": "png",
+                  "inversion_corrected": False},
+                 {"image_uri": "dicom", "schema_version": 2, "image_format": "dicom"},
+                 {"image_uri": "corrected", "schema_version": 2, "image_format": "png",
+                  "inversion_corrected": True},
+                 {"image_uri": "v3-dicom", "schema_version": 3, "image_format": "dicom"},
+                 {"image_uri": "tiff-false", "schema_version": 2, "image_format": "tiff",
+                  "inversion_corrected": None})
+    assert _todo(listing, done) == ["dicom", "corrected"]
+
+
+def test_skipped_rows_are_done_whatever_the_model_until_the_file_schema_or_modalities_change():
+    listing = _listing({"image_uri": "readme"}, {"image_uri": "sr"}, {"image_uri": "ct"}, {"image_uri": "mr"},
+                       {"image_uri": "grown", "input_size": 99}, {"image_uri": "old"})
+    skip = {"status": "skipped", "model_id": "another", "calibration_id": None}
+    done = _done({"image_uri": "readme", **skip, "skip_reason": "not an image (no image format recognised)"},
+                 {"image_uri": "sr", **skip, "skip_reason": "not an image: DICOM Structured Report"},
+                 {"image_uri": "ct", **skip, "skip_reason": "not a chest radiograph (Modality CT)"},
+                 {"image_uri": "mr", **skip, "skip_reason": "not a chest radiograph (Modality MR)"},
+                 {"image_uri": "grown", **skip, "skip_reason": "not an image (no image format recognised)"},
+                 {"image_uri": "old", **skip, "schema_version": 2, "skip_reason": "x"})
+    assert _todo(listing, done) == ["grown", "old"]  # any model: a README stays no film; size or schema: redo
+    with_ct = worklist.todo(listing, done, "m1", "c1", ("CR", "DX", "ct"))
+    assert with_ct.column("image_uri").to_pylist() == ["ct", "grown", "old"]  # --modalities CR,DX,CT
+    every = worklist.todo(listing, done, "m1", "c1", None)  # --modalities all
+    assert every.column("image_uri").to_pylist() == ["ct", "mr", "grown", "old"]
 
 
 def test_todo_uses_the_latest_row_an_older_ok_beats_a_newer_error():

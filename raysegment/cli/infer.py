@@ -7,6 +7,36 @@ import argparse
 
 from raysegment.cli import common
 
+# Constants only (no numpy/cv2 import): `raysegment --help` stays fast.
+DEFAULT_MAX_PIXELS = 100_000_000  # = io.decode.DEFAULT_MAX_PIXELS (tests/test_cli_errors.py checks it)
+RADIOGRAPH_MODALITIES = ("CR", "DX", "OT")  # = io.decode.RADIOGRAPH_MODALITIES (checked the same way)
+
+
+def max_pixels(text: str) -> int:
+    """--max-pixels N (digits, "_" allowed: 300_000_000); ConfigError (exit 2, one line) naming the flag."""
+    from raysegment.errors import ConfigError
+
+    try:
+        value = int(str(text).replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"--max-pixels: expected a whole number of pixels, got {text!r}") from None
+    if value < 1:
+        raise ConfigError(f"--max-pixels: must be at least 1, got {value}")
+    return value
+
+
+def modalities(text: str) -> tuple[str, ...] | None:
+    """--modalities 'CR,DX,OT' -> ("CR", "DX", "OT"); 'all' -> None (every modality); ConfigError else."""
+    from raysegment.errors import ConfigError
+
+    if text.strip().lower() in ("all", "*", "any"):
+        return None
+    values = tuple(dict.fromkeys(v.strip().upper() for v in text.split(",") if v.strip()))
+    if not values or not all(v.replace("_", "").isalnum() for v in values):
+        raise ConfigError(f"--modalities: expected DICOM Modality codes such as CR,DX,OT (or 'all'), "
+                          f"got {text!r}")
+    return values
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the `infer` subcommand: its flags in groups (input and output, model and postprocessing,
@@ -50,6 +80,15 @@ def _add_io_arguments(io) -> None:
                     "hd95_mm")
     io.add_argument("--no-inversion-check", action="store_true",
                     help="do not detect and correct inverted PNG/JPEG/TIFF exports (white air; see docs)")
+    io.add_argument("--max-pixels", default=str(DEFAULT_MAX_PIXELS), metavar="N",
+                    help=f"images with more pixels (width x height, from the header) are error rows, never "
+                    f"decoded: a decompression-bomb guard (default {DEFAULT_MAX_PIXELS:_} = "
+                    f"{DEFAULT_MAX_PIXELS // 1_000_000} MP)")
+    io.add_argument("--modalities", default=",".join(RADIOGRAPH_MODALITIES), metavar="LIST",
+                    help="DICOM Modality values to segment, comma-separated, or 'all' (default "
+                    f"{','.join(RADIOGRAPH_MODALITIES)}); other DICOM images (CT, MR, US, ...) are skipped "
+                    "rows, 'not a chest radiograph (Modality CT)'. A DICOM without a Modality is always "
+                    "segmented")
     io.add_argument("--no-resume", action="store_true", help="process every input even if done before")
     io.add_argument("--rows-per-file", type=int, default=256, metavar="N",
                     help="minimum rows per Parquet file")
@@ -90,17 +129,22 @@ def _add_scaling_arguments(scaling) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when every input has a row (bad images are rows with status=error, not a failure)."""
+    """Exit 0 when every input has a row (bad images are rows with status=error, files that are no chest
+    film rows with status=skipped: neither is a failure)."""
     s3 = common.apply_s3_arguments(args)  # before Ray starts: workers inherit the S3 settings
 
     from raysegment.infer.pipeline import run_inference, summary_header
-    from raysegment.outputs.report import format_summary
+    from raysegment.outputs.report import format_skipped, format_summary
 
+    config = infer_config(args, s3)  # flag values checked first: a bad one is the only line printed
     common.announce_checkpoint(args.checkpoint)
-    summary = run_inference(infer_config(args, s3))
+    summary = run_inference(config)
     if summary.get("dry_run"):
         return 0
     print(summary_header(summary))
+    skipped = format_skipped(summary.get("skipped") or {}, summary.get("skipped_by_name_examples") or [])
+    if skipped:
+        print(skipped)
     print(format_summary(summary))
     if summary.get("duplicates_resolved"):
         print(f"  {summary['duplicates_resolved']} rows written twice (tasks retried after a node loss): "
@@ -136,7 +180,8 @@ def infer_config(args: argparse.Namespace, s3):
         manifest_column=args.manifest_column, limit=args.limit, resume=not args.no_resume,
         rows_per_file=args.rows_per_file, pixel_spacing_mm=args.pixel_spacing,
         correct_inversion=not args.no_inversion_check, mask_png=not args.no_mask_png,
-        dicom_seg_out=args.dicom_seg_out, dicom_seg_sides=args.dicom_seg_sides)
+        dicom_seg_out=args.dicom_seg_out, dicom_seg_sides=args.dicom_seg_sides,
+        max_pixels=max_pixels(args.max_pixels), modalities=modalities(args.modalities))
     model = ModelSection(checkpoint=args.checkpoint, threshold=args.threshold,
                          postprocess=common.postprocess_options(args))
     scaling = ScalingSection(

@@ -90,7 +90,7 @@ class Discovery:
 
 
 def _images_in(uri: str) -> list[str]:
-    return [e.uri for e in storage.list_files(uri, recursive=False) if names.is_image_name(e.uri)]
+    return [e.uri for e in storage.list_files(uri, recursive=False) if names.may_be_image_name(e.uri)]
 
 
 def _subdirs(uri: str) -> dict[str, str]:

@@ -40,14 +40,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysegment.data.datasets import load_split_dataset
-from raysegment.data.model_input import decode_frame, to_model_input
-from raysegment.errors import InputError, UserError
+from raysegment.data.model_input import LATERAL_NOTE, decode_frame, to_model_input
+from raysegment.errors import InputError, NotAChestFilmError, UserError
 from raysegment.io import storage
 from raysegment.model.checkpoint import load_model
 from raysegment.model.forward import forward_structures
 from raysegment.outputs.report import REPORT_METRICS
 from raysegment.outputs.results import SCHEMA, SUMMARY_COLUMNS, summarize_results
-from raysegment.outputs.rows import RowOptions, base_row, error_fields, input_fields, result_row, spacing_of
+from raysegment.outputs.rows import (
+    RowOptions,
+    base_row,
+    error_fields,
+    input_fields,
+    result_row,
+    skip_fields,
+    spacing_of,
+)
 from raysegment.postprocess.masks import PostprocessConfig
 from raysegment.postprocess.metrics import json_safe, summarize
 from raysegment.postprocess.quality import load_calibration
@@ -115,6 +123,9 @@ def _prepare(pair, preprocess) -> tuple[dict, tuple | None]:
         fields.update(input_fields(frame))
         stage = "preprocess"
         return fields, to_model_input(frame, preprocess)
+    except NotAChestFilmError as e:  # a DICOM without an image or of another modality: skipped, as in infer
+        fields.update(skip_fields(e.reason))
+        return fields, None
     except Exception as e:  # noqa: BLE001 - a bad file must not end an evaluation: it is an error row
         fields.update(error_fields(stage, e))
         return fields, None
@@ -152,7 +163,8 @@ def evaluate_pairs(loaded, pairs, batch_size: int = 8, postprocess_config=None,
                 others = {name: prob[c] for c, name in enumerate(names) if c > 0}
                 truths = {k: v for k, v in pair.masks().items() if k in others}
                 scored = score(prob[0], geo, threshold, post, pair.mask_uris, pair.image_uri,
-                               spacing_of(fields), calibration, others, truths)
+                               spacing_of(fields), calibration, others, truths,
+                               frontal=LATERAL_NOTE not in (fields.get("qc_notes") or ()))
                 rows[i] = {**result_row(fields, scored, options), "source": fields["source"],
                            **(evaluation_fields(scored) if others else {})}
         if bar:

@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from raysegment.cluster.capacity import ClusterOptions
+from raysegment.data.model_input import InputOptions
 from raysegment.io import storage
+from raysegment.io.decode import DEFAULT_MAX_PIXELS, RADIOGRAPH_MODALITIES
 from raysegment.postprocess.masks import PostprocessConfig
 
 
@@ -39,6 +41,13 @@ class IOSection:
     mask_png: bool = True  # False: leave the mask_png column empty (mask_rle holds the mask)
     dicom_seg_out: str | None = None  # write a DICOM SEG per DICOM input here (outputs/dicom_seg.py)
     dicom_seg_sides: bool = False  # SEG with right and left lung as two segments instead of one "Lung"
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images with more pixels are error rows (a decompression bomb)
+    modalities: tuple[str, ...] | None = RADIOGRAPH_MODALITIES  # DICOM Modality values segmented; None: all
+
+    def input_options(self) -> InputOptions:
+        """How the decode tasks read the inputs (data/model_input.InputOptions)."""
+        return InputOptions(correct_inversion=self.correct_inversion, max_pixels=self.max_pixels,
+                            modalities=self.modalities)
 
 
 @dataclass(frozen=True)

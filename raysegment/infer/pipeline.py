@@ -30,8 +30,10 @@ so they can never be starved by the actors (the 2-CPU hang).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+import os
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -59,6 +61,8 @@ from raysegment.infer.stages import (
     postprocess_batch,
 )
 from raysegment.io import preflight, storage
+from raysegment.io.inputs import Skipped
+from raysegment.outputs.report import format_skipped
 from raysegment.outputs.results import SCHEMA_VERSION, SummaryAccumulator, run_uri
 from raysegment.postprocess.metrics import json_safe
 from raysegment.postprocess.quality import Calibration, load_calibration
@@ -100,7 +104,7 @@ def build_dataset(todo_files: list[str], config: InferConfig, plan_: InferPlan, 
     ds = ds.map_batches(decode_parts, batch_size=1, batch_format="pyarrow", num_cpus=task_cpus,
                         fn_kwargs={"preprocess": job.preprocess, "spacing_mm": config.io.pixel_spacing_mm,
                                    "s3": config.s3, "out_rows": max(batch_size, BLOCK_ROWS),
-                                   "fix_inversion": config.io.correct_inversion})
+                                   "options": config.io.input_options()})
     ds = ds.map_batches(
         InferActor, batch_size=batch_size, batch_format="pyarrow",
         # min..max: Ray Data adds actors as nodes join (and the autoscaler adds nodes for pending ones).
@@ -150,6 +154,28 @@ class Work:
     n_todo: int
     todo_files: list[str]  # the todo parts written (none in a dry run)
     list_s: float  # seconds to list and resume
+    skipped: Skipped = dataclasses.field(default_factory=Skipped)  # what the listing passed over by name
+
+
+def resolve_paths(config: InferConfig) -> InferConfig:
+    """The run's local paths made absolute, ONCE, here in the driver (--input, --output, --masks-out,
+    --ground-truth, --dicom-seg-out; s3:// as they are): every URI the run writes (image_uri, mask_uri,
+    truth_uri, the result files) and compares (resume, this run's own files in the summary) then has one
+    form whatever the working directory, and Ray workers (other working directories) write where the
+    driver reads. image_uri was always absolute (the listing makes it so), so results of a run started
+    with relative paths resume as they are. A --checkpoint that is a local folder is made absolute too (the
+    actors load it); the name of the shipped model stays a name."""
+    io, checkpoint = config.io, config.model.checkpoint
+
+    def fix(uri: str | None) -> str | None:
+        return storage.absolute(uri) if uri else uri
+
+    if not storage.is_s3(checkpoint) and os.path.exists(checkpoint):
+        checkpoint = storage.absolute(checkpoint)
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, checkpoint=checkpoint),
+        io=dataclasses.replace(io, input=fix(io.input), output=fix(io.output), masks_out=fix(io.masks_out),
+                               ground_truth=fix(io.ground_truth), dicom_seg_out=fix(io.dicom_seg_out)))
 
 
 def prepare(config: InferConfig) -> Prepared:
@@ -179,9 +205,10 @@ def list_and_resume(config: InferConfig, prep: Prepared, scratch: worklist.Scrat
     t_start = time.perf_counter()
     io = config.io
     listing = worklist.Partitioner(worklist.LISTING_SCHEMA, scratch.path("listing"))
+    skipped = Skipped()
     for chunk in worklist.iter_listing(io.input, io.manifest_column, io.limit,
                                        exclude=(io.output, io.masks_out or "", io.dicom_seg_out or ""),
-                                       s3=config.s3, truth=prep.truth):
+                                       s3=config.s3, truth=prep.truth, skipped=skipped):
         listing.add(chunk)
     listing.close()
     earlier = worklist.Partitioner(worklist.INDEX_SCHEMA, scratch.path("earlier"))
@@ -196,7 +223,7 @@ def list_and_resume(config: InferConfig, prep: Prepared, scratch: worklist.Scrat
     for p in range(listing.nparts):
         part = worklist.dedupe(listing.part(p))
         n_inputs += part.num_rows
-        left = (worklist.todo(part, worklist.latest(earlier.part(p)), model_id, calibration_id)
+        left = (worklist.todo(part, worklist.latest(earlier.part(p)), model_id, calibration_id, io.modalities)
                 if io.resume else part)
         n_todo += left.num_rows
         if writer is not None and left.num_rows:
@@ -204,11 +231,13 @@ def list_and_resume(config: InferConfig, prep: Prepared, scratch: worklist.Scrat
     if writer is not None:
         writer.close()
     work = Work(listing, earlier, next_seq, n_inputs, n_todo, writer.files if writer is not None else [],
-                time.perf_counter() - t_start)
+                time.perf_counter() - t_start, skipped)
     if n_inputs == 0:
-        raise InputError(f"--input {io.input}: no images found (PNG, JPEG, TIFF, DICOM)")
-    print(f"raysegment infer {prep.run_id}: {n_inputs} inputs, {n_todo} to do, {n_inputs - n_todo} done "
-          f"earlier (resume); model {model_id} ({work.list_s:.1f} s to list and resume)", flush=True)
+        passed = f" ({format_skipped(skipped.as_dict(), skipped.examples).strip()})" if skipped.total else ""
+        raise InputError(f"--input {io.input}: no files to read{passed}")
+    by_name = f" ({skipped.total} files skipped by name)" if skipped.total else ""
+    print(f"raysegment infer {prep.run_id}: {n_inputs} inputs{by_name}, {n_todo} to do, {n_inputs - n_todo} "
+          f"done earlier (resume); model {model_id} ({work.list_s:.1f} s to list and resume)", flush=True)
     return work
 
 
@@ -237,6 +266,7 @@ def dry_run_summary(config: InferConfig, prep: Prepared, work: Work, plan_text: 
     return {"run_id": prep.run_id, "dry_run": True, "output": config.io.output,
             "model_id": prep.loaded.model_id,
             "inputs_seen": n_inputs, "to_process": n_todo, "skipped_resume": n_inputs - n_todo,
+            "skipped": work.skipped.as_dict(), "skipped_by_name_examples": work.skipped.examples,
             "plan": plan_text, "batch_size": batch_size, "list_s": round(work.list_s, 3),
             "wait_for_capacity_s": prep.wait_s}
 
@@ -309,6 +339,7 @@ def tally(config: InferConfig, prep: Prepared, work: Work, scratch: worklist.Scr
 
 def run_inference(config: InferConfig) -> dict:
     """Run (or resume) bulk inference; returns the summary (also written as summary.json)."""
+    config = resolve_paths(config)
     prep = prepare(config)
     with worklist.Scratch() as scratch:
         work = list_and_resume(config, prep, scratch)
@@ -329,7 +360,10 @@ def run_inference(config: InferConfig) -> dict:
         "run_id": prep.run_id, "output": config.io.output, "model_id": prep.loaded.model_id,
         "calibration_id": prep.calibration_id,
         "inputs_seen": n_inputs, "processed": n_todo, "rows_written": counts.pop("rows_written"),
-        "skipped_resume": n_inputs - n_todo, **counts,
+        "skipped_resume": n_inputs - n_todo,
+        # files the listing passed over by NAME (never rows), by reason; rows skipped by CONTENT are counted
+        # in skipped_files / skipped_by_reason (SummaryAccumulator)
+        "skipped": work.skipped.as_dict(), "skipped_by_name_examples": work.skipped.examples, **counts,
         "wall_s": round(wall, 3), "images_per_s": round(n_todo / wall, 3) if n_todo and wall > 0 else None,
         "plan": plan_text, "batch_size": batch_size,
     })
@@ -340,6 +374,6 @@ def run_inference(config: InferConfig) -> dict:
 
 def summary_header(s: dict) -> str:
     """The first line of a run's report (report.format_summary follows it)."""
-    return (f"raysegment infer {s['run_id']}: {s['inputs_seen']} inputs, {s['skipped_resume']} skipped (done "
-            f"earlier); processed {s['processed']} in {s['wall_s']:.1f}s"
+    return (f"raysegment infer {s['run_id']}: {s['inputs_seen']} inputs, {s['skipped_resume']} done earlier "
+            f"(resume); processed {s['processed']} in {s['wall_s']:.1f}s"
             + (f" ({s['images_per_s']:.2f} images/s)" if s["images_per_s"] else ""))

@@ -49,7 +49,8 @@ def predict(
     `config` defaults to PostprocessConfig(); `threshold` to the checkpoint's. `micro_batch` and `threads`
     must be what the pipeline used for pixel-identical results (the defaults are the pipeline's defaults).
     `fix_inversion`: an inverted PNG/JPEG/TIFF is inverted back first, as bulk inference does
-    (data/inversion.py). Raises errors.DecodeError on undecodable bytes (NotAnImageError: no image at all).
+    (data/inversion.py). Raises errors.DecodeError on undecodable bytes (NotAnImageError: no image at all;
+    NotAChestFilmError: a DICOM without an image, or of a Modality other than CR/DX/OT).
     """
     frame = None
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -59,7 +60,8 @@ def predict(
     threshold = loaded.spec.threshold if threshold is None else threshold
     # scoring.score: the one scoring path (lungs, further structures, CTR), here without a truth.
     others = {name: probs[c] for c, name in enumerate(loaded.spec.structures) if c > 0}
-    scored = score(probs[0], geo, threshold, config or PostprocessConfig(), others=others)
+    scored = score(probs[0], geo, threshold, config or PostprocessConfig(), others=others,
+                   frontal=frame.frontal if frame is not None else True)
     notes = [*(frame.qc_notes if frame else ()), *scored.qc_notes]
     return Prediction(scored.segmentation, probs[0], geo, frame.meta if frame else None,
                       {p.name: p.mask for p in scored.structures}, scored.ctr,

@@ -7,6 +7,15 @@
 Between stages only compact bytes travel: the model input as uint8 SxS (64 KB at 256 px) and the
 probability as uint8 CxSxS (x 255), never float arrays. Every stage catches errors per row: a failing row
 gets status "error", the stage and the reason, skips the later stages and still reaches the output.
+
+What a file IS is decided here, in the decode tasks, from its bytes (never in the driver's listing):
+  - named like an image (names.is_image_name: .png, .dcm, a DICOM UID, ...): read whole in ONE request
+    (the common case costs nothing extra) and decoded; if it does not decode it is an ERROR (the user
+    expected a film), unless it is a DICOM object without an image or of another modality (skipped);
+  - any other name (IM0001, README, x.xml, scan.IMA.bak): its first SNIFF_BYTES are read (a range read on
+    S3) and model_input.triage decides: not an image -> a row with status "skipped" and its reason,
+    nothing more read; bytes of an image format -> the rest is read and it is decoded like the above
+    (an error when it does not decode: its bytes said "image").
 """
 
 
@@ -22,15 +31,32 @@ import numpy as np
 import pyarrow as pa
 
 from raysegment.data.datasets import parse_truth
-from raysegment.data.model_input import InputOptions, decode_frame, to_model_input
+from raysegment.data.model_input import (
+    LATERAL_NOTE,
+    NOT_AN_IMAGE_REASON,
+    SNIFF_BYTES,
+    InputOptions,
+    decode_frame,
+    to_model_input,
+    triage,
+)
 from raysegment.data.preprocess import PreprocessConfig, geometry
+from raysegment.errors import NotAChestFilmError, NotAnImageError
 from raysegment.infer.archive import write_dicom_seg
 from raysegment.infer.worklist import INPUT_SCHEMA
-from raysegment.io import storage
-from raysegment.io.decode import encode_mask_png
+from raysegment.io import names, storage
+from raysegment.io.decode import encode_mask_png, sniff_format
 from raysegment.io.names import mask_key
 from raysegment.outputs.results import SCHEMA
-from raysegment.outputs.rows import RowOptions, base_row, input_fields, mark_error, result_row, spacing_of
+from raysegment.outputs.rows import (
+    RowOptions,
+    base_row,
+    input_fields,
+    mark_error,
+    mark_skipped,
+    result_row,
+    spacing_of,
+)
 from raysegment.postprocess.masks import PostprocessConfig
 from raysegment.postprocess.quality import Calibration
 from raysegment.postprocess.scoring import score
@@ -43,7 +69,7 @@ CPU_BATCH = 8  # images per actor call on CPU: ~1 s of work, amortizes Ray overh
 # --- stage schemas: what travels between stages ---------------------------------------------------
 
 _STATUS_FIELDS = [("status", pa.string()), ("error_stage", pa.string()), ("error_type", pa.string()),
-                  ("error", pa.string())]
+                  ("error", pa.string()), ("skip_reason", pa.string())]
 DECODED_SCHEMA = pa.schema([
     *INPUT_SCHEMA, *_STATUS_FIELDS, SCHEMA.field("image_format"), SCHEMA.field("bit_depth"),
     SCHEMA.field("height"), SCHEMA.field("width"), SCHEMA.field("pixel_spacing_row_mm"),
@@ -69,34 +95,69 @@ def _ms(t0: float) -> float:
 
 # --- stage 1: read + decode + preprocess (CPU tasks) ----------------------------------------------
 
+DEFAULT_OPTIONS = InputOptions()
+
 READ_AHEAD = 16  # concurrent object reads per decode task: hides per-request latency (40 ms on S3)
 # Rows per block between stages (decode yields blocks this size; actor calls still take batch_size rows).
 # Every block is an object the driver owns and tracks: 8-row blocks made driver memory grow with the archive.
 BLOCK_ROWS = 64
 
 
-def _read_row(row: dict, s3: storage.S3Options) -> tuple[bytes | None, BaseException | None, float]:
+@dataclass
+class Read:
+    """What the read step got for one row: the bytes, or why not (an error, or the reason it is skipped)."""
+
+    data: bytes | None = None
+    error: BaseException | None = None
+    ms: float = 0.0
+    skip: str | None = None
+    skip_format: str | None = None  # what the first bytes were, when known (a DICOM structured report)
+
+
+def _read_row(row: dict, s3: storage.S3Options, options: InputOptions = DEFAULT_OPTIONS) -> Read:
+    """A file named like an image: the whole file in one request. Any other: its first SNIFF_BYTES, and the
+    rest only when model_input.triage finds an image format there."""
     t0 = time.perf_counter()
+    uri = row["image_uri"]
     try:
-        return storage.get_object(row["image_uri"], s3), None, _ms(t0)
+        if names.is_image_name(uri):
+            return Read(storage.get_object(uri, s3), ms=_ms(t0))
+        # read even when the listing says 0 bytes: a folder, FIFO or dangling link must say what it is
+        head = storage.read_head(uri, SNIFF_BYTES, s3)
+        skip = triage(head, storage.basename(uri), row.get("input_size"), options)
+        if skip is not None:
+            return Read(skip=skip, ms=_ms(t0), skip_format=sniff_format(head) if head else None)
+        rest = storage.read_range(uri, len(head), None, s3) if len(head) == SNIFF_BYTES else b""
+        return Read(head + rest, ms=_ms(t0))
     except Exception as e:  # noqa: BLE001 - any per-row failure becomes an error row
-        return None, e, _ms(t0)
+        return Read(error=e, ms=_ms(t0))
 
 
-def _decode_row(row: dict, read: tuple, preprocess: PreprocessConfig, spacing_mm: float | None,
-                fix_inversion: bool = True) -> None:
+def _decode_row(row: dict, read: Read, preprocess: PreprocessConfig, spacing_mm: float | None,
+                options: InputOptions = DEFAULT_OPTIONS) -> None:
     """Read result -> the row's input columns and its uint8 SxS model input (data/model_input.py: the two
-    steps apart, so an error row says whether decoding or preprocessing failed)."""
+    steps apart, so an error row says whether decoding or preprocessing failed), or a skipped row."""
     row.update(status="ok", image=None)
-    data, error, read_ms = read
-    if error is not None:
-        return _fail(row, "read", error)
-    row["read_ms"] = read_ms
+    row["read_ms"] = read.ms
+    if read.error is not None:
+        return _fail(row, "read", read.error)
+    if read.skip is not None:
+        row["image_format"] = read.skip_format
+        return mark_skipped(row, read.skip)
+    data = read.data
     if row["input_size"] is None:  # manifests may not say; record what we read
         row["input_size"] = len(data)
     t0 = time.perf_counter()
+    name = storage.basename(row["image_uri"])
     try:  # the file name prefixes its errors
-        frame = decode_frame(data, storage.basename(row["image_uri"]), InputOptions(fix_inversion))
+        frame = decode_frame(data, name, options)
+    except NotAChestFilmError as e:  # a DICOM without an image, or of another modality: no failure
+        row["image_format"] = "dicom"
+        return mark_skipped(row, e.reason)
+    except NotAnImageError as e:
+        if names.is_image_name(row["image_uri"]):  # named like a film, and no image: re-copy it
+            return _fail(row, "decode", e)
+        return mark_skipped(row, NOT_AN_IMAGE_REASON)
     except Exception as e:  # noqa: BLE001 - any per-row failure becomes an error row
         return _fail(row, "decode", e)
     row.update(input_fields(frame, spacing_mm))
@@ -109,7 +170,7 @@ def _decode_row(row: dict, read: tuple, preprocess: PreprocessConfig, spacing_mm
 
 
 def decode_batch(batch: pa.Table, preprocess: PreprocessConfig, spacing_mm: float | None,
-                 s3: storage.S3Options, out_rows: int = CPU_BATCH, fix_inversion: bool = True
+                 s3: storage.S3Options, out_rows: int = CPU_BATCH, options: InputOptions = DEFAULT_OPTIONS
                  ) -> Iterator[pa.Table]:
     """INPUT_SCHEMA rows -> DECODED_SCHEMA tables of `out_rows` (image = uint8 SxS model input, or null on
     error). Up to READ_AHEAD reads are in flight while rows decode, one GET per object (no HEAD)."""
@@ -122,13 +183,13 @@ def decode_batch(batch: pa.Table, preprocess: PreprocessConfig, spacing_mm: floa
         pending: collections.deque = collections.deque()
         ahead = iter(rows)
         for row in itertools.islice(ahead, READ_AHEAD):
-            pending.append(pool.submit(_read_row, row, s3))
+            pending.append(pool.submit(_read_row, row, s3, options))
         for row in rows:
             read = pending.popleft().result()
             nxt = next(ahead, None)
             if nxt is not None:
-                pending.append(pool.submit(_read_row, nxt, s3))
-            _decode_row(row, read, preprocess, spacing_mm, fix_inversion)
+                pending.append(pool.submit(_read_row, nxt, s3, options))
+            _decode_row(row, read, preprocess, spacing_mm, options)
             done.append(row)
             if len(done) >= out_rows:
                 yield pa.Table.from_pylist(done, schema=DECODED_SCHEMA)
@@ -138,7 +199,7 @@ def decode_batch(batch: pa.Table, preprocess: PreprocessConfig, spacing_mm: floa
 
 
 def decode_parts(batch: pa.Table, preprocess: PreprocessConfig, spacing_mm: float | None,
-                 s3: storage.S3Options, out_rows: int = CPU_BATCH, fix_inversion: bool = True
+                 s3: storage.S3Options, out_rows: int = CPU_BATCH, options: InputOptions = DEFAULT_OPTIONS
                  ) -> Iterator[pa.Table]:
     """Todo part URIs ("part" column) -> DECODED_SCHEMA tables of `out_rows` (see decode_batch)."""
     import pyarrow.parquet as pq
@@ -147,7 +208,7 @@ def decode_parts(batch: pa.Table, preprocess: PreprocessConfig, spacing_mm: floa
         fs, path = storage.filesystem(uri, s3)
         with fs.open_input_file(path) as f:
             inputs = pq.read_table(f).select(INPUT_SCHEMA.names)
-        yield from decode_batch(inputs, preprocess, spacing_mm, s3, out_rows, fix_inversion)
+        yield from decode_batch(inputs, preprocess, spacing_mm, s3, out_rows, options)
 
 
 def _single_threaded_cv2() -> None:
@@ -263,7 +324,8 @@ def _finish_row(row: dict, job: PostprocessJob) -> dict:
         others = {name: prob[c] for c, name in enumerate(job.structures) if c > 0}
         scored = score(prob[0], geometry(row["height"], row["width"], job.preprocess), job.threshold,
                        job.postprocess, truth_uris or None, row["image_uri"], spacing_of(row),
-                       job.calibration, others, other_truths)
+                       job.calibration, others, other_truths,
+                       frontal=LATERAL_NOTE not in (row.get("qc_notes") or ()))
         out = result_row(row, scored, options)
         if job.masks_out:
             out["mask_uri"] = storage.join(job.masks_out, mask_key(row["key"]))

@@ -28,11 +28,13 @@ import pyarrow.parquet as pq
 
 from raysegment.errors import InputError
 from raysegment.io import names, storage
-from raysegment.io.inputs import MANIFEST_COLUMNS, iter_folder, optional_int
+from raysegment.io.decode import MODALITY_REASON_PREFIX, RADIOGRAPH_MODALITIES, modality_reason
+from raysegment.io.inputs import MANIFEST_COLUMNS, Skipped, iter_folder, optional_int
 from raysegment.io.names import stable_key
 from raysegment.outputs.results import (
     IDENTITY_COLUMNS,
     KEY_COLUMNS,
+    RESUMES_FROM,
     SCHEMA,
     SCHEMA_VERSION,
     SUMMARY_COLUMNS,
@@ -143,9 +145,10 @@ class Partitioner:
 
 # --- listing ----------------------------------------------------------------------------------------
 
-def _folder_rows(uri: str, exclude: tuple[str, ...], s3: storage.S3Options | None) -> Iterator[dict]:
+def _folder_rows(uri: str, exclude: tuple[str, ...], s3: storage.S3Options | None,
+                 skipped: Skipped | None = None) -> Iterator[dict]:
     """The folder's inputs as listing rows, streamed (io/inputs.iter_folder owns the name rules)."""
-    for item in iter_folder(uri, exclude, s3):
+    for item in iter_folder(uri, exclude, s3, skipped):
         yield {"image_uri": item.uri, "key": item.key, "input_size": item.size,
                "input_mtime_ns": item.mtime_ns, "input_etag": item.etag}
 
@@ -252,9 +255,10 @@ def _row_tables(rows: Iterator[dict], chunk: int) -> Iterator[pa.Table]:
 
 def iter_listing(uri: str, column: str | None = None, limit: int | None = None, exclude: tuple[str, ...] = (),
                  s3: storage.S3Options | None = None, truth: dict[str, str] | None = None,
-                 chunk: int = CHUNK) -> Iterator[pa.Table]:
-    """The inputs of a run (THE listing: a manifest's entries or a folder's images, the first `limit`) in
-    LISTING_SCHEMA tables of about `chunk` rows.
+                 chunk: int = CHUNK, skipped: Skipped | None = None) -> Iterator[pa.Table]:
+    """The inputs of a run (THE listing: a manifest's entries or a folder's files, the first `limit`) in
+    LISTING_SCHEMA tables of about `chunk` rows; what a folder listing passes over by name is counted in
+    `skipped` (a manifest's entries are all inputs).
 
     Manifest duplicates are NOT removed here (that needs every URI): `dedupe` does it per partition.
     """
@@ -263,7 +267,7 @@ def iter_listing(uri: str, column: str | None = None, limit: int | None = None, 
     if is_manifest(uri):
         tables = _manifest_tables(uri, column)
     else:
-        tables = _row_tables(_folder_rows(uri, exclude, s3), chunk)
+        tables = _row_tables(_folder_rows(uri, exclude, s3, skipped), chunk)
     ordinal = 0
     for table in tables:
         if limit is not None:
@@ -335,26 +339,55 @@ def _matches(now: pa.ChunkedArray, before: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.or_(pc.is_null(now), pc.fill_null(pc.equal(now, before), False))
 
 
-def todo(listing: pa.Table, done: pa.Table, model_id: str, calibration_id: str | None = None) -> pa.Table:
-    """The listed inputs resume cannot skip (THE resume rule), given the latest rows `done` (see latest):
-    skipped are those with an ok row of this schema version, model and QC calibration (quality_score and
-    flags depend on it), the same ground truth (so a rerun with --ground-truth adds metrics), and an
-    identity (size, mtime, ETag) that matches wherever it is known now (a manifest without identity
-    columns trusts the earlier row). Error rows are always retried."""
-    ok = done.filter(pc.equal(done.column("status"), "ok")) if done.num_rows else done
-    if listing.num_rows == 0 or ok.num_rows == 0:
+def todo(listing: pa.Table, done: pa.Table, model_id: str, calibration_id: str | None = None,
+         modalities: tuple[str, ...] | None = RADIOGRAPH_MODALITIES) -> pa.Table:
+    """The listed inputs resume cannot skip (THE resume rule), given the latest rows `done` (see latest).
+
+    Done, so skipped by resume, when the identity (size, mtime, ETag) matches wherever it is known now (a
+    manifest without identity columns trusts the earlier row) and the latest row is
+      - ok, of this model and QC calibration (quality_score and flags depend on it), the same ground truth
+        (so a rerun with --ground-truth adds metrics), and this schema version, or an older one from
+        RESUMES_FROM on for an input that was no DICOM and not inversion-corrected (results.RESUMES_FROM:
+        those rows are what this version writes);
+      - skipped (not a chest film), written by this schema version, whatever the model, unless it was
+        skipped for a DICOM Modality that `modalities` (this run's --modalities) now segments.
+    Error rows are always retried."""
+    if listing.num_rows == 0 or done.num_rows == 0:
         return listing
-    prev = ok.select(["image_uri", *IDENTITY_COLUMNS])
-    prev = prev.rename_columns(["image_uri", *[f"prev_{c}" for c in IDENTITY_COLUMNS]])
+    status = done.column("status")
+    done = done.filter(pc.fill_null(pc.is_in(status, value_set=pa.array(["ok", "skipped"])), False))
+    if done.num_rows == 0:
+        return listing
+    prev = done.select(["image_uri", "status", *IDENTITY_COLUMNS])
+    prev = prev.rename_columns(["image_uri", "prev_status", *[f"prev_{c}" for c in IDENTITY_COLUMNS]])
     joined = listing.join(prev, keys="image_uri", join_type="left outer")
-    is_done = pc.and_(pc.fill_null(pc.equal(joined.column("prev_model_id"), model_id), False),
-                      _same(joined.column("truth_uri"), joined.column("prev_truth_uri")))
-    is_done = pc.and_(is_done,
-                      pc.fill_null(pc.equal(joined.column("prev_schema_version"), SCHEMA_VERSION), False))
+    col = joined.column
+    version = col("prev_schema_version")
+    same_identity = pa.array(np.ones(joined.num_rows, bool))
+    for c in ("input_size", "input_mtime_ns", "input_etag"):
+        same_identity = pc.and_(same_identity, _matches(col(c), col(f"prev_{c}")))
+
+    this_version = pc.fill_null(pc.equal(version, SCHEMA_VERSION), False)
+    carried = pc.and_(pc.fill_null(pc.greater_equal(version, RESUMES_FROM), False),
+                      pc.and_(pc.invert(pc.fill_null(pc.equal(col("prev_image_format"), "dicom"), False)),
+                              pc.invert(pc.fill_null(col("prev_inversion_corrected"), False))))
     calibration = pa.array([calibration_id] * joined.num_rows, pa.string())
-    is_done = pc.and_(is_done, _same(calibration, joined.column("prev_calibration_id")))
-    for col in ("input_size", "input_mtime_ns", "input_etag"):
-        is_done = pc.and_(is_done, _matches(joined.column(col), joined.column(f"prev_{col}")))
+    ok_done = pc.and_(pc.fill_null(pc.equal(col("prev_status"), "ok"), False),
+                      pc.fill_null(pc.equal(col("prev_model_id"), model_id), False))
+    ok_done = pc.and_(ok_done, _same(col("truth_uri"), col("prev_truth_uri")))
+    ok_done = pc.and_(ok_done, _same(calibration, col("prev_calibration_id")))
+    ok_done = pc.and_(ok_done, pc.or_(this_version, carried))
+
+    reason = col("prev_skip_reason")
+    if modalities is None:  # every modality is segmented now: redo every modality skip
+        redo = pc.fill_null(pc.starts_with(reason, MODALITY_REASON_PREFIX), False)
+    else:
+        reasons = pa.array([modality_reason(m.upper()) for m in modalities], pa.string())
+        redo = pc.fill_null(pc.is_in(reason, value_set=reasons), False)
+    skip_done = pc.and_(pc.fill_null(pc.equal(col("prev_status"), "skipped"), False), this_version)
+    skip_done = pc.and_(skip_done, pc.invert(redo))
+
+    is_done = pc.and_(same_identity, pc.or_(ok_done, skip_done))
     return joined.filter(pc.invert(is_done)).select(listing.column_names).sort_by("ordinal")
 
 

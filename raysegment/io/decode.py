@@ -1,10 +1,15 @@
 """The one decode path for chest X-ray images and masks (training, inference, evaluation).
 
 ``decode_image(bytes) -> DecodedImage``: a float32 HxW image in [0, 1] plus ``ImageMeta``.
-Supported: PNG (1-16 bit), JPEG, TIFF (gray/RGB/RGBA, integer or float) and DICOM.
+Supported, recognised by their bytes (never the name): PNG (1-16 bit), JPEG, TIFF (gray/RGB/RGBA,
+integer or float), BMP, GIF (the first frame; ``ImageMeta.frames`` says how many there were), JPEG 2000
+(.jp2 files and raw .j2k codestreams, 8-16 bit) and DICOM (with or without the 128-byte preamble).
 Anything we cannot decode -- empty, truncated, corrupt, not an image, too many pixels,
 an undecodable DICOM transfer syntax -- raises ``DecodeError`` (a ``ValueError``) with a
-one-line reason; no cv2/PIL/pydicom exception type escapes.
+one-line reason; no cv2/PIL/pydicom exception type escapes. Its subclasses say why a file is no film
+to segment at all (errors.py): ``NotAnImageError`` (no image format), ``NonImageDicomError`` (a DICOM
+object of a SOP class without an image: structured report, key object selection, presentation state,
+encapsulated PDF, DICOMDIR, ...) and ``NotRadiographError`` (a DICOM of a Modality not asked for).
 
 Scaling to [0, 1]:
   * unsigned integer rasters are divided by their dtype max (uint8 / 255, uint16 / 65535),
@@ -36,21 +41,27 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from raysegment.errors import DecodeError, NotAnImageError
-from raysegment.io import names
+from raysegment.errors import DecodeError, NonImageDicomError, NotAnImageError, NotRadiographError
 
-DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_PIXELS = 100_000_000  # infer --max-pixels, training data.max_pixels
+# DICOM modalities that are radiographs to segment (infer --modalities): computed and digital radiography,
+# and "other" (secondary captures of films are often OT). A DICOM without a Modality is segmented too.
+RADIOGRAPH_MODALITIES = ("CR", "DX", "OT")
+LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT")  # DICOM ViewPosition of a lateral film
+FORMATS = ("png", "jpeg", "tiff", "bmp", "gif", "jpeg2000", "dicom")
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # zero-length IEND chunk incl. its CRC
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+_BMP_DIB_SIZES = (12, 40, 52, 56, 64, 108, 124)  # BITMAPCOREHEADER .. BITMAPV5HEADER
+_GIF_SIGS = (b"GIF87a", b"GIF89a")
+_GIF_TRAILER = b"\x3b"
+_JP2_SIG = b"\x00\x00\x00\x0cjP  \r\n\x87\n"  # the JPEG 2000 signature box of a .jp2 file
+_J2K_SOC_SIZ = b"\xff\x4f\xff\x51"  # a raw codestream (.j2k, .j2c) starts SOC then SIZ
+_J2K_EOC = b"\xff\xd9"
 _PNG_COMPRESSION = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; masks compress well anyway
-
-
-
-
 
 
 @dataclass(frozen=True)
@@ -58,13 +69,20 @@ class ImageMeta:
     height: int
     width: int
     bit_depth: int  # bits per sample in the file: PNG IHDR depth, DICOM BitsStored, else dtype bits
-    format: str  # "png", "jpeg", "tiff", "dicom"
+    format: str  # one of FORMATS: "png", "jpeg", "tiff", "bmp", "gif", "jpeg2000", "dicom"
     channels: int  # channels in the file before conversion to gray (1, 3, 4)
     pixel_spacing_mm: tuple[float, float] | None  # (row, col) when known
     photometric: str | None = None  # DICOM PhotometricInterpretation
     exif_rotation: int = 0  # degrees clockwise applied from the EXIF orientation (after the mirror, if any)
     exif_mirrored: bool = False  # the EXIF orientation also mirrored the image left-right (codes 2, 4, 5, 7)
-    frames: int = 1  # DICOM NumberOfFrames; only the first is decoded
+    frames: int = 1  # DICOM NumberOfFrames, GIF frames; only the first is decoded
+    modality: str | None = None  # DICOM Modality (CR, DX, ...)
+    view_position: str | None = None  # DICOM ViewPosition (PA, AP, LL, ...)
+
+    @property
+    def lateral(self) -> bool:
+        """A lateral film by its DICOM ViewPosition (LL, RL)."""
+        return (self.view_position or "").upper() in LATERAL_VIEWS
 
 
 @dataclass(frozen=True)
@@ -89,7 +107,8 @@ def _check_pixel_count(height: int, width: int, max_pixels: int, name: str) -> N
     if height * width > max_pixels:
         raise _error(
             f"image is {width}x{height} = {height * width / 1e6:.4g} MP, over the "
-            f"{max_pixels / 1e6:.4g} MP limit (max_pixels); raise it if this is a genuine image",
+            f"{max_pixels / 1e6:.4g} MP limit: raise it if this is a genuine image (raysegment infer "
+            f"--max-pixels N; data.max_pixels in a training config)",
             name,
         )
 
@@ -100,7 +119,11 @@ def _check_pixel_count(height: int, width: int, max_pixels: int, name: str) -> N
 
 
 def _read_bare_dicom_header(data: bytes):
-    """pydicom Dataset (no pixels) for a DICOM without the 128-byte preamble, or None."""
+    """pydicom Dataset (no pixels) for a DICOM without the 128-byte preamble, or None.
+
+    Tried on any bytes (the name never decides); `data` may be just the first KiB of a file: pydicom
+    stops at the end of what it was given. A dataset counts as DICOM when it has Rows and Columns (an
+    image) or a DICOM SOP Class UID (any DICOM object: a structured report has no Rows)."""
     if len(data) < 8:
         return None
     # Cheap filter before asking pydicom (force=True "reads" almost anything): the first
@@ -112,23 +135,39 @@ def _read_bare_dicom_header(data: bytes):
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
-        return ds if "Rows" in ds and "Columns" in ds else None
+        sop = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", "")
+                  or "")
+        return ds if ("Rows" in ds and "Columns" in ds) or sop.startswith(_DICOM_UID_ROOT) else None
     except Exception:  # noqa: BLE001 - garbage makes pydicom raise anything; it just means "not DICOM"
         return None
 
 
+_DICOM_UID_ROOT = "1.2.840.10008."
+
+
+def _is_bmp(head: bytes) -> bool:
+    return head[:2] == b"BM" and len(head) >= 18 and struct.unpack("<I", head[14:18])[0] in _BMP_DIB_SIZES
+
+
 def sniff_format(data: bytes, name: str = "") -> str | None:
-    """Format from the magic bytes (never the extension): "png", "jpeg", "tiff", "dicom" or None."""
-    head = data[:8]
+    """Format from the magic bytes (never the name; `name` is accepted for callers' messages only): one of
+    FORMATS or None. Looks at the first bytes only, so the first 64 KiB of a file are enough."""
+    head = data[:16]
     if head.startswith(_PNG_SIG):
         return "png"
     if head.startswith(_JPEG_SOI):
         return "jpeg"
     if head[:4] in _TIFF_MAGICS:
         return "tiff"
+    if head[:6] in _GIF_SIGS:
+        return "gif"
+    if head.startswith((_JP2_SIG, _J2K_SOC_SIZ)):
+        return "jpeg2000"
+    if _is_bmp(data[:18]):
+        return "bmp"
     if data[128:132] == b"DICM":
         return "dicom"
-    if names.may_be_dicom_name(name) and _read_bare_dicom_header(data) is not None:
+    if _read_bare_dicom_header(data) is not None:
         return "dicom"
     return None
 
@@ -138,9 +177,90 @@ def _sniff_or_raise(data: bytes, name: str) -> str:
         raise _error("empty file (0 bytes)", name)
     fmt = sniff_format(data, name)
     if fmt is None:
-        msg = f"not an image: unrecognised header {data[:8]!r} (expected PNG, JPEG, TIFF or DICOM)"
+        msg = (f"not an image: unrecognised header {data[:8]!r} (expected PNG, JPEG, TIFF, BMP, GIF, "
+               "JPEG 2000 or DICOM)")
         raise NotAnImageError(_error(msg, name).args[0])
     return fmt
+
+
+# --------------------------------------------------------------------------- DICOM objects
+
+# SOP classes that hold no image, by UID prefix (PS3.4 B.5), most specific first: what a PACS export, a
+# CD or a DICOMDIR brings along with the films. The name in a skip reason is pydicom's name of the UID.
+NON_IMAGE_SOP_CLASSES = (
+    ("1.2.840.10008.5.1.4.1.1.88.59", "Key Object Selection"),
+    ("1.2.840.10008.5.1.4.1.1.88.", "Structured Report"),
+    ("1.2.840.10008.5.1.4.1.1.11.", "Presentation State"),
+    ("1.2.840.10008.5.1.4.1.1.104.1", "Encapsulated PDF"),
+    ("1.2.840.10008.5.1.4.1.1.104.", "Encapsulated Document"),
+    ("1.2.840.10008.1.3.10", "DICOMDIR"),
+    ("1.2.840.10008.5.1.4.1.1.66.4", "Segmentation"),
+    ("1.2.840.10008.5.1.4.1.1.66", "Raw Data or Registration"),
+    ("1.2.840.10008.5.1.4.1.1.67", "Real World Value Mapping"),
+    ("1.2.840.10008.5.1.4.1.1.9.", "Waveform"),
+    ("1.2.840.10008.5.1.4.1.1.481.2", "RT Dose"),
+    ("1.2.840.10008.5.1.4.1.1.481.", "Radiotherapy object"),
+    ("1.2.840.10008.5.1.4.1.1.90.", "Content Assessment"),
+    ("1.2.840.10008.5.1.4.1.1.131", "Structured Display"),
+    ("1.2.840.10008.5.1.4.1.1.200.", "Protocol"),
+    ("1.2.840.10008.5.1.4.38.", "Hanging Protocol"),
+    ("1.2.840.10008.5.1.4.39.", "Color Palette"),
+    ("1.2.840.10008.5.1.4.43.", "Implant Template"),
+    ("1.2.840.10008.5.1.4.44.", "Implant Template"),
+    ("1.2.840.10008.5.1.4.45.", "Implant Template"),
+)
+
+
+def _sop_class(ds) -> str:
+    meta = getattr(ds, "file_meta", None)
+    uid = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    return str(uid or "").strip()
+
+
+def modality_reason(modality: str) -> str:
+    """The skip reason of a DICOM image of `modality` (summaries count it; resume matches it)."""
+    return f"not a chest radiograph (Modality {modality})"
+
+
+MODALITY_REASON_PREFIX = "not a chest radiograph (Modality "
+
+
+def check_dicom_object(ds, name: str = "",
+                       modalities: tuple[str, ...] | None = RADIOGRAPH_MODALITIES) -> None:
+    """Raise NonImageDicomError for a SOP class that holds no image (a DICOMDIR included), and
+    NotRadiographError for an image whose Modality is not in `modalities` (None: any; a dataset without a
+    Modality always passes). Works on a header read without pixels, even a partial one."""
+    from pydicom.uid import UID
+
+    uid = _sop_class(ds)
+    kind = next((k for prefix, k in NON_IMAGE_SOP_CLASSES if uid == prefix.rstrip(".") or
+                 (prefix.endswith(".") and uid.startswith(prefix))), None)
+    if kind is None and "DirectoryRecordSequence" in ds:
+        kind = "DICOMDIR"
+    if kind is not None:
+        title = UID(uid).name if uid else ""
+        detail = f" ({title})" if title and title != uid and title != kind else ""
+        reason = f"not an image: DICOM {kind}{detail}"
+        raise NonImageDicomError(_error(reason, name).args[0], reason)
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modalities is not None and modality and modality not in {m.upper() for m in modalities}:
+        reason = modality_reason(modality)
+        raise NotRadiographError(_error(reason, name).args[0], reason)
+
+
+def probe_dicom(head: bytes, name: str = "", modalities: tuple[str, ...] | None = RADIOGRAPH_MODALITIES
+                ) -> None:
+    """check_dicom_object on the header in `head` (the first KiB of a DICOM file): raises as it does, so
+    a structured report or a CT is skipped without reading the rest. A header that does not parse raises
+    nothing here (the full decode will say what is wrong)."""
+    import pydicom
+
+    try:
+        force = head[128:132] != b"DICM"
+        ds = pydicom.dcmread(io.BytesIO(head), force=force, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - a damaged header: the whole file's decode names the problem
+        return
+    check_dicom_object(ds, name, modalities)
 
 
 # --------------------------------------------------------------------------- headers
@@ -161,13 +281,19 @@ def _pil_open(data: bytes, fmt: str, name: str):
     PIL's own decompression-bomb check (warning / error on ``MAX_IMAGE_PIXELS``); our
     ``max_pixels`` is the one guard, and this avoids mutating PIL's global setting.
     """
-    from PIL import JpegImagePlugin, TiffImagePlugin
+    from PIL import BmpImagePlugin, GifImagePlugin, Jpeg2KImagePlugin, JpegImagePlugin, TiffImagePlugin
 
-    cls = JpegImagePlugin.JpegImageFile if fmt == "jpeg" else TiffImagePlugin.TiffImageFile
+    cls = {"jpeg": JpegImagePlugin.JpegImageFile, "tiff": TiffImagePlugin.TiffImageFile,
+           "bmp": BmpImagePlugin.BmpImageFile, "gif": GifImagePlugin.GifImageFile,
+           "jpeg2000": Jpeg2KImagePlugin.Jpeg2KImageFile}[fmt]
     try:
         return cls(io.BytesIO(data))
     except Exception as e:  # PIL raises SyntaxError/OSError/struct.error/... on bad headers
-        raise _error(f"corrupt {fmt.upper()} header ({e}); the file is damaged or not a {fmt}", name) from e
+        label = _LABELS.get(fmt, fmt.upper())
+        raise _error(f"corrupt {label} header ({e}); the file is damaged or not a {label}", name) from e
+
+
+_LABELS = {"jpeg2000": "JPEG 2000", "png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP", "gif": "GIF"}
 
 
 def _read_dicom(data: bytes, name: str, stop_before_pixels: bool):
@@ -185,10 +311,7 @@ def _dicom_size(ds, name: str) -> tuple[int, int]:
         return int(ds.Rows), int(ds.Columns)
     except Exception as e:
         raise _error(
-            "DICOM has no readable Rows/Columns: the file is truncated, or not an image (e.g. a structured "
-            "report)",
-            name,
-        ) from e
+            "DICOM has no readable Rows/Columns: the file is truncated or damaged; re-copy it", name) from e
 
 
 def image_size(data: bytes, name: str = "") -> tuple[int, int]:
@@ -219,6 +342,46 @@ def _check_jpeg_complete(data: bytes, name: str) -> None:
     # (zero padding after it is tolerated, as written by some storage systems).
     if not data.endswith(_JPEG_EOI) and not data.rstrip(b"\x00").endswith(_JPEG_EOI):
         raise _error("truncated JPEG (no FFD9 end-of-image marker): the file is incomplete; re-copy it", name)
+
+
+def _check_bmp_complete(data: bytes, name: str) -> None:
+    # bfSize (bytes 2-6) is the whole file's size as written; a shorter file lost its last rows.
+    declared = struct.unpack("<I", data[2:6])[0]
+    if declared > len(data):
+        raise _error(f"truncated BMP (header says {declared} bytes, file has {len(data)}): the file is "
+                     "incomplete; re-copy it", name)
+
+
+def _check_gif_complete(data: bytes, name: str) -> None:
+    if not data.rstrip(b"\x00").endswith(_GIF_TRAILER):
+        raise _error("truncated GIF (no trailer byte 3B): the file is incomplete; re-copy it", name)
+
+
+def _check_jpeg2000_complete(data: bytes, name: str) -> None:
+    """A raw codestream must end with its EOC marker; a .jp2 file's boxes must all lie inside the data."""
+    if not data.startswith(_JP2_SIG):
+        if not data.rstrip(b"\x00").endswith(_J2K_EOC):
+            raise _error("truncated JPEG 2000 codestream (no FFD9 end-of-codestream marker): the file is "
+                         "incomplete; re-copy it", name)
+        return
+    at = 0
+    while at + 8 <= len(data):
+        size = struct.unpack(">I", data[at:at + 4])[0]
+        if size == 1 and at + 16 <= len(data):  # XLBox: a 64-bit length
+            size = struct.unpack(">Q", data[at + 8:at + 16])[0]
+        if size == 0:  # the last box runs to the end of the file
+            return
+        if size < 8 or at + size > len(data):
+            raise _error(f"truncated JPEG 2000 file (a box ends at byte {at + size}, file has {len(data)}): "
+                         "the file is incomplete; re-copy it", name)
+        at += size
+
+
+def _gif_frames(pil_image) -> int:
+    try:
+        return int(getattr(pil_image, "n_frames", 1) or 1)
+    except Exception:  # noqa: BLE001 - a damaged later frame: the first one is what is decoded
+        return 1
 
 
 def _check_tiff_complete(pil_image, data: bytes, name: str) -> None:
@@ -304,10 +467,14 @@ def apply_orientation(arr: np.ndarray, code: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(arr, -(degrees // 90)) if degrees else arr)
 
 
+_COMPLETE = {"bmp": _check_bmp_complete, "gif": _check_gif_complete, "jpeg2000": _check_jpeg2000_complete}
+
+
 def _decode_raster(data: bytes, fmt: str, name: str, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
-    """PNG/JPEG/TIFF -> (gray HxW array in the file's dtype, as displayed: EXIF orientation applied, meta).
-    Header checks come first."""
-    depth = 0
+    """PNG/JPEG/TIFF/BMP/GIF/JPEG 2000 -> (gray HxW array in the file's dtype, as displayed: EXIF orientation
+    applied, meta). Header checks come first."""
+    depth, frames, orientation = 0, 1, 1
+    label = _LABELS[fmt]
     if fmt == "png":
         h, w, depth = _png_header(data, name)
         _check_pixel_count(h, w, max_pixels, name)
@@ -319,17 +486,22 @@ def _decode_raster(data: bytes, fmt: str, name: str, max_pixels: int) -> tuple[n
         _check_pixel_count(h, w, max_pixels, name)
         if fmt == "jpeg":
             _check_jpeg_complete(data, name)
-        else:
+        elif fmt == "tiff":
             _check_tiff_complete(pil_image, data, name)
-        orientation = _exif_orientation(pil_image)
+        else:
+            _COMPLETE[fmt](data, name)
+        if fmt in ("jpeg", "tiff"):
+            orientation = _exif_orientation(pil_image)
+        if fmt == "gif":
+            frames = _gif_frames(pil_image)
     try:
         # IMREAD_UNCHANGED keeps 16 bit and float, ignores JPEG/PNG EXIF orientation (applied below);
-        # cv2 returns None on failure.
+        # cv2 returns None on failure. A GIF comes out as its first frame.
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as e:
-        raise _error(f"cannot decode {fmt.upper()}: {e}", name) from e
+        raise _error(f"cannot decode {label}: {e}", name) from e
     if arr is None or arr.size == 0:
-        raise _error(f"corrupt {fmt.upper()}: the decoder rejected the pixel data; the file is damaged", name)
+        raise _error(f"corrupt {label}: the decoder rejected the pixel data; the file is damaged", name)
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     gray = _to_gray(arr)
     if fmt != "tiff":  # cv2's TIFF reader applies it itself (even with IMREAD_IGNORE_ORIENTATION)
@@ -344,6 +516,7 @@ def _decode_raster(data: bytes, fmt: str, name: str, max_pixels: int) -> tuple[n
         pixel_spacing_mm=None,
         exif_rotation=degrees,
         exif_mirrored=mirrored,
+        frames=frames,
     )
     return gray, meta
 
@@ -532,14 +705,33 @@ def _dicom_to_unit(arr: np.ndarray, ds) -> np.ndarray:
     return unit
 
 
-def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:
+def _decode_dicom(data: bytes, name: str, max_pixels: int, modalities: tuple[str, ...] | None = None
+                  ) -> DecodedImage:
     ds = _read_dicom(data, name, stop_before_pixels=False)
     try:
+        check_dicom_object(ds, name, modalities)
         return _dicom_image(ds, name, max_pixels)
     except DecodeError:
         raise
     except Exception as e:  # pydicom parses elements lazily: a damaged one fails on first access
         raise _error(f"corrupt DICOM ({type(e).__name__}: {e})", name) from e
+
+
+def _check_native_pixel_length(ds, rows: int, cols: int, name: str) -> None:
+    """Uncompressed pixel data shorter than Rows x Columns x samples x frames x BitsAllocated: a file cut
+    short (a copy that stopped), said as such rather than as pydicom's length message."""
+    uid = ds.file_meta.get("TransferSyntaxUID")
+    if uid is None or uid.is_compressed:
+        return
+    try:
+        bits = int(ds.get("BitsAllocated") or 0) * int(ds.get("SamplesPerPixel") or 1) * rows * cols
+        bits *= int(ds.get("NumberOfFrames") or 1)
+        have = len(ds.PixelData) * 8
+    except (TypeError, ValueError):  # malformed numbers: the decoder judges
+        return
+    if bits and have < bits:
+        raise _error(f"truncated DICOM (pixel data has {have // 8} of {bits // 8} bytes): the file is "
+                     "incomplete; re-copy it", name)
 
 
 def _dicom_image(ds, name: str, max_pixels: int) -> DecodedImage:
@@ -548,9 +740,11 @@ def _dicom_image(ds, name: str, max_pixels: int) -> DecodedImage:
     # Pixel data is decoded lazily by ds.pixel_array, so this is still before decoding.
     _check_pixel_count(rows, cols, max_pixels, name)
     if "PixelData" not in ds:
-        raise _error("DICOM has no PixelData element: not an image", name)
+        raise _error("DICOM image without pixel data (no PixelData element): the file is truncated or "
+                     "damaged; re-copy it", name)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper() or None
     _ensure_transfer_syntax(ds)
+    _check_native_pixel_length(ds, rows, cols, name)
     try:
         arr = _first_frame(ds)
     except Exception as e:
@@ -568,6 +762,8 @@ def _dicom_image(ds, name: str, max_pixels: int) -> DecodedImage:
         pixel_spacing_mm=_pixel_spacing(ds),
         photometric=photometric,
         frames=int(ds.get("NumberOfFrames") or 1),
+        modality=str(ds.get("Modality", "") or "").strip().upper() or None,
+        view_position=str(ds.get("ViewPosition", "") or "").strip().upper() or None,
     )
     return DecodedImage(image=image, meta=meta)
 
@@ -575,16 +771,19 @@ def _dicom_image(ds, name: str, max_pixels: int) -> DecodedImage:
 # --------------------------------------------------------------------------- public decode
 
 
-def decode_image(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def decode_image(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 modalities: tuple[str, ...] | None = None) -> DecodedImage:
     """Encoded bytes -> float32 HxW image in [0, 1] + meta. Raises DecodeError only.
 
     ``max_pixels`` is checked against the header before decoding. cv2 has its own limit
-    (env OPENCV_IO_MAX_IMAGE_PIXELS, default 2**30) for rasters above that.
+    (env OPENCV_IO_MAX_IMAGE_PIXELS, default 2**30) for rasters above that. ``modalities``: the DICOM
+    Modality values to decode (None: any; data/model_input.InputOptions passes RADIOGRAPH_MODALITIES);
+    NotRadiographError for another one, NonImageDicomError for a DICOM object that holds no image.
     """
     data = bytes(data)  # accepts bytearray / memoryview; no copy for bytes
     fmt = _sniff_or_raise(data, name)
     if fmt == "dicom":
-        return _decode_dicom(data, name, max_pixels)
+        return _decode_dicom(data, name, max_pixels, modalities)
     gray, meta = _decode_raster(data, fmt, name, max_pixels)
     return DecodedImage(image=_to_unit_float(gray), meta=meta)
 

@@ -1,13 +1,19 @@
 """File-name rules, in one place: which names are images or manifests, stems, relative keys, mask keys, and
 how a local name that is not valid UTF-8 becomes a URI (and back).
 
-Names the product reads:
-- Image files (`IMAGE_EXTENSIONS`): .png .jpg .jpeg .tif .tiff .dcm, any case. Bulk inference also takes
-  names without an extension or with a numeric one (DICOM files are often named by UID, e.g.
-  1.2.840.113619.2.55.3): `is_input_name`. Training data sets take only `is_image_name`. Hidden files
-  (".name") are never images.
-- Manifests (`MANIFEST_EXTENSIONS`): .csv and .parquet files. A DICOM without its 128-byte preamble is
-  only tried for names `may_be_dicom_name` accepts (.dcm, .dicom, none, numeric).
+Names the product reads (a file's FORMAT is always decided by its bytes, io/decode.sniff_format; a name
+only decides whether a file is looked at, and whether a file that is no image is an error or skipped):
+- Skipped by name, never read (`listing_skip`): hidden files and folders (".name"; a hidden folder is not
+  walked) and operating-system clutter: AppleDouble "._name" files, .DS_Store, Thumbs.db, ehthumbs.db,
+  desktop.ini, "Icon\r", and the folders __MACOSX, $RECYCLE.BIN, System Volume Information.
+- Inputs of bulk inference (`is_input_name`): every other file, whatever its name.
+- Named like an image (`is_image_name`): an image extension (`IMAGE_EXTENSIONS`, any case: .png .jpg
+  .jpeg .tif .tiff .bmp .gif .jp2 .j2k .dcm .dicom .ima) or a DICOM UID (digits and dots, e.g.
+  1.2.840.113619.2.55.3). Such a file that does not decode is an error row (the user expected a film);
+  a file of another name whose bytes are no image is a skipped row.
+- Training data sets and ground-truth folders (`may_be_image_name`): names like an image, and names
+  without an extension (DICOM files often have none).
+- Manifests (`MANIFEST_EXTENSIONS`): .csv and .parquet files.
 - The stem (name without its last extension) identifies an image: it matches images to masks and
   inference inputs to ground truth.
 
@@ -32,7 +38,13 @@ import posixpath
 import re
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".jp2", ".j2k", ".dcm",
+                    ".dicom", ".ima")
+# Operating-system clutter (compared in lower case): files, and folders that are never walked.
+OS_CLUTTER_FILES = (".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r")
+OS_CLUTTER_FOLDERS = ("__macosx", "$recycle.bin", "system volume information")
+HIDDEN, OS_CLUTTER = "hidden", "os-clutter"  # listing_skip's reasons
+_UID_NAME = re.compile(r"[0-9]+(\.[0-9]+)+")
 MANIFEST_EXTENSIONS = (".csv", ".parquet")
 FILE_SCHEME = "file://"
 MAX_NAME_BYTES = 255  # longest file name (one path part) on ext4, xfs, btrfs, APFS, NTFS (in UTF-16 units)
@@ -56,27 +68,43 @@ def extension(name: str) -> str:
     return base.rsplit(".", 1)[1].lower() if "." in base else ""
 
 
-def is_image_name(name: str) -> bool:
-    """An image file of a training data set: one of IMAGE_EXTENSIONS, not hidden."""
+def listing_skip(name: str, is_dir: bool = False) -> str | None:
+    """Why a listing passes over a file or folder by its name alone: OS_CLUTTER ("._x", .DS_Store,
+    Thumbs.db, desktop.ini, __MACOSX/, ...), HIDDEN (".name"), or None (it is looked at)."""
     base = basename(name)
-    return bool(base) and not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
+    low = base.lower()
+    if low.startswith("._") or low in OS_CLUTTER_FILES or (is_dir and low in OS_CLUTTER_FOLDERS):
+        return OS_CLUTTER
+    if base.startswith("."):
+        return HIDDEN
+    return None
+
+
+def has_image_extension(name: str) -> bool:
+    """One of IMAGE_EXTENSIONS, any case (x.png, A.DCM, scan.IMA)."""
+    return basename(name).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def is_image_name(name: str) -> bool:
+    """Named like an image: an image extension or a DICOM UID (digits and dots, e.g. 1.2.840.113619.2.55.3);
+    never a hidden or clutter file. A file so named that does not decode is an error, not a stray file."""
+    base = basename(name)
+    if not base or listing_skip(base) is not None:
+        return False
+    return has_image_extension(base) or _UID_NAME.fullmatch(base) is not None
+
+
+def may_be_image_name(name: str) -> bool:
+    """An image of a training data set or ground truth: named like an image, or without an extension."""
+    base = basename(name)
+    return is_image_name(base) or (bool(base) and listing_skip(base) is None and extension(base) == "")
 
 
 def is_input_name(name: str) -> bool:
-    """An input of bulk inference: an image extension, no extension, or a numeric one (UID-named DICOM);
-    hidden files are not inputs."""
+    """An input of bulk inference: any file that listing_skip does not pass over (its bytes decide what it
+    is)."""
     base = basename(name)
-    if not base or base.startswith("."):
-        return False
-    ext = extension(base)
-    return ext == "" or "." + ext in IMAGE_EXTENSIONS or ext.isdigit()
-
-
-def may_be_dicom_name(name: str) -> bool:
-    """Names a DICOM without the 128-byte preamble is tried for: *.dcm / *.dicom, no extension, or a numeric
-    one (DICOM files are often named by UID, e.g. 1.2.840.113619.2.55.3)."""
-    ext = extension(name)
-    return ext in ("", "dcm", "dicom") or ext.isdigit()
+    return bool(base) and listing_skip(base) is None
 
 
 def is_manifest_name(name: str) -> bool:

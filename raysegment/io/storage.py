@@ -21,6 +21,7 @@ driver does: the AWS chain on their own node (instance profile, ~/.aws, or env i
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import functools
 import logging
@@ -29,7 +30,7 @@ import posixpath
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -121,6 +122,15 @@ def filesystem(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, 
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def absolute(uri: str) -> str:
+    """`uri` with a relative local path made absolute against this process's working directory (and "~"
+    expanded); s3:// and file:// URIs as they are. Drivers resolve their paths once with it: Ray workers
+    run in other working directories, and every URI the run records or compares must be the same form."""
+    if is_s3(uri) or uri.startswith(names.FILE_SCHEME):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a local path or URI with '/'."""
     if is_s3(uri):
@@ -149,7 +159,8 @@ class FileEntry:
     size: int
     mtime_ns: int | None = None  # None on stores that do not report it
     etag: str | None = None
-    kind: str = "file"  # "file", "dir", "unlistable dir", "symlink" (dangling), "fifo", "socket", ...
+    kind: str = "file"  # "file", "dir", "unlistable dir", "symlink" (dangling), "fifo", "socket", ...,
+    # "pruned" (a folder not walked; size = entries below it), "marker" (an S3 "folder/" marker object)
 
 
 def list_files(uri: str, recursive: bool = True, s3: S3Options | None = None) -> list[FileEntry]:
@@ -182,7 +193,7 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "special file")
 
 
-def iter_local_tree(uri: str) -> Iterator[FileEntry]:
+def iter_local_tree(uri: str, prune: Callable[[str], bool] | None = None) -> Iterator[FileEntry]:
     """Every entry under a local folder, recursively, as `ls -R` shows them, one folder at a time in the
     order of their full paths (memory bounded by one folder's entries, whatever the archive's size):
     regular files, folders (kind "dir"), dangling symlinks (kind "symlink"), FIFOs, sockets and devices
@@ -191,6 +202,8 @@ def iter_local_tree(uri: str) -> Iterator[FileEntry]:
     Names are handled as bytes, so a name that is not valid UTF-8 is listed too; its URI is the escaped
     form of names.path_to_uri. Symlinks are followed (folders once each: a link loop ends there). A
     sub-folder that cannot be listed is itself an entry (kind "unlistable dir"), so the caller can report it.
+    `prune(folder URI)` True: the folder is not walked; it is one entry of kind "pruned" whose size is the
+    number of entries other than folders below it (counted, not listed).
     """
     root = os.fsencode(os.path.abspath(os.path.expanduser(names.uri_to_path(uri))))
     if not os.path.exists(root):
@@ -223,12 +236,31 @@ def iter_local_tree(uri: str) -> Iterator[FileEntry]:
                 yield FileEntry(names.path_to_uri(child.path), 0, None, None, "symlink")
                 continue
             kind = _kind(st.st_mode)
-            yield FileEntry(names.path_to_uri(child.path), int(st.st_size) if kind == "file" else 0,
-                            int(st.st_mtime_ns), None, kind)
+            child_uri = names.path_to_uri(child.path)
+            if kind == "dir" and prune is not None and prune(child_uri):
+                yield FileEntry(child_uri, _count_local(child.path), None, None, "pruned")
+                continue
+            size = int(st.st_size) if kind == "file" else 0
+            yield FileEntry(child_uri, size, int(st.st_mtime_ns), None, kind)
             if kind == "dir":
                 yield from walk(child.path)
 
     yield from walk(root)
+
+
+def _count_local(folder: bytes) -> int:
+    """Entries other than folders below `folder` (symlinks to folders not followed: no loops)."""
+    n = 0
+    try:
+        with os.scandir(folder) as it:
+            for child in it:
+                if child.is_dir(follow_symlinks=False):
+                    n += _count_local(child.path)
+                else:
+                    n += 1
+    except OSError:
+        pass
+    return n
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -238,32 +270,74 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def iter_files(uri: str, s3: S3Options | None = None) -> Iterator[FileEntry]:
-    """Files and folders (kind "dir": prefixes, "x/" marker objects) under a folder or s3:// prefix, one
-    directory level at a time in the order of their full paths. Local folders: iter_local_tree."""
+def iter_files(uri: str, s3: S3Options | None = None, prune: Callable[[str], bool] | None = None
+               ) -> Iterator[FileEntry]:
+    """Files and folders under a folder or s3:// prefix, one directory level at a time in the order of
+    their full paths; `prune` as in iter_local_tree. Local folders: iter_local_tree.
+
+    S3 (ListObjectsV2 with delimiter "/", a page of 1000 keys at a time): objects are files, prefixes are
+    folders (kind "dir"), and a zero-byte "folder/" marker object is an entry of its own (kind "marker",
+    named like its folder) beside that folder, so every object under the prefix is an entry or counted
+    in a pruned folder (whose size is its number of objects)."""
     if not is_s3(uri):
-        yield from iter_local_tree(uri)
+        yield from iter_local_tree(uri, prune)
         return
-    fs, path = filesystem(uri, s3)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"no such folder or prefix: {uri}")
-    if info.type == pafs.FileType.File:
-        yield FileEntry(to_uri(info.path, uri), int(info.size or 0), _mtime(info))
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    key = key.rstrip("/")
+    client = _boto3_client((s3 or _default_s3).resolved())
+    pages = client.get_paginator("list_objects_v2")
+
+    def level(prefix: str) -> tuple[list[dict], list[str]]:
+        objects, folders = [], []
+        for page in pages.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            objects += page.get("Contents", [])
+            folders += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+        return objects, folders
+
+    def count(prefix: str) -> int:
+        return sum(page.get("KeyCount", 0) for page in pages.paginate(Bucket=bucket, Prefix=prefix))
+
+    def walk(prefix: str) -> Iterator[FileEntry]:
+        objects, folders = level(prefix)
+        entries = [(o["Key"][len(prefix):], o) for o in objects]
+        entries += [(f[len(prefix):], None) for f in folders]  # "name/": sorts as full paths do
+        for rest, obj in sorted(entries, key=lambda e: e[0]):
+            if obj is not None and rest == "":  # this folder's own "folder/" marker object (sorts first)
+                yield FileEntry(f"s3://{bucket}/{prefix}".rstrip("/"), 0, _s3_mtime(obj.get("LastModified")),
+                                kind="marker")
+                continue
+            if obj is not None:
+                yield FileEntry(f"s3://{bucket}/{obj['Key']}", int(obj.get("Size") or 0),
+                                _s3_mtime(obj.get("LastModified")))
+                continue
+            folder = f"s3://{bucket}/{prefix}{rest}".rstrip("/")
+            if prune is not None and prune(folder):
+                yield FileEntry(folder, count(prefix + rest), None, kind="pruned")
+                continue
+            yield FileEntry(folder, 0, None, kind="dir")
+            yield from walk(prefix + rest)
+
+    if key:
+        objects, folders = level(key + "/")
+        if not objects and not folders:
+            try:
+                head = client.head_object(Bucket=bucket, Key=key)
+            except client.exceptions.ClientError:
+                raise FileNotFoundError(f"no such folder or prefix: {uri}") from None
+            yield FileEntry(f"s3://{bucket}/{key}", int(head.get("ContentLength") or 0),
+                            _s3_mtime(head.get("LastModified")))
+            return
+        yield from walk(key + "/")
         return
+    yield from walk("")
 
-    def walk(folder: str) -> Iterator[FileEntry]:
-        infos = fs.get_file_info(pafs.FileSelector(folder, recursive=False))
-        # Sorting folders as "name/" gives exactly the global order of full paths.
-        infos.sort(key=lambda i: i.base_name + ("/" if i.type == pafs.FileType.Directory else ""))
-        for i in infos:
-            if i.type == pafs.FileType.Directory:
-                yield FileEntry(to_uri(i.path, uri), 0, None, kind="dir")
-                yield from walk(i.path)
-            elif i.type == pafs.FileType.File:
-                yield FileEntry(to_uri(i.path, uri), int(i.size or 0), _mtime(i))
 
-    yield from walk(path)
+def _s3_mtime(when) -> int | None:
+    """An S3 LastModified (datetime, UTC) as ns since the epoch, exactly as pyarrow's listing reports it
+    (results of earlier runs keep resuming)."""
+    if when is None:
+        return None
+    return (calendar.timegm(when.utctimetuple()) * 1_000_000 + when.microsecond) * 1000
 
 
 def _mtime(info: pafs.FileInfo) -> int | None:
@@ -276,9 +350,10 @@ def _log_listing_problem(folder: bytes, error: OSError) -> None:
 
 
 
-def _read_local(path: str | bytes) -> bytes:
-    """Read a local file without ever blocking on a FIFO: open non-blocking, then require a regular file.
-    Errors name the reason in words (dangling symlink, directory, FIFO, permission) and are OSErrors."""
+def _read_local(path: str | bytes, start: int = 0, length: int | None = None) -> bytes:
+    """Read a local file (from byte `start`, at most `length` bytes) without ever blocking on a FIFO: open
+    non-blocking, then require a regular file. Errors name the reason in words (dangling symlink,
+    directory, FIFO, permission) and are OSErrors."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as e:
@@ -298,7 +373,9 @@ def _read_local(path: str | bytes) -> bytes:
             raise NotRegularFileError(f"not a regular file but a {_kind(mode)}: not read (it could block)")
         with os.fdopen(fd, "rb") as f:
             fd = -1  # the file object owns it now
-            return f.read()
+            if start:
+                f.seek(start)
+            return f.read() if length is None else f.read(length)
     finally:
         if fd >= 0:
             os.close(fd)
@@ -359,6 +436,34 @@ def get_object(uri: str, s3: S3Options | None = None) -> bytes:
             return read_bytes(uri, s3)
         except FileNotFoundError:
             raise FileNotFoundError(f"no such object: {uri}") from None
+
+
+def read_head(uri: str, length: int, s3: S3Options | None = None) -> bytes:
+    """The first `length` bytes of a file (all of it when shorter): ONE ranged GET on S3, one read locally
+    (never blocking on a FIFO, errors as read_bytes). For deciding what a file is without reading it."""
+    return read_range(uri, 0, length, s3)
+
+
+def read_range(uri: str, start: int, length: int | None = None, s3: S3Options | None = None) -> bytes:
+    """Bytes `start` .. `start + length` of a file (to its end when `length` is None; b"" past the end):
+    one ranged GET on S3 (get_object's errors), one read locally (read_bytes' errors)."""
+    if not is_s3(uri):
+        return _read_local(os.path.abspath(os.path.expanduser(names.uri_to_path(uri))), start, length)
+    if length == 0:
+        return b""
+    import botocore.exceptions
+
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    client = _boto3_client((s3 or _default_s3).resolved())
+    span = f"bytes={start}-" + ("" if length is None else str(start + length - 1))
+    try:
+        return client.get_object(Bucket=bucket, Key=key, Range=span)["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return get_object(uri, s3)[start:None if length is None else start + length]  # get_object's reasons
+    except botocore.exceptions.ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "InvalidRange":  # an empty object, or past its end
+            return b""
+        raise
 
 
 def write_bytes(uri: str, data: bytes, s3: S3Options | None = None, content_type: str | None = None) -> None:

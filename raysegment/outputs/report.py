@@ -52,16 +52,31 @@ def format_structures(s: dict) -> list[str]:
     return lines
 
 
+def format_skipped(counts: dict[str, int], examples: list[str]) -> str:
+    """The files a listing passed over by name, as one line: "  skipped 9: hidden 4, os-clutter 3, output 2
+    (e.g. .DS_Store, ._a.png, .git/ (12 files)); every path is in the log"; "" when none."""
+    total = sum(counts.values())
+    if not total:
+        return ""
+    shown = f" (e.g. {', '.join(examples)})" if examples else ""
+    return (f"  skipped {total}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + shown
+            + "; every path is in the log")
+
+
 def format_summary(s: dict, worst: list[dict] | None = None, micro: bool = True) -> str:
     """A summarize_results() dict (plus optional worst cases: image_id, dice, iou, hd95, qc_reasons).
 
     `micro=False` leaves out the pooled-pixel dice (the demo prints one test dice)."""
     qc = ", ".join(f"{k} x{v}" for k, v in s["qc_reasons"].items())
-    lines = [f"  {s['images']} images: {s['ok']} ok, {s['errors']} errors; QC flagged {s['qc_flagged']}"
-             + (f" ({qc})" if qc else "")]
+    passed = f", {s['skipped_files']} skipped (not chest films)" if s.get("skipped_files") else ""
+    lines = [f"  {s['images']} images: {s['ok']} ok, {s['errors']} errors{passed}; QC flagged "
+             f"{s['qc_flagged']}" + (f" ({qc})" if qc else "")]
     if s["errors_by_reason"]:
         lines.append("  errors: " + ", ".join(f"{k} x{v}" for k, v in s["errors_by_reason"].items()))
         lines += [f"    {e}" for e in s["error_examples"]]
+    if s.get("skipped_by_reason"):
+        lines.append("  skipped: " + ", ".join(f"{k} x{v}" for k, v in s["skipped_by_reason"].items()))
+        lines += [f"    {e}" for e in s.get("skipped_examples") or []]
     if s.get("quality_scored"):
         q = s["quality_score"]
         lines.append(f"  quality_score (predicted dice): median {q['median']:.3f}, min {q['min']:.3f} over "

@@ -8,9 +8,10 @@ Layout of an output URI (local folder or s3:// prefix):
     OUTPUT/summary.json              the latest run's summary
 
 Each run writes under its own prefix, so a rerun never appends into, or overwrites, an earlier run's
-files. `read_results` merges all runs: per image_uri the latest ok row wins, else the latest error row.
-run ids start with a UTC timestamp, so "latest" is the largest run id. The schema is documented in
-docs/output_schema.md; bump SCHEMA_VERSION on any change there.
+files. `read_results` merges all runs: per image_uri the latest ok row wins, else the latest skipped row,
+else the latest error row. run ids start with a UTC timestamp, so "latest" is the largest run id. The
+schema is documented in docs/output_schema.md; bump SCHEMA_VERSION on any change there (once per round,
+in the block below).
 """
 
 from __future__ import annotations
@@ -28,7 +29,19 @@ from raysegment.postprocess.metrics import METRICS, summarize
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: quality, orientation/inversion, compact masks, DICOM-SEG, structures, CTR
+# --- schema version: ONE bump per round, here -------------------------------------------------------
+# 2: quality, orientation/inversion, compact masks, DICOM-SEG, structures, CTR.
+# 3: status "skipped" + skip_reason (files that are no chest film: issue #23). Shared with the QC issue of
+#    the same round: its columns join version 3 in SCHEMA below, without another bump.
+SCHEMA_VERSION = 3
+# Resume (infer/worklist.todo): the oldest version whose ok rows still count as done. Version 3 changed what
+# an ok row of a DICOM input is (Modality, SOP class and lateral rules) and when a PNG/JPEG/TIFF is
+# inversion-corrected (only upright layouts, a subset of version 2's calls); for every other input a
+# version-2 ok row is exactly what version 3 writes. So v2 ok rows resume unless the input was DICOM or was
+# inversion-corrected (those are redone); skipped rows resume only when written by this very version. A
+# later change to what ok rows hold raises this to SCHEMA_VERSION.
+RESUMES_FROM = 2
+STATUSES = ("ok", "error", "skipped")
 STAGES = ("read", "decode", "preprocess", "infer", "postprocess")
 GT_METRICS = (*METRICS, "hd95", "hd95_mm")
 
@@ -45,10 +58,11 @@ SCHEMA = pa.schema([
     pa.field("input_mtime_ns", pa.int64()),
     pa.field("input_etag", pa.string()),
     # outcome
-    pa.field("status", pa.string(), nullable=False),  # "ok" | "error"
+    pa.field("status", pa.string(), nullable=False),  # one of STATUSES: "ok" | "error" | "skipped"
     pa.field("error_stage", pa.string()),  # one of STAGES when status == "error"
     pa.field("error_type", pa.string()),  # exception class, e.g. "DecodeError"
     pa.field("error", pa.string()),  # one-line reason
+    pa.field("skip_reason", pa.string()),  # (v3) why a "skipped" file is no chest film, without its name
     # the image
     pa.field("image_format", pa.string()),  # png | jpeg | tiff | dicom
     pa.field("bit_depth", pa.int16()),
@@ -108,7 +122,7 @@ SCHEMA = pa.schema([
 # What resume and the summary need (everything but the masks).
 KEY_COLUMNS = ("image_uri", "run_id", "status")
 IDENTITY_COLUMNS = ("model_id", "calibration_id", "schema_version", "input_size", "input_mtime_ns",
-                    "input_etag", "truth_uri")
+                    "input_etag", "truth_uri", "image_format", "inversion_corrected", "skip_reason")
 
 
 def runs_uri(output: str) -> str:
@@ -172,15 +186,17 @@ def _with_missing_columns(table: pa.Table, wanted) -> pa.Table:
 
 
 def latest_indices(table: pa.Table, order: np.ndarray | None = None) -> np.ndarray:
-    """Row index of the winning row per image_uri, in ascending row order: ok beats error, then the larger
-    run id, then the later row in reading `order` (default: the row position; the worklist passes its
-    `seq`). THE rule for "which row of an image counts": read_results and the worklist's resume and
-    summary (infer/worklist.latest) both use it, so a resumed run skips exactly what read_results shows."""
+    """Row index of the winning row per image_uri, in ascending row order: ok beats skipped beats error,
+    then the larger run id, then the later row in reading `order` (default: the row position; the worklist
+    passes its `seq`). THE rule for "which row of an image counts": read_results and the worklist's resume
+    and summary (infer/worklist.latest) both use it, so a resumed run skips exactly what read_results
+    shows."""
     import pandas as pd
 
+    status = table.column("status").to_numpy(zero_copy_only=False)
     keys = pd.DataFrame({
         "uri": table.column("image_uri").to_numpy(zero_copy_only=False),
-        "ok": table.column("status").to_numpy(zero_copy_only=False) == "ok",
+        "ok": (status == "ok").astype(np.int8) * 2 + (status == "skipped").astype(np.int8),
         "run": table.column("run_id").to_numpy(zero_copy_only=False),
         "order": np.arange(table.num_rows) if order is None else order,
         "pos": np.arange(table.num_rows),
@@ -192,14 +208,15 @@ def latest_indices(table: pa.Table, order: np.ndarray | None = None) -> np.ndarr
 
 # --- summary ------------------------------------------------------------------------------------
 
-SUMMARY_COLUMNS = ["status", "error_stage", "error_type", "error", "qc_flag", "qc_reasons", "qc_notes",
+SUMMARY_COLUMNS = ["status", "error_stage", "error_type", "error", "skip_reason", "qc_flag", "qc_reasons",
+                   "qc_notes",
                    "quality_score", "lung_fraction", "mean_confidence", "truth_uri", "truth_error",
                    *GT_METRICS, "tp", "fp", "fn", "total_ms", "ctr", "structures"]
 
 
-def _example(row: dict) -> str:
-    """An error row as one line that names its file once."""
-    name, error = storage.basename(row["image_uri"]), row["error"] or ""
+def _example(row: dict, column: str = "error") -> str:
+    """An error (or skipped) row as one line that names its file once."""
+    name, error = storage.basename(row["image_uri"]), row.get(column) or ""
     return error if name in error else f"{name}: {error}"
 
 
@@ -219,8 +236,10 @@ class SummaryAccumulator:
 
     def __init__(self, examples: int = 5) -> None:
         self.examples = examples
-        self.images = self.ok = self.qc_flagged = 0
+        self.images = self.ok = self.skipped = self.qc_flagged = 0
         self.by_reason: Counter = Counter()
+        self.skip_reasons: Counter = Counter()
+        self.skip_examples: list[str] = []
         self.qc: Counter = Counter()
         self.notes: Counter = Counter()
         self.error_examples: list[str] = []
@@ -245,7 +264,18 @@ class SummaryAccumulator:
         else:
             keys = _hash(pa.array([str(i) for i in range(self._rows, self._rows + n)]))
         self._rows += n
-        errors = table.filter(pc.invert(ok))
+        skipped = pc.fill_null(pc.equal(col("status"), "skipped"), False)
+        n_skipped = int(pc.sum(skipped).as_py() or 0)
+        self.skipped += n_skipped
+        if n_skipped:
+            passed = table.filter(skipped)
+            reasons = (pc.fill_null(passed.column("skip_reason"), "unknown") if "skip_reason" in
+                       passed.column_names else pa.array(["unknown"] * n_skipped))
+            self.skip_reasons.update(dict(zip(*_value_counts(reasons), strict=True)))
+            for row in passed.slice(0, max(0, self.examples - len(self.skip_examples))).to_pylist():
+                self.skip_examples.append(_example(row, "skip_reason") if "image_uri" in row
+                                          else (row.get("skip_reason") or ""))
+        errors = table.filter(pc.and_(pc.invert(ok), pc.invert(skipped)))
         if errors.num_rows:
             reasons = pc.binary_join_element_wise(
                 pc.cast(pc.fill_null(errors.column("error_stage"), "None"), pa.string()), "/",
@@ -320,9 +350,13 @@ class SummaryAccumulator:
         out = {
             "images": self.images,
             "ok": self.ok,
-            "errors": self.images - self.ok,
+            "errors": self.images - self.ok - self.skipped,
             "errors_by_reason": dict(self.by_reason.most_common()),
             "error_examples": self.error_examples[: self.examples],
+            # rows with status "skipped": files that are no chest film, told by their content
+            "skipped_files": self.skipped,
+            "skipped_by_reason": dict(self.skip_reasons.most_common()),
+            "skipped_examples": self.skip_examples[: self.examples],
             "qc_flagged": self.qc_flagged,
             "qc_reasons": dict(self.qc.most_common()),
             "qc_notes": dict(self.notes.most_common()),

@@ -5,6 +5,8 @@
     + postprocess.scoring.Scored --result_row--> a full results.SCHEMA row (mask, areas, QC, structures,
                                                  CTR, metrics)
     any failure --error_fields--> status "error", the stage, the exception type, a one-line reason
+    no chest film --skip_fields--> status "skipped" and the reason (a README, a DICOM structured report,
+                                   a CT), never a failure
 
 Bulk inference (infer/stages.py) and `raysegment evaluate` (evaluation/evaluate.py) build their rows here,
 so the same image gives the same columns, the same QC lists and the same error texts in both. Writing files
@@ -40,8 +42,9 @@ class RowOptions:
 
 
 def error_type(error: BaseException) -> str:
-    """The error_type column. A file that is no image at all is reported as a DecodeError, as it always
-    was: NotAnImageError only lets a caller tell it apart (a later change turns those into skipped rows)."""
+    """The error_type column. A file named like an image whose bytes are no image at all is reported as a
+    DecodeError, as it always was (NotAnImageError only lets a caller tell it apart: bulk inference skips
+    such a file when its name is not an image's either)."""
     return DecodeError.__name__ if isinstance(error, NotAnImageError) else type(error).__name__
 
 
@@ -55,6 +58,17 @@ def error_fields(stage: str, error: BaseException) -> dict:
 def mark_error(row: dict, stage: str, error: BaseException) -> None:
     """Turn `row` into an error row (error_fields) in place."""
     row.update(error_fields(stage, error))
+
+
+def skip_fields(reason: str) -> dict:
+    """status "skipped" with its reason (short, no file name: summaries count rows by it)."""
+    return {"status": "skipped", "error_stage": None, "error_type": None, "error": None,
+            "skip_reason": " ".join(reason.split())[:MAX_ERROR_CHARS]}
+
+
+def mark_skipped(row: dict, reason: str) -> None:
+    """Turn `row` into a skipped row (skip_fields) in place."""
+    row.update(skip_fields(reason))
 
 
 def input_fields(frame: Frame, spacing_mm: float | None = None) -> dict:
@@ -109,7 +123,7 @@ def result_row(fields: dict, scored: Scored, options: RowOptions) -> dict:
     spacing = spacing_of(fields)
     notes = [*(fields.get("qc_notes") or []), *scored.qc_notes]  # the input's first (inversion, ...)
     out.update({
-        "status": "ok", "error_stage": None, "error_type": None, "error": None,
+        "status": "ok", "error_stage": None, "error_type": None, "error": None, "skip_reason": None,
         "mask_png": encode_mask_png(seg.mask) if options.mask_png else None,
         "mask_rle": encode_rle(seg.mask), "threshold": options.threshold, "lung_area_px": seg.area_px,
         "lung_fraction": seg.fraction, "right_lung_area_px": seg.right_area_px,

@@ -90,7 +90,7 @@ def score(prob_u8: np.ndarray, geo: Geometry, threshold: float, post: Postproces
           spacing_mm: tuple[float, float] | None = None, calibration=None,
           others: dict[str, np.ndarray] | None = None,
           other_truths: dict[str, tuple[str, ...]] | None = None, truth: np.ndarray | None = None,
-          with_hd95: bool = True) -> Scored:
+          with_hd95: bool = True, frontal: bool = True) -> Scored:
     """Post-process a uint8 SxS lung probability (x255) at the original resolution; score it when truth is
     given. `others`: the further structures' uint8 SxS probabilities by name (a multi-structure model's
     channels 1..), `other_truths` their expert mask files.
@@ -98,7 +98,8 @@ def score(prob_u8: np.ndarray, geo: Geometry, threshold: float, post: Postproces
     A truth file that does not load is the ground truth's problem, not the prediction's: it becomes
     `truth_error` and no metrics, never an exception. `calibration` (infer.quality.Calibration) adds the
     quality_score and its `low_quality_score` flag (threshold: post.min_quality_score, else the
-    calibration's). A model with a heart channel gets a CTR, or the note ctr_not_measurable.
+    calibration's). A model with a heart channel gets a CTR, or the note ctr_not_measurable;
+    `frontal` False (a lateral film: the CTR is a frontal measure) leaves it out, without a note.
 
     `truth`: the lung truth as a bool HxW array already in memory (calibration's shifted copies, whose
     masks exist in no file) instead of `truth_uris`. `with_hd95` False skips the (slow) distances.
@@ -122,7 +123,7 @@ def score(prob_u8: np.ndarray, geo: Geometry, threshold: float, post: Postproces
         structures.append(part)
     heart = next((p for p in structures if p.name == "heart"), None)
     ctr = truth_ctr = None
-    if heart is not None:
+    if heart is not None and frontal:
         ctr = measure_ctr(seg.mask, heart.mask)
         if ctr.ctr is None:
             reasons.append("ctr_not_measurable")

@@ -79,3 +79,93 @@ def with_study(data: bytes) -> bytes:
     out = io.BytesIO()
     ds.save_as(out)
     return out.getvalue()
+
+
+# --------------------------------------------------------------------------- what a PACS export holds
+
+# SOP classes of DICOM objects without an image, as PACS exports and CDs carry them beside the films.
+NON_IMAGE_SOP_CLASSES = {
+    "sr": "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR Storage
+    "ko": "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document Storage
+    "pr": "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State Storage
+    "pdf": "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF Storage
+    "dicomdir": "1.2.840.10008.1.3.10",  # Media Storage Directory Storage
+}
+_MODALITY = {"sr": "SR", "ko": "KO", "pr": "PR", "pdf": "DOC"}
+
+
+def _save(ds, meta_sop: str) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = meta_sop
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def non_image_dicom(kind: str) -> bytes:
+    """A small valid DICOM object without an image: kind "sr" (structured report), "ko" (key object
+    selection), "pr" (presentation state), "pdf" (encapsulated PDF) or "dicomdir" (a media directory)."""
+    from pydicom.sequence import Sequence
+
+    sop = NON_IMAGE_SOP_CLASSES[kind]
+    ds = Dataset()
+    if kind == "dicomdir":
+        ds.FileSetID = "EXPORT"
+        ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = 0
+        ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = 0
+        ds.FileSetConsistencyFlag = 0
+        ds.DirectoryRecordSequence = Sequence([])
+        return _save(ds, sop)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality = "P7", _MODALITY[kind]
+    if kind == "sr":
+        ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+        item = Dataset()
+        item.RelationshipType, item.ValueType, item.TextValue = "CONTAINS", "TEXT", "No acute findings."
+        ds.ContentSequence = Sequence([item])
+    elif kind == "ko":
+        ds.ValueType = "CONTAINER"
+        ds.CurrentRequestedProcedureEvidenceSequence = Sequence([])
+    elif kind == "pr":
+        ds.ContentLabel = "VIEW"
+        ds.PresentationLUTShape = "IDENTITY"
+    else:
+        ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+        ds.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
+    return _save(ds, sop)
+
+
+def with_attributes(data: bytes, **attributes) -> bytes:
+    """A DICOM file with attributes set or replaced (e.g. Modality="CT", ViewPosition="LL", SOPClassUID=...);
+    a value None deletes the attribute."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for keyword, value in attributes.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    if attributes.get("SOPClassUID"):
+        ds.file_meta.MediaStorageSOPClassUID = attributes["SOPClassUID"]
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def without_preamble(data: bytes) -> bytes:
+    """The same DICOM written as a bare implicit-VR dataset: no 128-byte preamble, no "DICM", no file meta
+    (as older modalities and some CDs store them)."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.file_meta
+    ds.preamble = None
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, implicit_vr=True, little_endian=True)
+    return out.getvalue()

@@ -8,7 +8,8 @@ The effective config is saved as `config.yaml` in the run directory; loading it 
 Schema (defaults in the dataclasses below; `configs/train-small.yaml` is a tiny CPU example):
     structures: what the model segments, one output channel each (data/structures.py), lungs first
     data:       path (one source) or sources (a list of {name, path, structures}), split [train, val, test
-                fractions], split_seed, object_store_budget_mb
+                fractions], split_seed, object_store_budget_mb, max_pixels (100 MP: larger images are
+                dropped, never decoded)
     model:      UNetConfig (in_channels, out_channels, base_channels, depth)
     preprocess: PreprocessConfig (size, resize, normalize, low_percentile, high_percentile)
     augment:    AugmentConfig (enabled, rotation_deg, scale, shift, brightness, contrast, gamma, noise_std)
@@ -42,6 +43,7 @@ from raysegment.data.preprocess import PreprocessConfig
 from raysegment.data.structures import LUNGS, check_structures
 from raysegment.errors import ConfigError
 from raysegment.io import storage
+from raysegment.io.decode import DEFAULT_MAX_PIXELS
 from raysegment.model.unet import UNetConfig
 from raysegment.train.losses import LOSSES
 
@@ -65,6 +67,9 @@ class DataSection:
     # above it they are written once to a Parquet cache in the run dir and streamed each epoch, so the
     # object store never holds the whole split. ~0.5 MB per 512 px example: 2 GB ~ 4k examples.
     object_store_budget_mb: float = 2048.0
+    # Images with more pixels (width x height, read from the header) are never decoded (a decompression-bomb
+    # guard; infer's --max-pixels): such a pair is dropped with a warning naming this key. 100 MP.
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,7 @@ def validate(config: TrainConfig) -> None:
            list(d.split))
     _check(d.object_store_budget_mb >= 0, "data.object_store_budget_mb", "must be >= 0 (0: always stream)",
            d.object_store_budget_mb)
+    _check(d.max_pixels >= 1, "data.max_pixels", "must be >= 1 (pixels: width x height)", d.max_pixels)
     _check(config.model.in_channels == 1, "model.in_channels",
            "must be 1 (the data pipeline feeds grayscale)",
            config.model.in_channels)

@@ -44,11 +44,12 @@ from raysegment.data.datasets import (
     load_structures,
     restrict,
 )
-from raysegment.data.model_input import prepare_input
+from raysegment.data.model_input import InputOptions, prepare_input
 from raysegment.data.preprocess import PreprocessConfig, preprocess_mask, to_tensor
 from raysegment.data.structures import LUNGS
 from raysegment.errors import DecodeError
 from raysegment.io import storage
+from raysegment.io.decode import DEFAULT_MAX_PIXELS
 from raysegment.train import cache
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the decode tasks never need it
@@ -83,12 +84,13 @@ def load_split(config: TrainConfig) -> SplitDataset:
     return split
 
 
-def prepare_pair(pair: Pair, config: PreprocessConfig, structures: tuple[str, ...] = (LUNGS,)
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prepare_pair(pair: Pair, config: PreprocessConfig, structures: tuple[str, ...] = (LUNGS,),
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode and preprocess one pair: (uint8 SxS model-input image, uint8 CxSxS {0, 1} masks, uint8 C
     labelled flags), C = len(structures). The image takes the one input path (inversion check included);
     an inverted export's expert mask needs no change: inverting intensities moves no lung."""
-    prepared = prepare_input(storage.read_bytes(pair.image_uri), pair.image_uri, config)
+    prepared = prepare_input(storage.read_bytes(pair.image_uri), pair.image_uri, config,
+                             InputOptions(max_pixels=max_pixels))
     masks, labelled = load_structures(pair, structures, prepared.frame.image.shape)
     return (prepared.model_input, np.stack([preprocess_mask(m, config) for m in masks]),
             labelled.astype(np.uint8))
@@ -107,14 +109,16 @@ def _row_pair(image_id, image_uri, labels) -> Pair:
 
 
 def _decode_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig,
-                  structures: tuple[str, ...] = (LUNGS,)) -> dict[str, np.ndarray]:
+                  structures: tuple[str, ...] = (LUNGS,), max_pixels: int = DEFAULT_MAX_PIXELS
+                  ) -> dict[str, np.ndarray]:
     """Ray Data map_batches: rows of file URIs -> rows of preprocessed arrays. Undecodable pairs are dropped
     with a warning (the driver reports how many are missing)."""
     keep, images, masks, labelled = [], [], [], []
     for i, (image_id, image_uri, labels) in enumerate(zip(batch["image_id"], batch["image_uri"],
                                                           batch["labels"], strict=False)):
         try:
-            image, mask, flags = prepare_pair(_row_pair(image_id, image_uri, labels), preprocess, structures)
+            image, mask, flags = prepare_pair(_row_pair(image_id, image_uri, labels), preprocess, structures,
+                                              max_pixels)
         except DecodeError as e:
             log.warning("skipping %s: %s", image_id, e)
             continue
@@ -140,7 +144,8 @@ def _quiet(ds):
 
 
 def decoded_dataset(pairs: list[Pair], preprocess: PreprocessConfig, rows_per_block: int = 16,
-                    max_blocks: int = 64, structures: tuple[str, ...] = (LUNGS,)) -> ray.data.Dataset:
+                    max_blocks: int = 64, structures: tuple[str, ...] = (LUNGS,),
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> ray.data.Dataset:
     """A lazy Ray Dataset of preprocessed rows for `pairs` (decoded in parallel Ray tasks when executed).
 
     One decode task per block of ~rows_per_block pairs: enough tasks to spread over the cluster, few
@@ -154,13 +159,15 @@ def decoded_dataset(pairs: list[Pair], preprocess: PreprocessConfig, rows_per_bl
     blocks = max(1, math.ceil(len(rows) / rows_per_block))
     ds = _quiet(ray.data.from_items(rows, override_num_blocks=min(blocks, max_blocks)))
     return ds.map_batches(_decode_batch, batch_size=rows_per_block, batch_format="numpy",
-                          fn_kwargs={"preprocess": preprocess, "structures": tuple(structures)})
+                          fn_kwargs={"preprocess": preprocess, "structures": tuple(structures),
+                                     "max_pixels": max_pixels})
 
 
 def build_dataset(pairs: list[Pair], preprocess: PreprocessConfig, rows_per_block: int = 16,
-                  max_blocks: int = 64, structures: tuple[str, ...] = (LUNGS,)):
+                  max_blocks: int = 64, structures: tuple[str, ...] = (LUNGS,),
+                  max_pixels: int = DEFAULT_MAX_PIXELS):
     """A materialized Ray Dataset of preprocessed rows for `pairs` (decoded in parallel Ray tasks)."""
-    ds = decoded_dataset(pairs, preprocess, rows_per_block, max_blocks, structures).materialize()
+    ds = decoded_dataset(pairs, preprocess, rows_per_block, max_blocks, structures, max_pixels).materialize()
     ds.context.enable_progress_bars = False  # the per-epoch re-reads in the workers need no progress bars
     return ds
 
@@ -225,7 +232,8 @@ def build_datasets(split: SplitDataset, config: TrainConfig, run_dir: str, split
     estimate = cache.estimate_bytes(sum(len(p) for p in pairs.values()), size, channels)
     budget = int(config.data.object_store_budget_mb * 2**20)
     if estimate <= budget:
-        datasets = {name: build_dataset(p, config.preprocess, structures=structures)
+        datasets = {name: build_dataset(p, config.preprocess, structures=structures,
+                                        max_pixels=config.data.max_pixels)
                     for name, p in pairs.items()}
         rows = {name: ds.count() for name, ds in datasets.items()}
         val_keys = [int(k) for batch in datasets["val"].iter_batches(batch_size=None, batch_format="numpy")
@@ -237,7 +245,8 @@ def build_datasets(split: SplitDataset, config: TrainConfig, run_dir: str, split
     caches = {name: cache.ensure_cache(root, name, split_digest, config.preprocess, structures,
                                        lambda p=p: decoded_dataset(p, config.preprocess,
                                                                    max_blocks=CACHE_BUILD_BLOCKS,
-                                                                   structures=structures),
+                                                                   structures=structures,
+                                                                   max_pixels=config.data.max_pixels),
                                        per_file)
               for name, p in pairs.items()}
     val_keys = cache.read_keys(caches["val"].uri) if caches["val"].files else []

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -110,6 +111,23 @@ def _check_resumable(config: TrainConfig, previous_uri: str) -> None:
                 f"run.name: run {config.run.name!r} already exists with a different {section} section "
                 f"({getattr(previous, section)} there); a rerun resumes it, so {section} must match. "
                 f"Use a new run.name for a new model.")
+
+
+def resolve_paths(config: TrainConfig) -> TrainConfig:
+    """The run's local paths made absolute, ONCE, here in the driver (data.path, each data.sources path,
+    run.storage_path, a local run.init_from; s3:// as they are): the workers run in other working
+    directories, and config.yaml, the split manifest and the run dir then name the same files whatever
+    the directory the command was started from."""
+    overrides: dict = {"run.storage_path": storage.absolute(config.run.storage_path)}
+    if config.data.path:
+        overrides["data.path"] = storage.absolute(config.data.path)
+    if config.data.sources:
+        overrides["data.sources"] = [{**s, "path": storage.absolute(s["path"])}
+                                     for s in config.to_dict()["data"]["sources"]]
+    init = config.run.init_from
+    if init and not storage.is_s3(init) and os.path.exists(init):
+        overrides["run.init_from"] = storage.absolute(init)
+    return config.replace(overrides)
 
 
 def _preflight(config: TrainConfig) -> None:
@@ -222,6 +240,7 @@ def train(config: TrainConfig) -> TrainResult:
     seconds given) a plan that does not fit yet is waited for (cluster.capacity: bounded, visible;
     RetryableError at the end).
     """
+    config = resolve_paths(config)
     _preflight(config)
     t_start = time.perf_counter()
     import ray.train  # noqa: F401 - imported first, as always: its seconds count in timings["ray_init_s"]
